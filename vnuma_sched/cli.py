@@ -1,0 +1,146 @@
+"""vnuma-sched command line: parse -> call core -> render -> exit code. No logic here.
+
+Heavy modules (bcc, git, doctor checks) are imported inside the commands so
+that --help works on machines without them.
+"""
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+
+import click
+
+from vnuma_sched import __version__
+from vnuma_sched.errors import BadInput, VnumaError
+
+EPILOG = """\b
+Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 unreadable or malformed
+system data, 4 needs root, 5 missing tool or kernel feature, 130 interrupted.
+
+\b
+Examples:
+  vnuma-sched doctor                 what this guest exposes and risks
+  vnuma-sched topology --json        nodes, CPUs, memory, distances
+"""
+
+
+@dataclass
+class Settings:
+    root: str
+    json: bool
+    verbose: bool
+
+    def sysroot(self):
+        from vnuma_sched.sysroot import SysRoot
+
+        return SysRoot(self.root)
+
+
+class Group(click.Group):
+    """Turns VnumaError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VnumaError as err:
+            self._report(ctx, str(err))
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            self._report(ctx, "interrupted")
+            ctx.exit(130)
+
+    @staticmethod
+    def _report(ctx, message):
+        settings = ctx.find_object(Settings)
+        if settings is not None and settings.verbose:
+            traceback.print_exc()
+        click.echo(f"vnuma-sched: error: {message}", err=True)
+
+
+def emit(settings, obj, text):
+    """Print ``obj`` as JSON with --json, else the rendered ``text``."""
+    if settings.json:
+        from vnuma_sched.render import to_json
+
+        click.echo(to_json(obj))
+    else:
+        click.echo(text)
+
+
+@click.group(cls=Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="VNUMA_SCHED_ROOT", default="/", hidden=True,
+              help="Resolve every system path and state file under DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks and more detail on errors.")
+@click.version_option(__version__, prog_name="vnuma-sched")
+@click.pass_context
+def main(ctx, root, as_json, verbose):
+    """Tools for Linux guests that run as virtual-NUMA (vNUMA) VMs."""
+    if not os.path.isdir(root):
+        raise BadInput(f"--root {root}: no such directory")
+    ctx.obj = Settings(root=root, json=as_json, verbose=verbose)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="JSON output.")
+
+
+def _merge_json(settings, as_json):
+    if as_json:
+        settings.json = True
+    return settings
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def topology(settings, as_json):
+    """NUMA nodes with their CPUs, memory and distances.
+
+    \b
+    Read from /sys/devices/system/node. Memoryless and CPU-less nodes are
+    shown as such.
+    \b
+    Example:
+      vnuma-sched topology --json
+    """
+    from vnuma_sched.render import topology_text
+    from vnuma_sched.topology import read_topology
+
+    settings = _merge_json(settings, as_json)
+    topo = read_topology(settings.sysroot())
+    emit(settings, topo.to_dict(), topology_text(topo))
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def doctor(settings, as_json):
+    """Check what this guest exposes before trusting the other commands.
+
+    \b
+    Kernel, KVM paravirt features (CPUID 0x40000001, or dmesg evidence),
+    PV spinlocks, steal time, cpuidle, vNUMA layout, bcc, BTF, tracefs,
+    debugfs, kprobes, lockdown, and whether this project's patches are in the
+    running kernel. Ends with which of the two vNUMA problems this guest can
+    be exposed to and what is available against each.
+    \b
+    Example:
+      sudo vnuma-sched doctor --json
+    """
+    from vnuma_sched import cpuid, doctor as doc
+    from vnuma_sched.probes.loader import compile_check
+    from vnuma_sched.render import doctor_text
+
+    settings = _merge_json(settings, as_json)
+    sysroot = settings.sysroot()
+    env = doc.DoctorEnv(sysroot=sysroot, euid=os.geteuid(),
+                        cpuid=cpuid.device_reader(sysroot), bcc_check=compile_check)
+    checks = doc.run_checks(env)
+    verdict = doc.verdict(checks)
+    emit(settings, {"checks": [c.to_dict() for c in checks], "verdict": verdict},
+         doctor_text(checks, verdict))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""doctor: what a user must know about a guest before trusting the other commands.
+
+Every check takes a DoctorEnv and returns a Check; one check that cannot run
+reports why and the others still run. The verdict maps the checks onto the two
+problems the project addresses.
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from vnuma_sched import cpuid as cpuid_mod
+from vnuma_sched.errors import VnumaError
+from vnuma_sched.topology import read_topology
+
+OK, WARN, MISSING, NA = "ok", "warn", "missing", "n/a"
+
+PATCH_GATES = {
+    "kernel.sched_numa_idle_damp": "/proc/sys/kernel/sched_numa_idle_damp",
+    "kernel.sched_numa_newidle_min_ns": "/proc/sys/kernel/sched_numa_newidle_min_ns",
+    "kernel.sched_steal_idle_nocap": "/proc/sys/kernel/sched_steal_idle_nocap",
+    "kvm_guest.idle_halt_hint": "/sys/module/kvm_guest/parameters/idle_halt_hint",
+}
+
+# dmesg lines that prove (True) or disprove (False) a PV feature when CPUID is unreadable
+DMESG_EVIDENCE = {
+    "pv_unhalt": [("PV spinlocks enabled", True), ("PV spinlocks disabled, no host support", False)],
+    "pv_tlb_flush": [("setup pv remote TLB flush", True)],
+    "pv_send_ipi": [("setup PV IPIs", True)],
+    "sched_yield": [("setup PV sched yield", True)],
+    "poll_control": [("host does not support poll control", False)],
+    "realtime_hint": [("PV spinlocks disabled with KVM_HINTS_REALTIME", True)],
+}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class DoctorEnv:
+    sysroot: object
+    euid: int
+    cpuid: Optional[Callable] = None        # cpuid(leaf) -> (eax, ebx, ecx, edx)
+    bcc_check: Optional[Callable] = None    # () -> (status, detail)
+    _log: Optional[list] = None
+
+    def kernel_log(self):
+        if self._log is None:
+            try:
+                self._log = self.sysroot.kernel_log()
+            except VnumaError:
+                self._log = []
+        return self._log
+
+    def log_has(self, text):
+        return any(text in line for line in self.kernel_log())
+
+
+def check_kernel(env):
+    release = env.sysroot.read("/proc/sys/kernel/osrelease").strip()
+    m = re.match(r"(\d+)\.(\d+)", release)
+    status = OK if m else WARN
+    return Check("kernel", status, release, {"version": (int(m[1]), int(m[2])) if m else None})
+
+
+def _cpuid_pv(env):
+    """(source, is_kvm, features) from CPUID, or None when CPUID is unreadable."""
+    if env.cpuid is None:
+        return None
+    try:
+        base = cpuid_mod.find_kvm_base(env.cpuid)
+        if base is None:
+            return ("CPUID", False, {})
+        eax, _, _, edx = env.cpuid(base + 1)
+    except OSError:
+        return None
+    return (f"CPUID {base + 1:#x}", True, cpuid_mod.decode_features(eax, edx))
+
+
+def check_hypervisor(env):
+    pv = _cpuid_pv(env)
+    if pv is not None:
+        src, is_kvm, feats = pv
+        detail = "KVM guest" if is_kvm else "not a KVM guest"
+        return Check("hypervisor", OK if is_kvm else NA, f"{detail} ({src})",
+                     {"kvm": is_kvm, "features": feats, "source": src})
+    if env.log_has("Hypervisor detected: KVM"):
+        return Check("hypervisor", OK, "KVM guest (dmesg: 'Hypervisor detected: KVM')",
+                     {"kvm": True, "features": None, "source": "dmesg"})
+    flags = env.sysroot.read_optional("/proc/cpuinfo", "")
+    if re.search(r"^flags\s*:.*\bhypervisor\b", flags, re.M):
+        return Check("hypervisor", WARN, "a guest of an unidentified hypervisor (cpuinfo flag)",
+                     {"kvm": None, "features": None, "source": "cpuinfo"})
+    return Check("hypervisor", NA, "no hypervisor seen (CPUID unreadable, no dmesg line)",
+                 {"kvm": False, "features": None, "source": "none"})
+
+
+def _dmesg_feature(env, name):
+    for text, exposed in DMESG_EVIDENCE.get(name, []):
+        if env.log_has(text):
+            return exposed, f"dmesg: '{text}'"
+    return None, None
+
+
+def _steal_ticks(env):
+    for line in env.sysroot.read("/proc/stat").splitlines():
+        if line.startswith("cpu "):
+            fields = line.split()
+            return int(fields[8]) if len(fields) > 8 else 0
+    return 0
+
+
+def check_pv_features(env, hv):
+    """One row per KVM PV feature and hint; CPUID first, then dmesg evidence."""
+    checks = []
+    names = list(cpuid_mod.KVM_FEATURES) + list(cpuid_mod.KVM_HINTS)
+    labels = {**cpuid_mod.KVM_FEATURES, **cpuid_mod.KVM_HINTS}
+    for name in names:
+        label = labels[name][1]
+        if hv.data.get("kvm") is False:
+            checks.append(Check(f"pv:{name}", NA, f"{label}: not a KVM guest"))
+            continue
+        feats = hv.data.get("features")
+        if feats is not None:
+            exposed, src = feats[name], hv.data["source"]
+        else:
+            exposed, src = _dmesg_feature(env, name)
+            if exposed is None and name == "steal_time" and _steal_ticks(env) > 0:
+                exposed, src = True, "/proc/stat: steal accrued"
+        if exposed is None:
+            checks.append(Check(f"pv:{name}", WARN, f"{label}: unknown (CPUID unreadable, "
+                                "no dmesg evidence)", {"exposed": None}))
+        else:
+            checks.append(Check(f"pv:{name}", OK if exposed else MISSING,
+                                f"{label} {'exposed' if exposed else 'not exposed'} ({src})",
+                                {"exposed": exposed}))
+    return checks
+
+
+def check_pv_spinlocks(env):
+    for line in env.kernel_log():
+        if "PV spinlocks enabled" in line:
+            return Check("pv_spinlocks", OK, "in use (dmesg)", {"in_use": True})
+        if "PV spinlocks disabled" in line:
+            return Check("pv_spinlocks", MISSING, line.split(": ", 1)[-1].strip(),
+                         {"in_use": False})
+    return Check("pv_spinlocks", WARN, "unknown: no 'PV spinlocks' line in dmesg",
+                 {"in_use": None})
+
+
+def check_steal(env):
+    ticks = _steal_ticks(env)
+    if ticks > 0:
+        return Check("steal_time", OK, f"accruing: {ticks} ticks since boot (/proc/stat)",
+                     {"ticks": ticks})
+    return Check("steal_time", WARN, "none accrued since boot (/proc/stat)", {"ticks": 0})
+
+
+def check_cpuidle(env):
+    base = "/sys/devices/system/cpu/cpuidle"
+    driver = env.sysroot.read_optional(f"{base}/current_driver")
+    if driver is None or driver.strip() in ("", "none"):
+        return Check("cpuidle", MISSING, "no cpuidle driver: idle is default_idle() HLT",
+                     {"driver": None})
+    gov = (env.sysroot.read_optional(f"{base}/current_governor")
+           or env.sysroot.read_optional(f"{base}/current_governor_ro") or "?")
+    return Check("cpuidle", OK, f"driver {driver.strip()}, governor {gov.strip()}",
+                 {"driver": driver.strip(), "governor": gov.strip()})
+
+
+def check_vnuma(env):
+    topo = read_topology(env.sysroot)
+    with_cpus = [n for n in topo.nodes if n.cpus]
+    data = {"nodes": len(topo.nodes), "nodes_with_cpus": len(with_cpus)}
+    if len(topo.nodes) < 2:
+        why = "kernel without CONFIG_NUMA" if not topo.numa else "1 node"
+        return Check("vnuma", WARN, f"{why}: the guest sees no NUMA layout", data)
+    remote = topo.remote_distances()
+    detail = f"{len(topo.nodes)} nodes, remote distances {','.join(map(str, remote))}"
+    if remote == [20]:
+        detail += " (uniform 20: the kernel default when firmware gives no SLIT)"
+        return Check("vnuma", WARN, detail, data)
+    return Check("vnuma", OK, detail, data)
+
+
+def check_bcc(env):
+    if not env.sysroot.is_live:
+        return Check("bcc", NA, "recorded tree: bcc is checked on live systems only")
+    if env.euid != 0:
+        return Check("bcc", WARN, "needs root (CAP_BPF/CAP_SYS_ADMIN) to compile and load")
+    if env.bcc_check is None:
+        return Check("bcc", NA, "not checked")
+    status, detail = env.bcc_check()
+    return Check("bcc", status, detail)
+
+
+def check_btf(env):
+    if env.sysroot.exists("/sys/kernel/btf/vmlinux"):
+        return Check("btf", OK, "/sys/kernel/btf/vmlinux")
+    return Check("btf", MISSING, "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=n)")
+
+
+def _mounts(env):
+    out = {}
+    for line in env.sysroot.read_optional("/proc/mounts", "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out.setdefault(parts[2], parts[1])
+    return out
+
+
+def check_fs(env, fstype, hint):
+    where = _mounts(env).get(fstype)
+    if where:
+        return Check(fstype, OK, f"mounted at {where}", {"path": where})
+    return Check(fstype, MISSING, f"not mounted ({hint})")
+
+
+def check_kprobes(env):
+    tracefs = _mounts(env).get("tracefs")
+    if tracefs and env.sysroot.exists(f"{tracefs}/kprobe_events"):
+        return Check("kprobes", OK, f"{tracefs}/kprobe_events")
+    kallsyms = env.sysroot.read_optional("/proc/kallsyms", "")
+    if re.search(r" register_kprobe$", kallsyms, re.M):
+        return Check("kprobes", OK, "register_kprobe in /proc/kallsyms")
+    return Check("kprobes", MISSING, "kernel without CONFIG_KPROBES: kprobe-based probes "
+                 "unsupported (tracepoints still work)")
+
+
+def check_lockdown(env):
+    text = env.sysroot.read_optional("/sys/kernel/security/lockdown")
+    if text is None:
+        return Check("lockdown", OK, "none (no /sys/kernel/security/lockdown)", {"mode": "none"})
+    m = re.search(r"\[(\w+)\]", text)
+    mode = m.group(1) if m else "unknown"
+    if mode == "none":
+        return Check("lockdown", OK, "none", {"mode": mode})
+    why = {"integrity": "debugfs writes denied: debugfs knobs unsupported",
+           "confidentiality": "kprobes and BPF reads denied: probes cannot run"}
+    return Check("lockdown", WARN, f"{mode}: {why.get(mode, 'unknown mode')}", {"mode": mode})
+
+
+def check_patches(env):
+    present = [g for g, p in PATCH_GATES.items() if env.sysroot.exists(p)]
+    if len(present) == len(PATCH_GATES):
+        return Check("vnuma_patches", OK, "patched: " + ", ".join(present), {"gates": present})
+    if not present:
+        return Check("vnuma_patches", MISSING, "unpatched kernel (no vnuma_sched gates; "
+                     "see 'vnuma-sched patches')", {"gates": []})
+    missing = [g for g in PATCH_GATES if g not in present]
+    return Check("vnuma_patches", WARN, "partly patched, missing: " + ", ".join(missing),
+                 {"gates": present})
+
+
+def _guarded(name, fn, *args):
+    try:
+        result = fn(*args)
+    except (VnumaError, OSError, ValueError) as err:
+        return [Check(name, WARN, f"check could not run: {err}")]
+    return result if isinstance(result, list) else [result]
+
+
+def run_checks(env):
+    """All checks, in display order."""
+    checks = _guarded("kernel", check_kernel, env)
+    hv = _guarded("hypervisor", check_hypervisor, env)
+    checks += hv
+    checks += _guarded("pv", check_pv_features, env, hv[0])
+    for name, fn in (("pv_spinlocks", check_pv_spinlocks), ("steal_time", check_steal),
+                     ("cpuidle", check_cpuidle), ("vnuma", check_vnuma), ("bcc", check_bcc),
+                     ("btf", check_btf), ("kprobes", check_kprobes),
+                     ("lockdown", check_lockdown), ("vnuma_patches", check_patches)):
+        checks += _guarded(name, fn, env)
+    checks += _guarded("tracefs", check_fs, env, "tracefs",
+                       "mount -t tracefs nodev /sys/kernel/tracing")
+    checks += _guarded("debugfs", check_fs, env, "debugfs",
+                       "mount -t debugfs nodev /sys/kernel/debug")
+    return checks
+
+
+def _by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def _problem1(c):
+    hv, steal = c.get("hypervisor"), c.get("pv:steal_time")
+    if hv is None or hv.data.get("kvm") is False:
+        exposure = "no: not a KVM guest"
+    elif steal is not None and steal.data.get("exposed") is False:
+        exposure = "no: no steal time, vcpu_is_preempted() is always false"
+    else:
+        exposure = ("possible: KVM steal time exposes vcpu_is_preempted(); the host "
+                    "decides (<= 5.18 flags halted vCPUs). Measure: idle CPUs rejected "
+                    "as preempted")
+    mit = []
+    if "kvm_guest.idle_halt_hint" in c["vnuma_patches"].data.get("gates", []):
+        mit.append("kvm_guest.idle_halt_hint (this kernel is patched)")
+    else:
+        mit.append("guest patch: kvm_guest.idle_halt_hint (vnuma-sched patches)")
+    if c.get("cpuidle") is not None and c["cpuidle"].data.get("driver") == "haltpoll":
+        mit.append("haltpoll cpuidle: guest polling before HLT (active)")
+    mit.append("host: halt polling or QEMU -overcommit cpu-pm=on")
+    return {"problem": "1: halted vCPU reported preempted", "exposure": exposure,
+            "mitigations": mit}
+
+
+def _problem2(c):
+    vn = c.get("vnuma")
+    multi = vn is not None and vn.data.get("nodes_with_cpus", 0) >= 2
+    exposure = ("yes: tasks can be pulled across nodes by newidle balance and wake_affine"
+                if multi else "no: fewer than 2 nodes with CPUs")
+    mit = []
+    if "kernel.sched_numa_idle_damp" in c["vnuma_patches"].data.get("gates", []):
+        mit.append("kernel.sched_numa_idle_damp (this kernel is patched)")
+    else:
+        mit.append("guest patch: kernel.sched_numa_idle_damp (vnuma-sched patches)")
+    mit.append("boot: relax_domain_level (no newidle balance across nodes)")
+    lock = c["lockdown"].data.get("mode", "none")
+    if c["debugfs"].status == OK and lock == "none":
+        mit.append("debugfs: max_newidle_lb_cost per NUMA domain, sched features")
+    mit.append("sysctl kernel.numa_balancing=0 (no NUMA-balancing moves)")
+    mit.append("application: OMP_PROC_BIND, GOMP_SPINCOUNT")
+    return {"problem": "2: idle-time cross-node migration", "exposure": exposure,
+            "mitigations": mit}
+
+
+def verdict(checks):
+    """Which of the two problems this guest can see, and what is available against it."""
+    c = _by_name(checks)
+    return [_problem1(c), _problem2(c)]

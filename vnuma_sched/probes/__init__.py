@@ -1,0 +1,1 @@
+"""eBPF probes: event model, classification, catalog (pure) and the bcc loader."""

@@ -1,0 +1,55 @@
+"""Rows -> text tables (tabulate) or JSON. Pure: returns strings."""
+
+import json
+
+from tabulate import tabulate
+
+from vnuma_sched.topology import format_cpulist
+
+
+def table(rows, headers, title=None, widths=None):
+    """A plain table; ``widths`` wraps long columns to stay within 80 columns."""
+    text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
+                    maxcolwidths=widths)
+    return f"{title}\n{text}" if title else text
+
+
+def to_json(obj):
+    return json.dumps(obj, indent=2, sort_keys=False)
+
+
+def human_kb(kb):
+    """1024-based size: 24610448 -> '23.5 GiB'; 0 -> '0'."""
+    if kb == 0:
+        return "0"
+    size, unit = float(kb), "KiB"
+    for nxt in ("MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, nxt
+    return f"{size:.1f} {unit}"
+
+
+def topology_text(topo):
+    rows = []
+    for n in topo.nodes:
+        cpus = format_cpulist(n.cpus) if n.cpus else "(no CPUs)"
+        mem = "(memoryless)" if n.memoryless else human_kb(n.mem_kb)
+        rows.append([f"node{n.id}", cpus, len(n.cpus), mem])
+    out = [table(rows, ["node", "cpus", "ncpu", "memory"])]
+    if topo.numa:
+        ids = [f"node{n.id}" for n in topo.nodes]
+        dist = [[f"node{n.id}", *n.distances] for n in topo.nodes]
+        out.append(table(dist, ["distance", *ids]))
+    else:
+        out.append("kernel without CONFIG_NUMA: one pseudo-node")
+    return "\n\n".join(out)
+
+
+def doctor_text(checks, verdict):
+    rows = [[c.name, c.status, c.detail] for c in checks]
+    out = [table(rows, ["check", "status", "detail"], widths=[None, None, 54])]
+    vrows = [[v["problem"], v["exposure"], "\n".join(v["mitigations"])] for v in verdict]
+    out.append(table(vrows, ["problem", "exposure", "mitigations available"],
+                     title="Verdict", widths=[18, 28, 28]))
+    return "\n\n".join(out)

@@ -1,0 +1,108 @@
+"""SysRoot: the only door to /sys, /proc, /dev and debugfs.
+
+Every path the toolkit reads or writes on the system is an absolute path
+("/sys/devices/system/node") resolved under a root directory: "/" on a live
+system, a recorded tree in tests or with ``--root``.
+"""
+
+import os
+from pathlib import Path, PurePosixPath
+
+from vnuma_sched.errors import BadInput, DataError
+
+
+class SysRoot:
+    """Read and write system files under ``root``."""
+
+    def __init__(self, root):
+        root = Path(root)
+        if not root.is_dir():
+            raise BadInput(f"--root {root}: not a directory")
+        self.root = root.resolve()
+
+    @property
+    def is_live(self):
+        return self.root == Path("/")
+
+    def path(self, abspath):
+        """Map an absolute system path to the file under the root."""
+        p = PurePosixPath(abspath)
+        if not p.is_absolute() or ".." in p.parts:
+            raise BadInput(f"{abspath}: system paths must be absolute, without '..'")
+        return self.root.joinpath(*p.parts[1:])
+
+    def exists(self, abspath):
+        return self.path(abspath).exists()
+
+    def is_dir(self, abspath):
+        return self.path(abspath).is_dir()
+
+    def listdir(self, abspath):
+        """Sorted entry names of a directory; [] if it does not exist."""
+        try:
+            return sorted(os.listdir(self.path(abspath)))
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise DataError(abspath, err.strerror) from err
+
+    def read(self, abspath):
+        """The file's text with the trailing newline removed."""
+        try:
+            return self.path(abspath).read_text(encoding="utf-8", errors="replace").rstrip("\n")
+        except OSError as err:
+            raise DataError(abspath, err.strerror or str(err)) from err
+
+    def read_optional(self, abspath, default=None):
+        """Like read(), but ``default`` when the file is absent or unreadable."""
+        try:
+            return self.read(abspath)
+        except DataError:
+            return default
+
+    def read_int(self, abspath):
+        text = self.read(abspath).strip()
+        try:
+            return int(text)
+        except ValueError as err:
+            raise DataError(abspath, f"expected an integer, got {text[:40]!r}") from err
+
+    def write(self, abspath, value):
+        """Write ``value`` as sysfs expects it: one write() of the text."""
+        try:
+            with open(self.path(abspath), "w", encoding="utf-8") as f:
+                f.write(str(value))
+        except OSError as err:
+            raise DataError(abspath, f"write failed: {err.strerror or err}") from err
+
+    def open_binary(self, abspath):
+        """An unbuffered binary file object (e.g. /dev/cpu/0/cpuid)."""
+        return open(self.path(abspath), "rb", buffering=0)
+
+    def kernel_log(self):
+        """Kernel log messages from /dev/kmsg (a plain file in recorded trees).
+
+        Each record is "prio,seq,usec,flags;text"; only the text is returned.
+        Raises DataError when the log cannot be read (e.g. dmesg_restrict).
+        """
+        path = self.path("/dev/kmsg")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as err:
+            raise DataError("/dev/kmsg", err.strerror or str(err)) from err
+        chunks = []
+        try:
+            while True:
+                try:
+                    chunk = os.read(fd, 8192)
+                except BlockingIOError:
+                    break
+                except BrokenPipeError:  # a record was overwritten while reading
+                    continue
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        records = b"".join(chunks).decode("utf-8", "replace").splitlines()
+        return [r.split(";", 1)[1] for r in records if ";" in r]

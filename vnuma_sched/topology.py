@@ -1,0 +1,172 @@
+"""NUMA topology from <root>/sys/devices/system/node (nodes, CPUs, memory, distances)."""
+
+import re
+from dataclasses import dataclass, field
+
+from vnuma_sched.errors import DataError
+
+NODE_DIR = "/sys/devices/system/node"
+CPU_ONLINE = "/sys/devices/system/cpu/online"
+LOCAL_DISTANCE = 10
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?$")
+_MEMTOTAL = re.compile(r"^Node\s+\d+\s+MemTotal:\s+(\d+)\s+kB$", re.M)
+
+
+def parse_cpulist(text):
+    """Parse a kernel cpulist ("0-3,8,10-11", "0-15:2/4") into a sorted list.
+
+    Raises ValueError on anything the kernel would not print.
+    """
+    text = text.strip()
+    if not text:
+        return []
+    cpus = set()
+    for part in text.split(","):
+        m = _RANGE.match(part)
+        if not m:
+            raise ValueError(f"bad cpulist element {part!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"bad cpulist range {part!r}")
+        if m.group(3) is None:
+            cpus.update(range(lo, hi + 1))
+            continue
+        used, group = int(m.group(3)), int(m.group(4))
+        if group == 0 or used == 0 or used > group:
+            raise ValueError(f"bad cpulist stride {part!r}")
+        for start in range(lo, hi + 1, group):
+            cpus.update(c for c in range(start, start + used) if c <= hi)
+    return sorted(cpus)
+
+
+def format_cpulist(cpus):
+    """The kernel's compact form of a CPU set: [0,1,2,3,8] -> "0-3,8"."""
+    out = []
+    cpus = sorted(set(cpus))
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    cpus: tuple
+    mem_kb: int
+    distances: tuple
+
+    @property
+    def memoryless(self):
+        return self.mem_kb == 0
+
+    @property
+    def cpuless(self):
+        return not self.cpus
+
+    def to_dict(self):
+        return {"id": self.id, "cpus": list(self.cpus), "mem_kb": self.mem_kb,
+                "distances": list(self.distances)}
+
+
+@dataclass(frozen=True)
+class Topology:
+    nodes: tuple
+    numa: bool = True  # False when the kernel has no node directory (CONFIG_NUMA=n)
+    cpu_node: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "cpu_node",
+                           {c: n.id for n in self.nodes for c in n.cpus})
+
+    @property
+    def cpus(self):
+        return sorted(self.cpu_node)
+
+    def node_of(self, cpu):
+        return self.cpu_node[cpu]
+
+    def distance(self, a, b):
+        ids = [n.id for n in self.nodes]
+        return self.nodes[ids.index(a)].distances[ids.index(b)]
+
+    def remote_distances(self):
+        """The set of distinct off-diagonal distances."""
+        return sorted({d for n in self.nodes for i, d in enumerate(n.distances)
+                       if self.nodes[i].id != n.id})
+
+    def to_dict(self):
+        return {"nodes": [n.to_dict() for n in self.nodes]}
+
+
+def _node_ids(sysroot):
+    ids = []
+    for name in sysroot.listdir(NODE_DIR):
+        m = re.fullmatch(r"node(\d+)", name)
+        if m and sysroot.is_dir(f"{NODE_DIR}/{name}"):
+            ids.append(int(m.group(1)))
+    return sorted(ids)
+
+
+def _read_cpulist(sysroot, path):
+    try:
+        return tuple(parse_cpulist(sysroot.read(path)))
+    except ValueError as err:
+        raise DataError(path, f"malformed cpulist: {err}") from err
+
+
+def _read_mem_kb(sysroot, path):
+    m = _MEMTOTAL.search(sysroot.read(path))
+    if not m:
+        raise DataError(path, "no 'Node N MemTotal: X kB' line")
+    return int(m.group(1))
+
+
+def _read_distances(sysroot, path, count):
+    text = sysroot.read(path).split()
+    try:
+        row = tuple(int(x) for x in text)
+    except ValueError as err:
+        raise DataError(path, f"malformed distance row {' '.join(text)!r}") from err
+    if len(row) != count:
+        raise DataError(path, f"distance row has {len(row)} entries for {count} nodes")
+    return row
+
+
+def _without_numa(sysroot):
+    """A kernel built without CONFIG_NUMA: one pseudo-node with every online CPU."""
+    cpus = _read_cpulist(sysroot, CPU_ONLINE)
+    m = re.search(r"^MemTotal:\s+(\d+)\s+kB$", sysroot.read("/proc/meminfo"), re.M)
+    if not m:
+        raise DataError("/proc/meminfo", "no 'MemTotal: X kB' line")
+    return Topology(nodes=(Node(0, cpus, int(m.group(1)), (LOCAL_DISTANCE,)),), numa=False)
+
+
+def read_topology(sysroot):
+    """Read the node layout. Raises DataError naming the first bad file."""
+    ids = _node_ids(sysroot)
+    if not ids:
+        return _without_numa(sysroot)
+    nodes = []
+    for nid in ids:
+        base = f"{NODE_DIR}/node{nid}"
+        nodes.append(Node(
+            id=nid,
+            cpus=_read_cpulist(sysroot, f"{base}/cpulist"),
+            mem_kb=_read_mem_kb(sysroot, f"{base}/meminfo"),
+            distances=_read_distances(sysroot, f"{base}/distance", len(ids)),
+        ))
+    seen = {}
+    for n in nodes:
+        for c in n.cpus:
+            if c in seen:
+                raise DataError(f"{NODE_DIR}/node{n.id}/cpulist",
+                                f"CPU {c} is also in node{seen[c]}")
+            seen[c] = n.id
+    return Topology(nodes=tuple(nodes))
