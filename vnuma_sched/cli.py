@@ -142,5 +142,163 @@ def doctor(settings, as_json):
          doctor_text(checks, verdict))
 
 
+def _progress(settings):
+    """Progress lines go to stderr so --json stdout stays clean."""
+    return lambda msg: click.echo(f"vnuma-sched: {msg}", err=True)
+
+
+def cache_dir():
+    return os.environ.get("VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched")
+
+
+@main.group()
+def kernel():
+    """Kernel trees: fetch Debian's source packages as git repositories."""
+
+
+@kernel.command("fetch")
+@click.option("--version", "series", default="6.12", show_default=True,
+              help="Kernel series: 6.1 or 6.12.")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Parent directory of the tree [default: $VNUMA_SCHED_CACHE/trees].")
+@click.pass_obj
+def kernel_fetch(settings, series, dest):
+    """Extract linux-source-VERSION into a git repo with one base commit; print its path.
+
+    \b
+    Installs the Debian package if needed (root). Idempotent.
+    \b
+    Example:
+      vnuma-sched kernel fetch --version 6.12
+    """
+    from vnuma_sched.ktree import fetch_debian
+    from vnuma_sched.runner import Runner
+
+    dest = dest or os.path.join(cache_dir(), "trees")
+    tree = fetch_debian(series, dest, Runner(), _progress(settings), os.geteuid())
+    click.echo(str(tree))
+
+
+@main.command()
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Kernel source tree (a git repository).")
+@click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False),
+              help="Kconfig fragment (repeatable) [default: kconfig/vnuma-guest.config].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Build directory (O=) [default: $VNUMA_SCHED_CACHE/builds/<tree>].")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default=True)
+@click.option("--allow-dropped", is_flag=True,
+              help="Go on when requested options do not survive olddefconfig.")
+@json_option
+@click.pass_obj
+def build(settings, tree, fragments, out, jobs, allow_dropped, as_json):
+    """Build a guest bzImage out of tree from tinyconfig + kconfig fragments.
+
+    \b
+    Fails when a requested option does not survive olddefconfig (listing
+    them). Writes OUT/build.log and OUT/metadata.json (base commit, patches,
+    config hash, compiler, duration, reproducer).
+    \b
+    Example:
+      vnuma-sched build --tree /var/cache/vnuma_sched/trees/linux-source-6.12
+    """
+    from pathlib import Path
+
+    from vnuma_sched import kbuild
+    from vnuma_sched.ktree import tree_version
+    from vnuma_sched.render import build_text
+    from vnuma_sched.runner import Runner
+
+    settings = _merge_json(settings, as_json)
+    tree = Path(tree).resolve()
+    tree_version(tree)
+    frags = [Path(f).resolve() for f in fragments] or [default_fragment()]
+    for f in frags:
+        if not f.is_file():
+            raise BadInput(f"--fragment {f}: no such file")
+    out = Path(out or os.path.join(cache_dir(), "builds", tree.name)).resolve()
+    req = kbuild.BuildRequest(tree, out, frags, jobs, allow_dropped)
+    result = kbuild.build(req, Runner(), _progress(settings))
+    emit(settings, result.metadata, build_text(result))
+
+
+def default_fragment():
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent / "kconfig" / "vnuma-guest.config"
+    if not here.is_file():
+        raise BadInput("kconfig/vnuma-guest.config not found: give --fragment")
+    return here
+
+
+@main.group()
+def vm():
+    """Boot kernels as vNUMA guests (virtme-ng, host root filesystem)."""
+
+
+@vm.command("run", context_settings={"ignore_unknown_options": False})
+@click.option("--kernel", "image", required=True, type=click.Path(),
+              help="bzImage, or a build directory holding arch/x86/boot/bzImage.")
+@click.option("--topology", "spec", default="2x2", show_default=True,
+              help="NxM (N nodes of M CPUs, distance 21), 'host', or a topology JSON file.")
+@click.option("--mem", default="2G", show_default=True, help="Guest memory, split across nodes.")
+@click.option("--append", "append", multiple=True, help="Extra kernel command line (repeatable).")
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300, show_default=True,
+              help="Seconds before QEMU and every child are killed.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="auto tries KVM once (cached) and falls back to TCG.")
+@click.argument("command", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json):
+    """Boot KERNEL as a vNUMA guest, run COMMAND in it, return its exit code.
+
+    \b
+    Example:
+      vnuma-sched vm run --kernel /var/cache/vnuma_sched/builds/linux-source-6.12 \\
+          --topology 2x2 -- cat /sys/devices/system/node/node1/cpulist
+    """
+    from pathlib import Path
+
+    from vnuma_sched import vm as vmod
+    from vnuma_sched.kbuild import IMAGE
+    from vnuma_sched.runner import Runner
+    from vnuma_sched.topology import read_topology
+
+    settings = _merge_json(settings, as_json)
+    kernel_image = Path(image)
+    if kernel_image.is_dir():
+        kernel_image = kernel_image / IMAGE
+    if not kernel_image.is_file():
+        raise BadInput(f"--kernel {image}: no kernel image there")
+    host = read_topology(settings.sysroot()) if spec == "host" else None
+    topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host)
+    runner = Runner()
+    accel, why = vmod.choose_accel(accel, kernel_image, runner,
+                                   os.path.join(cache_dir(), "accel.json"))
+    _progress(settings)(f"booting {kernel_image} ({topo.ncpus} vCPUs, {len(topo.nodes)} "
+                        f"nodes, {accel}: {why})")
+    res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append)
+    if settings.json:
+        emit(settings, {"status": res.status, "exit_code": res.exit_code, "accel": res.accel,
+                        "seconds": round(res.seconds, 1), "stdout": res.stdout,
+                        "stderr": res.stderr, "panic": res.panic,
+                        "console_tail": res.console_tail}, "")
+    else:
+        click.echo(res.stdout, nl=False)
+        click.echo(res.stderr, nl=False, err=True)
+    if res.status != "exited":
+        detail = res.panic or "\n  ".join(res.console_tail[-8:])
+        click.echo(f"vnuma-sched: guest {res.status} after {res.seconds:.0f} s: {detail}",
+                   err=True)
+    settings_exit(res.exit_code)
+
+
+def settings_exit(code):
+    ctx = click.get_current_context()
+    ctx.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -294,6 +294,8 @@ def _problem1(c):
     hv, steal = c.get("hypervisor"), c.get("pv:steal_time")
     if hv is None or hv.data.get("kvm") is False:
         exposure = "no: not a KVM guest"
+    elif hv.data.get("kvm") is None:
+        exposure = "unknown: hypervisor not identified (CPUID is readable by root only)"
     elif steal is not None and steal.data.get("exposed") is False:
         exposure = "no: no steal time, vcpu_is_preempted() is always false"
     else:

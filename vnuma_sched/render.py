@@ -53,3 +53,11 @@ def doctor_text(checks, verdict):
     out.append(table(vrows, ["problem", "exposure", "mitigations available"],
                      title="Verdict", widths=[18, 28, 28]))
     return "\n\n".join(out)
+
+
+def build_text(result):
+    rows = [[s.name, s.status, f"{s.seconds:.1f}s", s.detail] for s in result.steps]
+    out = [table(rows, ["step", "status", "time", "detail"], widths=[None, None, None, 50])]
+    if result.metadata:
+        out.append(f"image: {result.image}\nreproducer: {result.metadata['reproducer']}")
+    return "\n".join(out)

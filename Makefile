@@ -1,0 +1,56 @@
+# vnuma_sched: set-up, the main job, and the tests.
+#   make install   Debian packages + .venv (idempotent; apt needs root)
+#   make demo      the main job on this machine
+#   make test      every test tier (unit, build, kernel, root, bpf, vm)
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := python3-bpfcc python3-venv qemu-system-x86 linux-source-6.1 \
+	linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev dwarves \
+	cpio kmod xz-utils git linux-headers-amd64
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean-venv packages headers
+
+install: packages $(STAMP) headers
+
+packages:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make install: needs root to apt-get install:" $$missing; exit 4; fi; \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $$missing; \
+	fi
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(PY) -c 'import bcc' || { echo "bcc not importable from $(VENV): is python3-bpfcc installed?"; exit 5; }
+	@touch $@
+
+# bcc compiles against the running kernel's headers. Kernels without a headers
+# package get Debian's newest linux-headers-*-amd64 tree (tracepoint programs
+# only need the common layout). Only created when absent, never overwritten.
+headers:
+	@rel=$$(uname -r); mod=/lib/modules/$$rel; \
+	if [ ! -e $$mod/build ] && [ "$$(id -u)" = 0 ]; then \
+		hdr=$$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1); \
+		common=$${hdr%-amd64}-common; \
+		if [ -n "$$hdr" ]; then mkdir -p $$mod && ln -sfn $$hdr $$mod/build && \
+			ln -sfn $$common $$mod/source && echo "linked $$mod/build -> $$hdr"; fi; \
+	fi
+
+demo: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched doctor
+	@echo
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched topology
+
+test: install
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+clean-venv:
+	rm -rf $(VENV)

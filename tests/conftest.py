@@ -1,0 +1,115 @@
+"""Test tiers (DESIGN.md): unit/cli/git/build always; kernel, root, bpf, vm when their
+needs are met. With VNUMA_SCHED_REQUIRE_ALL=1 (CI) an unmet need or any skip is a
+failure, and every tier must have run at least one passing test."""
+
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REQUIRE_ALL = os.environ.get("VNUMA_SCHED_REQUIRE_ALL") == "1"
+TIERS = ("kernel", "root", "bpf", "vm")
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched"))
+
+
+def _is_root():
+    return None if os.geteuid() == 0 else "not root"
+
+
+def _bpf_unmet():
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc not importable (python3-bpfcc)"
+    return None
+
+
+def _kernel_unmet():
+    for tool in ("make", "gcc", "flex", "bison", "git", "tar"):
+        if not shutil.which(tool):
+            return f"{tool} not installed"
+    if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
+        return "linux-source-6.12 not installed"
+    return None
+
+
+def _vm_unmet():
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86 not installed"
+    if not shutil.which("vng"):
+        return "virtme-ng (vng) not on PATH"
+    return _kernel_unmet()
+
+
+UNMET = {"kernel": _kernel_unmet, "root": _is_root, "bpf": _bpf_unmet, "vm": _vm_unmet}
+
+
+def tier_of(item):
+    for tier in TIERS:
+        if item.get_closest_marker(tier):
+            return tier
+    return "unit"
+
+
+def pytest_runtest_setup(item):
+    tier = tier_of(item)
+    if tier == "unit":
+        return
+    why = UNMET[tier]()
+    if why:
+        if REQUIRE_ALL:
+            pytest.fail(f"{tier} tier required (VNUMA_SCHED_REQUIRE_ALL=1) but {why}")
+        pytest.skip(f"{tier} tier: {why}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if REQUIRE_ALL and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under VNUMA_SCHED_REQUIRE_ALL=1: {rep.longrepr}"
+
+
+_PASSED = Counter()
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        tier = next((t for t in TIERS if t in report.keywords), "unit")
+        if report.passed:
+            _PASSED[tier] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    line = ", ".join(f"{t} {_PASSED.get(t, 0)}" for t in ("unit", *TIERS))
+    terminalreporter.write_sep("-", f"passed per tier: {line}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_ALL and session.testscollected and not session.config.option.collectonly:
+        missing = [t for t in TIERS if _PASSED.get(t, 0) == 0]
+        if missing and exitstatus == 0:
+            session.exitstatus = 1
+            print(f"\nVNUMA_SCHED_REQUIRE_ALL=1: no passing test in tier(s) {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session")
+def fixture_root():
+    return DATA / "sysfs"
+
+
+@pytest.fixture(scope="session")
+def tracefs():
+    """tracefs and debugfs mounted (root tier mounts them when absent)."""
+    for fstype, where in (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug")):
+        if not os.path.ismount(where):
+            subprocess.run(["mount", "-t", fstype, "nodev", where], check=True)
+    return Path("/sys/kernel/tracing")

@@ -1,0 +1,160 @@
+import shutil
+import struct
+
+import pytest
+
+from vnuma_sched import cpuid as cpuid_mod
+from vnuma_sched.doctor import DoctorEnv, run_checks, verdict
+from vnuma_sched.sysroot import SysRoot
+
+
+def fake_cpuid(eax_features, edx_hints=0, base=0x40000000, hypervisor=True):
+    sig = struct.unpack("<3I", b"KVMKVMKVM\0\0\0")
+
+    def cpuid(leaf, subleaf=0):
+        if leaf == 1:
+            return (0, 0, (1 << 31) if hypervisor else 0, 0)
+        if leaf == base:
+            return (base + 1, *sig)
+        if leaf == base + 1:
+            return (eax_features, 0, 0, edx_hints)
+        return (0, 0, 0, 0)
+
+    return cpuid
+
+
+def checks_for(root, **kw):
+    env = DoctorEnv(sysroot=SysRoot(root), euid=kw.pop("euid", 0), **kw)
+    return {c.name: c for c in run_checks(env)}
+
+
+def test_decode_dev_machine_bits():
+    # EAX seen on the development machine's CPUID 0x40000001
+    f = cpuid_mod.decode_features(0x1007EFB, 0)
+    assert f == {"steal_time": True, "pv_unhalt": True, "pv_tlb_flush": True,
+                 "pv_send_ipi": True, "poll_control": True, "sched_yield": True,
+                 "realtime_hint": False}
+
+
+@pytest.mark.parametrize("base", [0x40000000, 0x40000100])
+def test_kvm_base_found_behind_hyperv_leaves(base):
+    assert cpuid_mod.find_kvm_base(fake_cpuid(0, base=base)) == base
+
+
+def test_no_hypervisor_bit_means_no_kvm():
+    assert cpuid_mod.find_kvm_base(fake_cpuid(0xFFFF, hypervisor=False)) is None
+
+
+def test_cpuid_evidence_wins(fixture_root):
+    steal_only = 1 << 5
+    c = checks_for(fixture_root / "qemu-2node", cpuid=fake_cpuid(steal_only, edx_hints=1))
+    assert c["hypervisor"].status == "ok"
+    assert c["pv:steal_time"].status == "ok" and "CPUID 0x40000001" in c["pv:steal_time"].detail
+    assert c["pv:pv_unhalt"].status == "missing"
+    assert c["pv:realtime_hint"].status == "ok"
+
+
+def test_dmesg_evidence_when_cpuid_unreadable(fixture_root):
+    c = checks_for(fixture_root / "kvm-guest-1node")
+    assert c["hypervisor"].status == "ok" and "dmesg" in c["hypervisor"].detail
+    assert c["pv:pv_unhalt"].status == "ok" and "PV spinlocks enabled" in c["pv:pv_unhalt"].detail
+    assert c["pv:pv_tlb_flush"].status == "ok"
+    assert c["pv:pv_send_ipi"].status == "ok"
+    assert c["pv:sched_yield"].status == "ok"
+    assert c["pv:realtime_hint"].status == "warn"  # nothing in dmesg proves either way
+    assert c["pv_spinlocks"].status == "ok"
+    assert c["cpuidle"].detail.startswith("driver haltpoll")
+    assert c["btf"].status == "ok"
+    assert c["kprobes"].status == "missing"
+    assert c["bcc"].status == "n/a"
+    assert c["vnuma_patches"].status == "missing"
+
+
+def test_tcg_guest_is_not_kvm(fixture_root):
+    c = checks_for(fixture_root / "qemu-2node")
+    assert c["hypervisor"].status == "warn"  # cpuinfo says guest, nothing says KVM
+    assert c["vnuma"].status == "ok" and "2 nodes" in c["vnuma"].detail
+    assert c["cpuidle"].status == "missing"
+
+
+def test_bare_metal_and_memoryless(fixture_root):
+    c = checks_for(fixture_root / "tr-2990wx")
+    assert c["hypervisor"].status == "n/a"
+    assert all(c[f"pv:{n}"].status == "n/a" for n in cpuid_mod.KVM_FEATURES)
+    v = verdict(list(c.values()))
+    assert v[0]["exposure"].startswith("no: not a KVM guest")
+    assert v[1]["exposure"].startswith("yes")
+
+
+@pytest.fixture
+def tree(tmp_path, fixture_root):
+    root = tmp_path / "r"
+    shutil.copytree(fixture_root / "kvm-guest-1node", root)
+    return root
+
+
+def write(root, path, text):
+    p = root / path.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+@pytest.mark.parametrize("mode,status,needle", [
+    ("[none] integrity confidentiality", "ok", "none"),
+    ("none [integrity] confidentiality", "warn", "debugfs writes denied"),
+    ("none integrity [confidentiality]", "warn", "probes cannot run"),
+])
+def test_lockdown_modes(tree, mode, status, needle):
+    write(tree, "/sys/kernel/security/lockdown", mode + "\n")
+    c = checks_for(tree)
+    assert c["lockdown"].status == status and needle in c["lockdown"].detail
+
+
+def test_patched_kernel_gates(tree):
+    for p in ("/proc/sys/kernel/sched_numa_idle_damp", "/proc/sys/kernel/sched_numa_newidle_min_ns",
+              "/proc/sys/kernel/sched_steal_idle_nocap",
+              "/sys/module/kvm_guest/parameters/idle_halt_hint"):
+        write(tree, p, "0\n")
+    c = checks_for(tree)
+    assert c["vnuma_patches"].status == "ok"
+    v = verdict(list(c.values()))
+    assert "kvm_guest.idle_halt_hint (this kernel is patched)" in v[0]["mitigations"]
+
+
+def test_partly_patched(tree):
+    write(tree, "/proc/sys/kernel/sched_numa_idle_damp", "3\n")
+    c = checks_for(tree)
+    assert c["vnuma_patches"].status == "warn" and "idle_halt_hint" in c["vnuma_patches"].detail
+
+
+def test_kprobes_from_tracefs_and_mounts(tree):
+    write(tree, "/proc/mounts", "tracefs /sys/kernel/tracing tracefs rw 0 0\n"
+          "debugfs /sys/kernel/debug debugfs rw 0 0\n")
+    write(tree, "/sys/kernel/tracing/kprobe_events", "")
+    c = checks_for(tree)
+    assert c["kprobes"].status == "ok"
+    assert c["tracefs"].status == "ok" and c["debugfs"].status == "ok"
+
+
+def test_one_broken_check_does_not_stop_the_others(tree):
+    (tree / "proc/stat").write_text("cpu  1 2\n")
+    (tree / "sys/devices/system/node/node0/cpulist").write_text("zz\n")
+    c = checks_for(tree)
+    assert c["vnuma"].status == "warn" and "could not run" in c["vnuma"].detail
+    assert c["btf"].status == "ok"
+
+
+def test_uniform_distance_20_is_flagged(tmp_path, fixture_root):
+    root = tmp_path / "r"
+    shutil.copytree(fixture_root / "qemu-2node", root)
+    for i, row in enumerate(("10 20", "20 10")):
+        (root / f"sys/devices/system/node/node{i}/distance").write_text(row + "\n")
+    c = checks_for(root)
+    assert c["vnuma"].status == "warn" and "no SLIT" in c["vnuma"].detail
+
+
+def test_not_root_bcc_warns():
+    env = DoctorEnv(sysroot=SysRoot("/"), euid=1000, bcc_check=lambda: ("ok", "x"))
+    from vnuma_sched.doctor import check_bcc
+
+    assert check_bcc(env).status == "warn"

@@ -1,0 +1,112 @@
+import shutil
+
+import pytest
+from hypothesis import given, strategies as st
+
+from vnuma_sched.errors import BadInput, DataError
+from vnuma_sched.sysroot import SysRoot
+from vnuma_sched.topology import format_cpulist, parse_cpulist, read_topology
+
+
+@pytest.mark.parametrize("text,cpus", [
+    ("", []), ("0", [0]), ("0-3", [0, 1, 2, 3]), ("0-1,8,10-11", [0, 1, 8, 10, 11]),
+    ("0-23,48-71\n", list(range(24)) + list(range(48, 72))), ("0-7:2/4", [0, 1, 4, 5]),
+])
+def test_parse_cpulist(text, cpus):
+    assert parse_cpulist(text) == cpus
+
+
+@pytest.mark.parametrize("bad", ["a", "1-", "-1", "3-1", "0,,1", "0-3:5/4", "1 2", "0-3:1/0"])
+def test_parse_cpulist_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_cpulist(bad)
+
+
+@given(st.sets(st.integers(min_value=0, max_value=4095), max_size=200))
+def test_cpulist_roundtrip(cpus):
+    assert parse_cpulist(format_cpulist(cpus)) == sorted(cpus)
+
+
+@given(st.text(alphabet="0123456789-,:/ x", max_size=30))
+def test_parse_cpulist_never_crashes_otherwise(text):
+    try:
+        out = parse_cpulist(text)
+    except ValueError:
+        return
+    assert out == sorted(set(out))
+
+
+def topo(fixture_root, name):
+    return read_topology(SysRoot(fixture_root / name))
+
+
+def test_two_node_qemu_guest(fixture_root):
+    t = topo(fixture_root, "qemu-2node")
+    assert t.to_dict() == {"nodes": [
+        {"id": 0, "cpus": [0, 1], "mem_kb": 983040, "distances": [10, 21]},
+        {"id": 1, "cpus": [2, 3], "mem_kb": 1036288, "distances": [21, 10]},
+    ]}
+    assert t.node_of(3) == 1 and t.distance(0, 1) == 21
+
+
+def test_xeon_8160_two_sockets_with_ht(fixture_root):
+    t = topo(fixture_root, "xeon-8160-2s")
+    assert [len(n.cpus) for n in t.nodes] == [48, 48]
+    assert t.node_of(47) == 1 and t.node_of(48) == 0 and t.node_of(95) == 1
+    assert t.remote_distances() == [21]
+
+
+def test_threadripper_memoryless_nodes(fixture_root):
+    t = topo(fixture_root, "tr-2990wx")
+    assert [n.memoryless for n in t.nodes] == [False, True, False, True]
+    assert all(len(n.cpus) == 16 for n in t.nodes)
+    assert t.remote_distances() == [16]
+
+
+def test_single_node_machine(fixture_root):
+    t = topo(fixture_root, "kvm-guest-1node")
+    assert len(t.nodes) == 1 and t.nodes[0].distances == (10,)
+
+
+@pytest.fixture
+def broken(tmp_path, fixture_root):
+    root = tmp_path / "root"
+    shutil.copytree(fixture_root / "qemu-2node", root)
+    return root
+
+
+@pytest.mark.parametrize("file,text,needle", [
+    ("node1/cpulist", "2-x\n", "node1/cpulist: malformed cpulist"),
+    ("node0/distance", "10 21 30\n", "node0/distance: distance row has 3 entries for 2 nodes"),
+    ("node1/distance", "21 ten\n", "node1/distance: malformed distance row"),
+    ("node0/meminfo", "garbage\n", "node0/meminfo: no 'Node N MemTotal"),
+    ("node1/cpulist", "1-2\n", "node1/cpulist: CPU 1 is also in node0"),
+])
+def test_malformed_files_name_the_file(broken, file, text, needle):
+    (broken / "sys/devices/system/node" / file).write_text(text)
+    with pytest.raises(DataError) as err:
+        read_topology(SysRoot(broken))
+    assert needle in str(err.value)
+
+
+def test_unreadable_file_names_it(broken):
+    (broken / "sys/devices/system/node/node0/meminfo").unlink()
+    with pytest.raises(DataError, match="node0/meminfo"):
+        read_topology(SysRoot(broken))
+
+
+def test_kernel_without_numa(tmp_path):
+    (tmp_path / "sys/devices/system/cpu").mkdir(parents=True)
+    (tmp_path / "sys/devices/system/cpu/online").write_text("0-3\n")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/meminfo").write_text("MemTotal:  2048 kB\n")
+    t = read_topology(SysRoot(tmp_path))
+    assert not t.numa and t.to_dict()["nodes"] == [
+        {"id": 0, "cpus": [0, 1, 2, 3], "mem_kb": 2048, "distances": [10]}]
+
+
+def test_sysroot_refuses_escapes(tmp_path):
+    with pytest.raises(BadInput):
+        SysRoot(tmp_path).path("/sys/../../etc/passwd")
+    with pytest.raises(BadInput):
+        SysRoot(tmp_path / "missing")

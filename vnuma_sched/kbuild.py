@@ -1,0 +1,199 @@
+"""Guest-kernel builds: configure from fragments, check what survived, build bzImage,
+write metadata.json. Steps end PASS / FAIL / SKIP, tuxmake style."""
+
+import hashlib
+import json
+import re
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vnuma_sched import kconfig
+from vnuma_sched.errors import VnumaError
+from vnuma_sched.ktree import tree_version
+from vnuma_sched.runner import stream
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+ARCH = "x86_64"
+IMAGE = "arch/x86/boot/bzImage"
+KERNEL_FRAGMENT = "kernel/configs/kvm_guest.config"
+_ERROR = re.compile(r"(^\S+:\d+:\d+: (fatal )?error: .*|^make(\[\d+\])?: \*\*\* .*)")
+
+
+class BuildFailed(VnumaError):
+    pass
+
+
+@dataclass
+class Step:
+    name: str
+    status: str
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class BuildRequest:
+    tree: Path
+    out: Path
+    fragments: list
+    jobs: int = 2
+    allow_dropped: bool = False
+
+    def reproducer(self):
+        argv = ["vnuma-sched", "build", "--tree", str(self.tree), "--out", str(self.out),
+                "--jobs", str(self.jobs)]
+        for frag in self.fragments:
+            argv += ["--fragment", str(frag)]
+        if self.allow_dropped:
+            argv.append("--allow-dropped")
+        return shlex.join(argv)
+
+
+@dataclass
+class BuildResult:
+    steps: list = field(default_factory=list)
+    image: Path = None
+    metadata: dict = None
+    dropped: list = field(default_factory=list)
+
+    @property
+    def ok(self):
+        return all(s.status != FAIL for s in self.steps)
+
+
+def build_env(tree, runner):
+    """Reproducible kbuild environment: timestamp from HEAD's commit date."""
+    stamp = runner.output(["git", "log", "-1", "--format=%cd",
+                           "--date=format-local:%a %b %e %H:%M:%S UTC %Y"], cwd=tree,
+                          env={"TZ": "UTC"})
+    return {"KBUILD_BUILD_TIMESTAMP": stamp, "KBUILD_BUILD_USER": "vnuma",
+            "KBUILD_BUILD_HOST": "vnuma-sched", "ARCH": ARCH, "LC_ALL": "C"}
+
+
+def _make(req, out, *targets, jobs=None):
+    argv = ["make", "-C", str(req.tree), f"O={out}", f"ARCH={ARCH}"]
+    if jobs:
+        argv.append(f"-j{jobs}")
+    return argv + list(targets)
+
+
+def configure(req, runner, env):
+    """Merge fragments over tinyconfig in a scratch dir; copy .config only if it changed.
+
+    Returns the list of requested options that did not survive olddefconfig.
+    """
+    scratch = req.out / ".kconfig"
+    scratch.mkdir(parents=True, exist_ok=True)
+    runner.run(_make(req, scratch, "-s", "tinyconfig"), env=env)
+    base = kconfig.parse((scratch / ".config").read_text(), strict=False)
+    kernel_frag = kconfig.read_fragment(req.tree / KERNEL_FRAGMENT)
+    user = [kconfig.read_fragment(f) for f in req.fragments]
+    merged, _ = kconfig.merge(base, [kernel_frag, *user])
+    _, requested = kconfig.merge({}, user)
+    (scratch / ".config").write_text(kconfig.render(merged))
+    runner.run(_make(req, scratch, "-s", "olddefconfig"), env=env)
+    final_text = (scratch / ".config").read_text()
+    lost = kconfig.dropped(requested, kconfig.parse(final_text, strict=False))
+    target = req.out / ".config"
+    if not target.exists() or target.read_text() != final_text:
+        shutil.copyfile(scratch / ".config", target)
+    return lost
+
+
+def first_errors(log_path, limit=6):
+    """The compiler's own error lines (not 500 lines of log)."""
+    lines = Path(log_path).read_text(errors="replace").splitlines()
+    errs = [ln for ln in lines if _ERROR.search(ln)]
+    return errs[:limit] or lines[-limit:]
+
+
+def compile_image(req, env, progress):
+    log = req.out / "build.log"
+    counter = {"n": 0}
+
+    def on_line(line):
+        if re.match(r"^\s+(CC|LD|AS|AR|GEN|HOSTCC)\s", line):
+            counter["n"] += 1
+            if counter["n"] % 250 == 0:
+                progress(f"  {counter['n']:6d} steps  {line.strip()}")
+
+    code = stream(_make(req, req.out, "bzImage", jobs=req.jobs), log, on_line, env=env)
+    return code, log
+
+
+def sha256_file(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def applied_patches(tree, runner):
+    """Commits on top of the vnuma-base tag (subject and patch-id), oldest first."""
+    res = runner.run(["git", "rev-parse", "-q", "--verify", "vnuma-base"], cwd=tree,
+                     check=False)
+    if res.returncode != 0:
+        return []
+    log = runner.output(["git", "log", "--reverse", "--format=%H %s", "vnuma-base..HEAD"],
+                        cwd=tree)
+    out = []
+    for line in filter(None, log.splitlines()):
+        sha, subject = line.split(" ", 1)
+        diff = runner.run(["git", "show", sha], cwd=tree).stdout
+        pid = runner.run(["git", "patch-id", "--stable"], cwd=tree, input_text=diff).stdout
+        out.append({"commit": sha, "subject": subject, "patch_id": pid.split()[0] if pid else ""})
+    return out
+
+
+def metadata(req, runner, seconds, image):
+    tree = req.tree
+    head = runner.output(["git", "rev-parse", "HEAD"], cwd=tree)
+    base = runner.run(["git", "rev-parse", "-q", "--verify", "vnuma-base^{commit}"],
+                      cwd=tree, check=False).stdout.strip() or head
+    cc = runner.output(["gcc", "--version"]).splitlines()[0]
+    return {
+        "kernel_version": str(tree_version(tree)),
+        "tree": str(tree),
+        "head_commit": head,
+        "base_commit": base,
+        "patches": applied_patches(tree, runner),
+        "fragments": [{"path": str(f), "sha256": sha256_file(f)} for f in req.fragments],
+        "config_sha256": sha256_file(req.out / ".config"),
+        "image": str(image),
+        "image_sha256": sha256_file(image),
+        "compiler": cc,
+        "duration_s": round(seconds, 1),
+        "reproducer": req.reproducer(),
+    }
+
+
+def build(req, runner, progress):
+    """Run every step; raise BuildFailed naming the failed step and its first errors."""
+    result = BuildResult()
+    req.out.mkdir(parents=True, exist_ok=True)
+    env = build_env(req.tree, runner)
+    t0 = time.monotonic()
+    progress("configure: tinyconfig + kvm_guest.config + " +
+             ", ".join(Path(f).name for f in req.fragments))
+    lost = configure(req, runner, env)
+    result.dropped = lost
+    if lost and not req.allow_dropped:
+        result.steps.append(Step("configure", FAIL, time.monotonic() - t0,
+                                 "; ".join(map(str, lost))))
+        raise BuildFailed("configure: requested options did not survive olddefconfig: "
+                          + "; ".join(map(str, lost)) + " (use --allow-dropped to go on)")
+    result.steps.append(Step("configure", PASS, time.monotonic() - t0,
+                             f"{len(lost)} dropped" if lost else ""))
+    t1 = time.monotonic()
+    progress(f"build: make -j{req.jobs} bzImage (log: {req.out / 'build.log'})")
+    code, log = compile_image(req, env, progress)
+    if code != 0:
+        result.steps.append(Step("bzImage", FAIL, time.monotonic() - t1))
+        raise BuildFailed(f"bzImage: make exited {code}; first errors:\n  "
+                          + "\n  ".join(first_errors(log)) + f"\nfull log: {log}")
+    result.steps.append(Step("bzImage", PASS, time.monotonic() - t1))
+    result.image = req.out / IMAGE
+    result.metadata = metadata(req, runner, time.monotonic() - t0, result.image)
+    (req.out / "metadata.json").write_text(json.dumps(result.metadata, indent=2) + "\n")
+    result.steps.append(Step("metadata", PASS, 0.0, str(req.out / "metadata.json")))
+    return result
