@@ -113,3 +113,37 @@ def tracefs():
         if not os.path.ismount(where):
             subprocess.run(["mount", "-t", fstype, "nodev", where], check=True)
     return Path("/sys/kernel/tracing")
+
+
+@pytest.fixture(scope="session")
+def repo_fragment():
+    return REPO / "kconfig" / "vnuma-guest.config"
+
+
+def _fetch(series):
+    from vnuma_sched.ktree import fetch_debian
+    from vnuma_sched.runner import Runner
+
+    return fetch_debian(series, CACHE / "trees", Runner(), print, os.geteuid())
+
+
+@pytest.fixture(scope="session")
+def tree_612():
+    return _fetch("6.12")
+
+
+@pytest.fixture(scope="session")
+def tree_61():
+    return _fetch("6.1")
+
+
+@pytest.fixture(scope="session")
+def guest_build(tree_612, repo_fragment):
+    """The project's 6.12 guest kernel, built once (incremental after the first run)."""
+    from vnuma_sched import kbuild
+    from vnuma_sched.runner import Runner
+
+    out = CACHE / "builds" / "test-linux-6.12"
+    req = kbuild.BuildRequest(tree_612, out, [repo_fragment], jobs=os.cpu_count() or 2)
+    kbuild.build(req, Runner(), print)
+    return out

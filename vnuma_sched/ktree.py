@@ -62,7 +62,7 @@ def _is_fetched(tree, runner):
     return res.returncode == 0
 
 
-def fetch_debian(series, dest, runner, progress, euid):
+def fetch_debian(series, dest, runner, progress, euid, tarball=None):
     """Extract Debian's linux-source-<series> under ``dest`` as a git repo; return its path.
 
     The base commit has a fixed author, date (the tarball's mtime) and message,
@@ -75,7 +75,7 @@ def fetch_debian(series, dest, runner, progress, euid):
     if _is_fetched(tree, runner):
         progress(f"{tree}: already fetched")
         return tree
-    tarball = source_tarball(series)
+    tarball = Path(tarball) if tarball else source_tarball(series)
     if not tarball.exists():
         if euid != 0:
             raise NeedsRoot(f"installing linux-source-{series} (apt-get)")
@@ -103,7 +103,8 @@ def _commit_base(tree, series, tarball, runner):
     env = {"GIT_AUTHOR_NAME": BASE_NAME, "GIT_AUTHOR_EMAIL": BASE_EMAIL, "GIT_AUTHOR_DATE": date,
            "GIT_COMMITTER_NAME": BASE_NAME, "GIT_COMMITTER_EMAIL": BASE_EMAIL,
            "GIT_COMMITTER_DATE": date}
-    git = ["git", "-c", "init.defaultBranch=master", "-c", "core.autocrlf=false"]
+    git = ["git", "-c", "init.defaultBranch=master", "-c", "core.autocrlf=false",
+           "-c", "commit.gpgsign=false"]
     runner.run([*git, "init", "-q"], cwd=tree)
     # Debian's top-level .gitignore ignores "/*": force-add everything.
     runner.run([*git, "add", "-f", "-A"], cwd=tree)

@@ -1,0 +1,145 @@
+"""Build logic against a fake kernel Makefile (fast; no real kernel)."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vnuma_sched import kbuild, kconfig
+from vnuma_sched.errors import BadInput
+from vnuma_sched.runner import Runner
+
+FAKE = Path(__file__).parent / "data" / "fakekernel"
+
+
+def git(tree, *args):
+    subprocess.run(["git", *args], cwd=tree, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                        "GIT_AUTHOR_DATE": "@1700000000 +0000",
+                        "GIT_COMMITTER_DATE": "@1700000000 +0000", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture
+def tree(tmp_path):
+    t = tmp_path / "linux"
+    shutil.copytree(FAKE, t)
+    git(t, "init", "-q")
+    git(t, "add", "-A")
+    git(t, "commit", "-q", "-m", "base")
+    git(t, "tag", "vnuma-base")
+    (t / "kernel" / "sched.c").write_text("/* patched */\n")
+    git(t, "add", "-A")
+    git(t, "commit", "-q", "-m", "sched/fair: a patch")
+    return t
+
+
+def fragment(tmp_path, text, name="f.config"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def request(tree, tmp_path, frags, **kw):
+    return kbuild.BuildRequest(tree, tmp_path / "out", frags, jobs=2, **kw)
+
+
+def test_build_writes_image_and_metadata(tree, tmp_path):
+    frag = fragment(tmp_path, "# why: test\nCONFIG_SMP=y\nCONFIG_NR_CPUS=64\n")
+    msgs = []
+    res = kbuild.build(request(tree, tmp_path, [frag]), Runner(), msgs.append)
+    assert [s.status for s in res.steps] == ["PASS", "PASS", "PASS"]
+    cfg = kconfig.parse((tmp_path / "out/.config").read_text(), strict=False)
+    assert cfg["CONFIG_SMP"] == "y" and cfg["CONFIG_KVM_GUEST"] == "y"
+    meta = json.loads((tmp_path / "out/metadata.json").read_text())
+    assert meta["kernel_version"] == "6.12.117"
+    assert meta["base_commit"] != meta["head_commit"]
+    assert [p["subject"] for p in meta["patches"]] == ["sched/fair: a patch"]
+    assert len(meta["patches"][0]["patch_id"]) == 40
+    assert meta["fragments"][0]["path"] == str(frag)
+    assert meta["reproducer"].startswith("vnuma-sched build --tree ")
+    assert meta["image_sha256"] == kbuild.sha256_file(tmp_path / "out/arch/x86/boot/bzImage")
+    assert any("configure" in m for m in msgs)
+
+
+def test_dropped_option_fails_and_names_it(tree, tmp_path):
+    frag = fragment(tmp_path, "CONFIG_DROPME=y\nCONFIG_SMP=y\n")
+    with pytest.raises(kbuild.BuildFailed) as err:
+        kbuild.build(request(tree, tmp_path, [frag]), Runner(), lambda m: None)
+    assert "CONFIG_DROPME: requested y, got n" in str(err.value)
+    assert not (tmp_path / "out/arch/x86/boot/bzImage").exists()
+
+
+def test_allow_dropped_goes_on(tree, tmp_path):
+    frag = fragment(tmp_path, "CONFIG_DROPME=y\n")
+    res = kbuild.build(request(tree, tmp_path, [frag], allow_dropped=True), Runner(),
+                       lambda m: None)
+    assert res.ok and [str(d) for d in res.dropped] == ["CONFIG_DROPME: requested y, got n"]
+
+
+def test_compile_error_shows_compiler_line_not_whole_log(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIL", "1")
+    frag = fragment(tmp_path, "CONFIG_SMP=y\n")
+    with pytest.raises(kbuild.BuildFailed) as err:
+        kbuild.build(request(tree, tmp_path, [frag]), Runner(), lambda m: None)
+    msg = str(err.value)
+    assert msg.startswith("bzImage: make exited")
+    assert "kernel/sched/fair.c:42:7: error: 'sd_numa' undeclared" in msg
+    assert "kernel/file3.o" not in msg
+    assert "build.log" in msg
+
+
+def test_unchanged_rebuild_keeps_config_and_image(tree, tmp_path):
+    frag = fragment(tmp_path, "CONFIG_SMP=y\n")
+    req = request(tree, tmp_path, [frag])
+    kbuild.build(req, Runner(), lambda m: None)
+    cfg, img = tmp_path / "out/.config", tmp_path / "out/arch/x86/boot/bzImage"
+    before = (cfg.stat().st_mtime_ns, img.stat().st_mtime_ns)
+    kbuild.build(req, Runner(), lambda m: None)
+    assert (cfg.stat().st_mtime_ns, img.stat().st_mtime_ns) == before
+    assert "CC" not in (tmp_path / "out/build.log").read_text()
+
+
+def test_changed_fragment_rebuilds(tree, tmp_path):
+    frag = fragment(tmp_path, "CONFIG_SMP=y\n")
+    req = request(tree, tmp_path, [frag])
+    kbuild.build(req, Runner(), lambda m: None)
+    frag.write_text("CONFIG_SMP=y\nCONFIG_NUMA=y\n")
+    kbuild.build(req, Runner(), lambda m: None)
+    assert "CONFIG_NUMA=y" in (tmp_path / "out/arch/x86/boot/bzImage").read_text()
+
+
+def test_reproducible_env_from_commit(tree):
+    env = kbuild.build_env(tree, Runner())
+    assert env["KBUILD_BUILD_TIMESTAMP"] == "Tue Nov 14 22:13:20 UTC 2023"
+    assert env["KBUILD_BUILD_USER"] == "vnuma" and env["KBUILD_BUILD_HOST"] == "vnuma-sched"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("CONFIG_X=maybe\n", "f.config:1: bad value 'maybe' for CONFIG_X"),
+    ("# ok\nCONFIG_Y=y\nSMP=y\n", "f.config:3: not a Kconfig assignment"),
+    ('CONFIG_S="unterminated\n', "f.config:1: bad value"),
+])
+def test_fragment_syntax_errors_name_file_and_line(tmp_path, text, needle):
+    with pytest.raises(BadInput) as err:
+        kconfig.read_fragment(fragment(tmp_path, text))
+    assert needle in str(err.value)
+
+
+def test_kconfig_merge_and_render_roundtrip():
+    base = kconfig.parse("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=2\n")
+    merged, req = kconfig.merge(base, [{"CONFIG_B": "y"}, {"CONFIG_C": "64", "CONFIG_D": '"x"'}])
+    assert req == {"CONFIG_B": "y", "CONFIG_C": "64", "CONFIG_D": '"x"'}
+    assert kconfig.parse(kconfig.render(merged)) == merged
+    assert kconfig.dropped(req, {"CONFIG_B": "y", "CONFIG_C": "64"}) == [
+        kconfig.Dropped("CONFIG_D", '"x"', "n")]
+
+
+def test_shipped_fragment_parses_with_one_why_per_group():
+    path = Path(__file__).resolve().parent.parent / "kconfig" / "vnuma-guest.config"
+    frag = kconfig.read_fragment(path)
+    assert frag["CONFIG_NR_CPUS"] == "64" and frag["CONFIG_KVM_GUEST"] == "y"
+    groups = path.read_text().split("\n\n")[1:]
+    assert all(g.lstrip().startswith("# why:") for g in groups if "CONFIG_" in g)
