@@ -1,0 +1,83 @@
+"""root tier: doctor on the live machine, checked against independent reads."""
+
+import os
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from vnuma_sched import cpuid
+from vnuma_sched.doctor import DoctorEnv, run_checks
+from vnuma_sched.sysroot import SysRoot
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def live(tracefs):
+    root = SysRoot("/")
+    env = DoctorEnv(sysroot=root, euid=os.geteuid(), cpuid=cpuid.device_reader(root))
+    return {c.name: c for c in run_checks(env)}
+
+
+def raw_cpuid(leaf):
+    fd = os.open("/dev/cpu/0/cpuid", os.O_RDONLY)
+    try:
+        return struct.unpack("<4I", os.pread(fd, 16, leaf))
+    finally:
+        os.close(fd)
+
+
+def kernel_log():
+    return "\n".join(SysRoot("/").kernel_log())
+
+
+def test_hypervisor_and_pv_bits_match_raw_cpuid(live):
+    if not Path("/dev/cpu/0/cpuid").exists():
+        pytest.fail("this tier expects /dev/cpu/0/cpuid (CONFIG_X86_CPUID) on the test machine")
+    _, b, c, d = raw_cpuid(0x40000000)
+    is_kvm = struct.pack("<3I", b, c, d) == b"KVMKVMKVM\0\0\0"
+    assert (live["hypervisor"].status == "ok") == is_kvm
+    if is_kvm:
+        eax, _, _, edx = raw_cpuid(0x40000001)
+        assert live["pv:steal_time"].data["exposed"] == bool(eax & (1 << 5))
+        assert live["pv:pv_unhalt"].data["exposed"] == bool(eax & (1 << 7))
+        assert live["pv:realtime_hint"].data["exposed"] == bool(edx & 1)
+        assert "CPUID" in live["pv:steal_time"].detail
+
+
+def test_pv_spinlocks_match_dmesg(live):
+    log = kernel_log()
+    if "PV spinlocks enabled" in log:
+        assert live["pv_spinlocks"].status == "ok"
+    elif "PV spinlocks disabled" in log:
+        assert live["pv_spinlocks"].status == "missing"
+    else:
+        assert live["pv_spinlocks"].status == "warn"
+
+
+def test_cpuidle_btf_kprobes_match_the_system(live):
+    driver = Path("/sys/devices/system/cpu/cpuidle/current_driver")
+    if driver.exists() and driver.read_text().strip() != "none":
+        assert live["cpuidle"].data["driver"] == driver.read_text().strip()
+    assert (live["btf"].status == "ok") == Path("/sys/kernel/btf/vmlinux").exists()
+    has_kprobes = Path("/sys/kernel/tracing/kprobe_events").exists()
+    assert (live["kprobes"].status == "ok") == has_kprobes
+    assert live["tracefs"].status == "ok" and live["debugfs"].status == "ok"
+
+
+def test_steal_matches_proc_stat(live):
+    steal = int(Path("/proc/stat").read_text().splitlines()[0].split()[8])
+    assert (live["steal_time"].status == "ok") == (steal > 0 or live["steal_time"].data["ticks"] > 0)
+
+
+def test_topology_matches_sysfs(live):
+    nodes = [p for p in Path("/sys/devices/system/node").glob("node*")
+             if re.fullmatch(r"node\d+", p.name)]
+    assert live["vnuma"].data["nodes"] == max(1, len(nodes))
+
+
+def test_kmsg_reader_returns_messages():
+    lines = SysRoot("/").kernel_log()
+    assert lines and not any(re.match(r"^\d+,\d+,\d+", ln) for ln in lines[:20])
