@@ -295,6 +295,91 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json)
     settings_exit(res.exit_code)
 
 
+@main.group()
+def patches():
+    """The project's guest-kernel patch series (list, check, apply)."""
+
+
+@patches.command("list")
+@click.option("--version", "series_version", default=None,
+              help="Only this series (6.1 or 6.12).")
+@json_option
+@click.pass_obj
+def patches_list(settings, series_version, as_json):
+    """Each patch: number, subject, problem it addresses, gates, versions.
+
+    \b
+    Example:
+      vnuma-sched patches list --version 6.12
+    """
+    from vnuma_sched import patches as P
+    from vnuma_sched.render import patches_text
+
+    settings = _merge_json(settings, as_json)
+    all_series = [P.load_series(series_version)] if series_version else P.all_series()
+    doc = {"series": [{"version": s.version, "base_commit": s.base_commit,
+                       "patches": [p.to_dict() for p in s.patches]} for s in all_series]}
+    emit(settings, doc, patches_text(all_series))
+
+
+def _tree_series(tree):
+    from vnuma_sched import patches as P
+    from vnuma_sched.ktree import tree_version
+
+    return P.load_series(tree_version(tree).series)
+
+
+@patches.command("check")
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@json_option
+@click.pass_obj
+def patches_check(settings, tree, as_json):
+    """Per patch: clean, already-applied or conflict (file and hunk). Never touches TREE.
+
+    \b
+    The series is picked from the version in TREE's Makefile. Exit code 1 if
+    any patch conflicts.
+    \b
+    Example:
+      vnuma-sched patches check --tree /var/cache/vnuma_sched/trees/linux-source-6.12
+    """
+    from vnuma_sched import patches as P
+    from vnuma_sched.render import status_text
+    from vnuma_sched.runner import Runner
+
+    settings = _merge_json(settings, as_json)
+    series = _tree_series(tree)
+    statuses = P.check(tree, series, Runner())
+    emit(settings, {"version": series.version, "tree": str(tree),
+                    "patches": [s.to_dict() for s in statuses]}, status_text(statuses))
+    if any(s.state == P.CONFLICT for s in statuses):
+        settings_exit(1)
+
+
+@patches.command("apply")
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--branch", default="vnuma-sched", show_default=True,
+              help="New branch created from the current HEAD.")
+@click.pass_obj
+def patches_apply(settings, tree, branch):
+    """Apply the series to TREE on a new branch with git am, patch by patch.
+
+    \b
+    Refuses a dirty tree or an unfinished git operation. Already-applied
+    patches are skipped. On a conflict nothing is changed: same HEAD, same
+    branch, clean tree.
+    \b
+    Example:
+      vnuma-sched patches apply --tree ~/linux --branch vnuma
+    """
+    from vnuma_sched import patches as P
+    from vnuma_sched.runner import Runner
+
+    series = _tree_series(tree)
+    P.apply(tree, series, branch, Runner(), _progress(settings))
+    click.echo(f"{tree}: branch {branch} carries the {series.version} series")
+
+
 def settings_exit(code):
     ctx = click.get_current_context()
     ctx.exit(code)

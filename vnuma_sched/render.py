@@ -61,3 +61,19 @@ def build_text(result):
     if result.metadata:
         out.append(f"image: {result.image}\nreproducer: {result.metadata['reproducer']}")
     return "\n".join(out)
+
+
+def patches_text(all_series):
+    out = []
+    for series in all_series:
+        rows = [[p.number, p.subject, p.problem, "\n".join(p.gates) or "-"]
+                for p in series.patches]
+        title = f"Series {series.version} (base {series.base_commit[:12] or 'unknown'})"
+        out.append(table(rows, ["#", "subject", "problem", "gates"], title=title,
+                         widths=[None, 44, None, 30]))
+    return "\n\n".join(out)
+
+
+def status_text(statuses):
+    rows = [[s.patch.number, s.patch.subject, s.state, s.detail] for s in statuses]
+    return table(rows, ["#", "subject", "status", "detail"], widths=[None, 40, None, 30])
