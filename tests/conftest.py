@@ -147,3 +147,49 @@ def guest_build(tree_612, repo_fragment):
     req = kbuild.BuildRequest(tree_612, out, [repo_fragment], jobs=os.cpu_count() or 2)
     kbuild.build(req, Runner(), print)
     return out
+
+
+def _patched(tree, series_version):
+    """A worktree of the fetched tree with the series applied (reused between runs)."""
+    from vnuma_sched import patches as P
+    from vnuma_sched.runner import Runner
+
+    series = P.load_series(series_version)
+    work = CACHE / "series-test" / series_version / "linux"
+    if work.exists():
+        if [s.state for s in P.check(work, series, Runner())] == [P.APPLIED] * len(series):
+            return work, series
+        subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=tree)
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=tree, check=True)
+        subprocess.run(["git", "branch", "-D", f"series-test-{series_version}"], cwd=tree)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(work), "vnuma-base"],
+                   cwd=tree, check=True)
+    P.apply(work, series, f"series-test-{series_version}", Runner(), print)
+    return work, series
+
+
+@pytest.fixture(scope="session")
+def patched_612(tree_612):
+    return _patched(tree_612, "6.12")
+
+
+@pytest.fixture(scope="session")
+def patched_61(tree_61):
+    return _patched(tree_61, "6.1")
+
+
+@pytest.fixture(scope="session")
+def patched_build_612(patched_612, repo_fragment):
+    """The patched 6.12 guest with the emulation test aid and lockdep."""
+    from vnuma_sched import kbuild
+    from vnuma_sched.runner import Runner
+
+    tree, _ = patched_612
+    frags = [repo_fragment, repo_fragment.parent / "series-test.config",
+             repo_fragment.parent / "debug.config"]
+    out = CACHE / "builds" / "series-test-6.12"
+    kbuild.build(kbuild.BuildRequest(tree, out, frags, jobs=os.cpu_count() or 2), Runner(),
+                 print)
+    return out

@@ -143,3 +143,18 @@ def test_shipped_fragment_parses_with_one_why_per_group():
     assert frag["CONFIG_NR_CPUS"] == "64" and frag["CONFIG_KVM_GUEST"] == "y"
     groups = path.read_text().split("\n\n")[1:]
     assert all(g.lstrip().startswith("# why:") for g in groups if "CONFIG_" in g)
+
+
+def test_object_targets_build_without_image(tree, tmp_path):
+    frag = fragment(tmp_path, "CONFIG_SMP=y\n")
+    req = request(tree, tmp_path, [frag], targets=("tinyconfig",))
+    res = kbuild.build(req, Runner(), lambda m: None)
+    assert [s.name for s in res.steps] == ["configure", "objects"] and res.image is None
+    assert "--target tinyconfig" in req.reproducer()
+
+
+def test_warnings_are_summarised(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("WARN", "1")
+    res = kbuild.build(request(tree, tmp_path, [fragment(tmp_path, "CONFIG_SMP=y\n")]),
+                       Runner(), lambda m: None)
+    assert res.steps[1].detail.startswith("1 warning(s): kernel/sched/core.c:10:5: warning")

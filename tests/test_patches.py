@@ -165,7 +165,7 @@ def test_unknown_version():
         P.load_series("5.15")
 
 
-@pytest.mark.parametrize("version", ["6.12"])
+@pytest.mark.parametrize("version", ["6.12", "6.1"])
 def test_shipped_series_is_complete(version):
     series = P.load_series(version)
     listed = {p.filename for p in series.patches}

@@ -190,9 +190,11 @@ def kernel_fetch(settings, series, dest):
               show_default=True)
 @click.option("--allow-dropped", is_flag=True,
               help="Go on when requested options do not survive olddefconfig.")
+@click.option("--target", "targets", multiple=True,
+              help="Make targets instead of bzImage, e.g. kernel/sched/fair.o (repeatable).")
 @json_option
 @click.pass_obj
-def build(settings, tree, fragments, out, jobs, allow_dropped, as_json):
+def build(settings, tree, fragments, out, jobs, allow_dropped, targets, as_json):
     """Build a guest bzImage out of tree from tinyconfig + kconfig fragments.
 
     \b
@@ -218,9 +220,11 @@ def build(settings, tree, fragments, out, jobs, allow_dropped, as_json):
         if not f.is_file():
             raise BadInput(f"--fragment {f}: no such file")
     out = Path(out or os.path.join(cache_dir(), "builds", tree.name)).resolve()
-    req = kbuild.BuildRequest(tree, out, frags, jobs, allow_dropped)
+    req = kbuild.BuildRequest(tree, out, frags, jobs, allow_dropped,
+                              tuple(targets) or ("bzImage",))
     result = kbuild.build(req, Runner(), _progress(settings))
-    emit(settings, result.metadata, build_text(result))
+    emit(settings, result.metadata or {"steps": [s.__dict__ for s in result.steps]},
+         build_text(result))
 
 
 def default_fragment():
@@ -378,6 +382,50 @@ def patches_apply(settings, tree, branch):
     series = _tree_series(tree)
     P.apply(tree, series, branch, Runner(), _progress(settings))
     click.echo(f"{tree}: branch {branch} carries the {series.version} series")
+
+
+@patches.command("verify")
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A tree whose HEAD carries the series (see 'patches apply').")
+@click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False),
+              help="Base fragments [default: vnuma-guest.config + series-test.config].")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Worktree and build dirs [default: $VNUMA_SCHED_CACHE/verify/<version>].")
+@click.option("--w1/--no-w1", default=True, show_default=True,
+              help="Also compare W=1 warnings of the touched files with the base tree.")
+@json_option
+@click.pass_obj
+def patches_verify(settings, tree, fragments, workdir, w1, as_json):
+    """Build every patch of the series in every variant (bisectability).
+
+    \b
+    For each patch in order and each variant in kconfig/variants (plus the
+    default), compile the objects the series has touched so far. Long: run it
+    when the series changes, not on every commit.
+    \b
+    Example:
+      vnuma-sched patches verify --tree /var/cache/vnuma_sched/series/linux-6.12
+    """
+    from pathlib import Path
+
+    from vnuma_sched import verify as V
+    from vnuma_sched.render import matrix_text
+    from vnuma_sched.runner import Runner
+
+    settings = _merge_json(settings, as_json)
+    series = _tree_series(tree)
+    frags = [Path(f).resolve() for f in fragments] or [
+        default_fragment(), default_fragment().parent / "series-test.config"]
+    work = Path(workdir or os.path.join(cache_dir(), "verify", series.version))
+    runner = Runner()
+    cells = V.run_matrix(Path(tree).resolve(), series, frags, work, runner,
+                         _progress(settings))
+    new = V.w1_new_warnings(Path(tree).resolve(), series, frags[:1], work, runner,
+                            _progress(settings)) if w1 else []
+    emit(settings, {"version": series.version, "cells": [c.__dict__ for c in cells],
+                    "w1_new_warnings": [list(w) for w in new]}, matrix_text(cells, new))
+    if any(c.status == "FAIL" for c in cells) or new:
+        settings_exit(1)
 
 
 def settings_exit(code):

@@ -41,12 +41,21 @@ class BuildRequest:
     fragments: list
     jobs: int = 2
     allow_dropped: bool = False
+    targets: tuple = ("bzImage",)
+    make_vars: tuple = ()  # e.g. ("W=1",)
+
+    @property
+    def image_build(self):
+        return self.targets == ("bzImage",)
 
     def reproducer(self):
         argv = ["vnuma-sched", "build", "--tree", str(self.tree), "--out", str(self.out),
                 "--jobs", str(self.jobs)]
         for frag in self.fragments:
             argv += ["--fragment", str(frag)]
+        if not self.image_build:
+            for target in self.targets:
+                argv += ["--target", target]
         if self.allow_dropped:
             argv.append("--allow-dropped")
         return shlex.join(argv)
@@ -110,6 +119,15 @@ def first_errors(log_path, limit=6):
     return errs[:limit] or lines[-limit:]
 
 
+def first_warnings(log_path, limit=3):
+    """Compiler warnings, summarised for the step's detail column."""
+    lines = Path(log_path).read_text(errors="replace").splitlines()
+    warns = [ln for ln in lines if re.search(r":\d+:\d+: warning: ", ln)]
+    if not warns:
+        return ""
+    return f"{len(warns)} warning(s): " + "; ".join(warns[:limit])
+
+
 def compile_image(req, env, progress):
     log = req.out / "build.log"
     counter = {"n": 0}
@@ -120,7 +138,8 @@ def compile_image(req, env, progress):
             if counter["n"] % 250 == 0:
                 progress(f"  {counter['n']:6d} steps  {line.strip()}")
 
-    code = stream(_make(req, req.out, "bzImage", jobs=req.jobs), log, on_line, env=env)
+    code = stream(_make(req, req.out, *req.make_vars, *req.targets, jobs=req.jobs), log,
+                  on_line, env=env)
     return code, log
 
 
@@ -185,13 +204,17 @@ def build(req, runner, progress):
     result.steps.append(Step("configure", PASS, time.monotonic() - t0,
                              f"{len(lost)} dropped" if lost else ""))
     t1 = time.monotonic()
-    progress(f"build: make -j{req.jobs} bzImage (log: {req.out / 'build.log'})")
+    what = " ".join(req.targets)
+    progress(f"build: make -j{req.jobs} {what} (log: {req.out / 'build.log'})")
     code, log = compile_image(req, env, progress)
+    step = "bzImage" if req.image_build else "objects"
     if code != 0:
-        result.steps.append(Step("bzImage", FAIL, time.monotonic() - t1))
-        raise BuildFailed(f"bzImage: make exited {code}; first errors:\n  "
+        result.steps.append(Step(step, FAIL, time.monotonic() - t1))
+        raise BuildFailed(f"{step}: make exited {code}; first errors:\n  "
                           + "\n  ".join(first_errors(log)) + f"\nfull log: {log}")
-    result.steps.append(Step("bzImage", PASS, time.monotonic() - t1))
+    result.steps.append(Step(step, PASS, time.monotonic() - t1, first_warnings(log)))
+    if not req.image_build:
+        return result
     result.image = req.out / IMAGE
     result.metadata = metadata(req, runner, time.monotonic() - t0, result.image)
     (req.out / "metadata.json").write_text(json.dumps(result.metadata, indent=2) + "\n")

@@ -77,3 +77,18 @@ def patches_text(all_series):
 def status_text(statuses):
     rows = [[s.patch.number, s.patch.subject, s.state, s.detail] for s in statuses]
     return table(rows, ["#", "subject", "status", "detail"], widths=[None, 40, None, 30])
+
+
+def matrix_text(cells, w1_new):
+    names = list(dict.fromkeys(c.variant for c in cells))
+    patches = sorted({c.patch for c in cells})
+    grid = {(c.patch, c.variant): c for c in cells}
+    rows = [[p, *[grid[(p, n)].status if (p, n) in grid else "-" for n in names]]
+            for p in patches]
+    out = [table(rows, ["patch", *names])]
+    notes = [f"patch {c.patch} [{c.variant}]: {c.detail}" for c in cells
+             if c.status == "FAIL" or (c.detail and c.detail.startswith(tuple("0123456789")))]
+    out += notes
+    out.append("W=1: no new warnings in the touched files" if not w1_new else
+               "W=1 new warnings:\n" + "\n".join(f"  {f}: {m}" for f, m in w1_new))
+    return "\n".join(out)

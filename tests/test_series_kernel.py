@@ -1,0 +1,51 @@
+"""kernel tier: the project's series on the real Debian trees - applies with git am,
+checkpatch --strict finds no errors or warnings, and the touched objects compile
+with the project's fragments (including the debug emulation option)."""
+
+import re
+import subprocess
+
+import pytest
+
+from vnuma_sched import kbuild, patches as P
+from vnuma_sched.runner import Runner
+
+pytestmark = pytest.mark.kernel
+
+TOUCHED = ("arch/x86/kernel/kvm.o", "arch/x86/kernel/process.o",
+           "arch/x86/kernel/paravirt-spinlocks.o", "kernel/sched/core.o",
+           "kernel/sched/fair.o", "kernel/sched/numa_damp_test.o")
+
+
+@pytest.fixture(scope="module", params=["6.12", "6.1"])
+def patched(request):
+    return request.getfixturevalue(f"patched_{request.param.replace('.', '')}")
+
+
+def test_series_applies_on_its_own_branch(patched):
+    tree, series = patched
+    log = subprocess.run(["git", "log", "--format=%s", "vnuma-base..HEAD"], cwd=tree,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert log[::-1] == [p.subject for p in series.patches]
+    assert [s.state for s in P.check(tree, series, Runner())] == [P.APPLIED] * len(series)
+
+
+def test_checkpatch_strict_clean(patched):
+    tree, series = patched
+    for patch in series.patches:
+        res = subprocess.run(["perl", "scripts/checkpatch.pl", "--strict", "--no-tree",
+                              "--quiet", str(patch.path)],
+                             cwd=tree, capture_output=True, text=True)
+        problems = re.findall(r"^(ERROR|WARNING):.*", res.stdout, re.M)
+        assert res.returncode == 0 and not problems, f"{patch.filename}:\n{res.stdout}"
+
+
+def test_touched_objects_compile(patched, repo_fragment, tmp_path_factory):
+    tree, series = patched
+    emulate = repo_fragment.parent / "series-test.config"
+    out = tree.parent / f"objects-{series.version}"
+    req = kbuild.BuildRequest(tree, out, [repo_fragment, emulate], jobs=2,
+                              targets=TOUCHED)
+    res = kbuild.build(req, Runner(), print)
+    assert [s.status for s in res.steps] == ["PASS", "PASS"]
+    assert res.steps[1].detail == "", res.steps[1].detail  # no compiler warnings

@@ -1,0 +1,122 @@
+"""Series verification: every patch, in order, compiles its touched objects in
+every build variant (the series is bisectable), and the series adds no W=1
+warnings in the files it touches."""
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vnuma_sched import kbuild
+from vnuma_sched.errors import BadInput
+
+VARIANT_DIR = Path(__file__).resolve().parent.parent / "kconfig" / "variants"
+_WARN = re.compile(r"^(?:\S*/)?(\S+?):\d+:\d+: warning: (.*)$")
+
+
+@dataclass
+class Cell:
+    patch: int
+    variant: str
+    status: str        # PASS | FAIL | SKIP
+    detail: str = ""
+
+
+def variants(base_fragments):
+    """{"default": base, "no-numa": base + variants/no-numa.config, ...}."""
+    out = {"default": list(base_fragments)}
+    for frag in sorted(VARIANT_DIR.glob("*.config")):
+        out[frag.stem] = [*base_fragments, frag]
+    return out
+
+
+def touched_objects(tree, runner, rev):
+    """The .o targets for the .c files a commit touches (headers: their directory's .c)."""
+    names = runner.output(["git", "diff-tree", "--no-commit-id", "--name-only", "-r", rev],
+                          cwd=tree).splitlines()
+    objs = []
+    for name in names:
+        if name.endswith(".c") and (Path(tree) / name).exists():
+            objs.append(name[:-2] + ".o")
+    return objs
+
+
+def _worktree(tree, work, runner):
+    if work.exists():
+        runner.run(["git", "worktree", "remove", "--force", str(work)], cwd=tree, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+        runner.run(["git", "worktree", "prune"], cwd=tree)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    runner.run(["git", "worktree", "add", "-q", "--detach", str(work), "HEAD"], cwd=tree)
+
+
+def series_commits(tree, runner, count):
+    revs = runner.output(["git", "rev-list", "--reverse", f"HEAD~{count}..HEAD"],
+                         cwd=tree).split()
+    if len(revs) != count:
+        raise BadInput(f"--tree {tree}: expected the {count} series commits on HEAD")
+    return revs
+
+
+def _objects_so_far(tree, runner, revs, upto):
+    objs = []
+    for rev in revs[:upto + 1]:
+        objs += [o for o in touched_objects(tree, runner, rev) if o not in objs]
+    return objs
+
+
+def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
+    """Build, for each patch and variant, every object the series has touched so far."""
+    workdir = Path(workdir)
+    work = workdir / "tree"
+    _worktree(tree, work, runner)
+    revs = series_commits(work, runner, len(series))
+    cells = []
+    for name, frags in variants(base_fragments).items():
+        for i, rev in enumerate(revs):
+            runner.run(["git", "checkout", "-q", "--detach", rev], cwd=work)
+            objs = _objects_so_far(work, runner, revs, i)
+            if not objs:
+                cells.append(Cell(i + 1, name, kbuild.SKIP, "no C files"))
+                continue
+            req = kbuild.BuildRequest(work, workdir / f"out-{name}", frags, jobs,
+                                      allow_dropped=True, targets=tuple(objs))
+            progress(f"patch {i + 1}/{len(revs)} [{name}]: {' '.join(objs)}")
+            try:
+                res = kbuild.build(req, runner, lambda m: None)
+                cells.append(Cell(i + 1, name, kbuild.PASS, res.steps[-1].detail))
+            except kbuild.BuildFailed as err:
+                cells.append(Cell(i + 1, name, kbuild.FAIL, str(err).splitlines()[1].strip()
+                                  if "\n" in str(err) else str(err)))
+    return cells
+
+
+def warning_set(log_text):
+    """Warnings keyed by file basename and message (line numbers move between commits)."""
+    return {m.groups() for m in map(_WARN.match, log_text.splitlines()) if m}
+
+
+def w1_new_warnings(tree, series, base_fragments, workdir, runner, progress, jobs=2):
+    """W=1 warnings in the series' touched objects that the base tree does not have."""
+    workdir = Path(workdir)
+    work = workdir / "tree"
+    if not work.exists():
+        _worktree(tree, work, runner)
+    revs = series_commits(work, runner, len(series))
+    runner.run(["git", "checkout", "-q", "--detach", revs[-1]], cwd=work)
+    objs = _objects_so_far(work, runner, revs, len(revs) - 1)
+    found = {}
+    for label, rev in (("base", f"{revs[0]}~1"), ("series", revs[-1])):
+        runner.run(["git", "checkout", "-q", "--detach", rev], cwd=work)
+        present = [o for o in objs if (work / (o[:-2] + ".c")).exists()]
+        out = workdir / "out-w1"
+        shutil.rmtree(out, ignore_errors=True)
+        progress(f"W=1 {label}: {' '.join(present)}")
+        req = kbuild.BuildRequest(work, out, list(base_fragments), jobs, allow_dropped=True,
+                                  targets=tuple(present), make_vars=("W=1",))
+        try:
+            kbuild.build(req, runner, lambda m: None)
+        except kbuild.BuildFailed:
+            pass  # W=1 may turn warnings into errors only with WERROR; the log is what counts
+        found[label] = warning_set((out / "build.log").read_text(errors="replace"))
+    return sorted(found["series"] - found["base"])
