@@ -30,15 +30,19 @@ def variants(base_fragments):
     return out
 
 
+def _built_by_kbuild(tree, obj):
+    """True when the directory's Makefile names the object (not a .c included elsewhere)."""
+    makefile = Path(tree) / Path(obj).parent / "Makefile"
+    return makefile.is_file() and Path(obj).name in makefile.read_text(errors="replace")
+
+
 def touched_objects(tree, runner, rev):
-    """The .o targets for the .c files a commit touches (headers: their directory's .c)."""
+    """The .o targets of the .c files a commit touches and kbuild builds."""
     names = runner.output(["git", "diff-tree", "--no-commit-id", "--name-only", "-r", rev],
                           cwd=tree).splitlines()
-    objs = []
-    for name in names:
-        if name.endswith(".c") and (Path(tree) / name).exists():
-            objs.append(name[:-2] + ".o")
-    return objs
+    return [name[:-2] + ".o" for name in names
+            if name.endswith(".c") and (Path(tree) / name).exists()
+            and _built_by_kbuild(tree, name[:-2] + ".o")]
 
 
 def _worktree(tree, work, runner):
