@@ -47,6 +47,8 @@ demo: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched doctor
 	@echo
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched topology
+	@echo
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched pipeline --version 6.12 --topology 2x2
 
 test: install
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

@@ -156,18 +156,7 @@ def _patched(tree, series_version):
 
     series = P.load_series(series_version)
     work = CACHE / "series-test" / series_version / "linux"
-    if work.exists():
-        if [s.state for s in P.check(work, series, Runner())] == [P.APPLIED] * len(series):
-            return work, series
-        subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=tree)
-        shutil.rmtree(work, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=tree, check=True)
-        subprocess.run(["git", "branch", "-D", f"series-test-{series_version}"], cwd=tree)
-    work.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(work), "vnuma-base"],
-                   cwd=tree, check=True)
-    P.apply(work, series, f"series-test-{series_version}", Runner(), print)
-    return work, series
+    return P.series_worktree(tree, series, work, Runner(), print), series
 
 
 @pytest.fixture(scope="session")

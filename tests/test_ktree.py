@@ -77,3 +77,27 @@ def test_not_a_kernel_tree(tmp_path):
     (tmp_path / "Makefile").write_text("all:\n")
     with pytest.raises(BadInput, match="no VERSION"):
         tree_version(tmp_path)
+
+
+def test_fetch_git_clones_and_checks_out_ref(tmp_path):
+    from vnuma_sched.ktree import fetch_git
+
+    src = tmp_path / "linux.git"
+    shutil.copytree(FAKE, src)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "v1"], ["tag", "v1"]):
+        subprocess.run(["git", *args], cwd=src, check=True, env=env)
+    (src / "extra").write_text("x\n")
+    for args in (["add", "-A"], ["commit", "-q", "-m", "v2"]):
+        subprocess.run(["git", *args], cwd=src, check=True, env=env)
+    tree = fetch_git(str(src), "v1", tmp_path / "dest", Runner(), print)
+    assert tree == tmp_path / "dest" / "linux" and not (tree / "extra").exists()
+    assert str(tree_version(tree)) == "6.12.117"
+    again = fetch_git(str(src), "HEAD", tmp_path / "dest", Runner(), print)
+    assert again == tree
+    with pytest.raises(BadInput, match="--ref nope"):
+        fetch_git(str(src), "nope", tmp_path / "dest", Runner(), print)
+    (tree / "Makefile").write_text("dirty\n")
+    with pytest.raises(BadInput, match="uncommitted changes"):
+        fetch_git(str(src), "v1", tmp_path / "dest", Runner(), print)

@@ -161,21 +161,29 @@ def kernel():
               help="Kernel series: 6.1 or 6.12.")
 @click.option("--dest", type=click.Path(file_okay=False), default=None,
               help="Parent directory of the tree [default: $VNUMA_SCHED_CACHE/trees].")
+@click.option("--git", "git_source", default=None,
+              help="Clone this URL or path instead of Debian's source package.")
+@click.option("--ref", default="HEAD", show_default=True, help="With --git: what to check out.")
 @click.pass_obj
-def kernel_fetch(settings, series, dest):
+def kernel_fetch(settings, series, dest, git_source, ref):
     """Extract linux-source-VERSION into a git repo with one base commit; print its path.
 
     \b
-    Installs the Debian package if needed (root). Idempotent.
+    Installs the Debian package if needed (root). Idempotent. With --git,
+    clones (or fetches) the given tree and checks out REF instead.
     \b
-    Example:
+    Examples:
       vnuma-sched kernel fetch --version 6.12
+      vnuma-sched kernel fetch --git ~/src/linux --ref v6.12
     """
-    from vnuma_sched.ktree import fetch_debian
+    from vnuma_sched.ktree import fetch_debian, fetch_git
     from vnuma_sched.runner import Runner
 
     dest = dest or os.path.join(cache_dir(), "trees")
-    tree = fetch_debian(series, dest, Runner(), _progress(settings), os.geteuid())
+    if git_source:
+        tree = fetch_git(git_source, ref, dest, Runner(), _progress(settings))
+    else:
+        tree = fetch_debian(series, dest, Runner(), _progress(settings), os.geteuid())
     click.echo(str(tree))
 
 
@@ -426,6 +434,44 @@ def patches_verify(settings, tree, fragments, workdir, w1, as_json):
                     "w1_new_warnings": [list(w) for w in new]}, matrix_text(cells, new))
     if any(c.status == "FAIL" for c in cells) or new:
         settings_exit(1)
+
+
+def gates_command():
+    """The default guest command of 'pipeline': topology and the series' gates."""
+    exe = os.path.join(os.path.dirname(sys.executable), "vnuma-sched")
+    return ["sh", "-c", f"{exe} topology && echo && grep -H . "
+            "/proc/sys/kernel/sched_numa_idle_damp /proc/sys/kernel/sched_numa_newidle_min_ns "
+            "/proc/sys/kernel/sched_steal_idle_nocap /sys/module/kvm_guest/parameters/* "
+            "/sys/module/vnuma_debug/parameters/*"]
+
+
+@main.command()
+@click.option("--version", "series_version", default="6.12", show_default=True)
+@click.option("--topology", "spec", default="2x2", show_default=True)
+@click.option("--mem", default="2G", show_default=True)
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300, show_default=True)
+@click.argument("command", nargs=-1)
+@click.pass_obj
+def pipeline(settings, series_version, spec, mem, timeout, command):
+    """Fetch, apply the series, build the patched guest and boot it (the main job).
+
+    \b
+    Reuses the fetched tree, the patched worktree and the build when nothing
+    changed. Without COMMAND the guest prints its topology and the series'
+    gates.
+    \b
+    Example:
+      vnuma-sched pipeline --version 6.12 --topology 2x2
+    """
+    from vnuma_sched import pipeline as pl, vm as vmod
+    from vnuma_sched.render import pipeline_text
+    from vnuma_sched.runner import Runner
+
+    res = pl.run(series_version, cache_dir(), spec, vmod.parse_size_mb(mem),
+                 list(command) or gates_command(), Runner(), _progress(settings),
+                 os.geteuid(), timeout=timeout)
+    click.echo(pipeline_text(res))
+    settings_exit(res.vm.exit_code)
 
 
 def settings_exit(code):

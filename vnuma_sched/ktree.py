@@ -112,3 +112,25 @@ def _commit_base(tree, series, tarball, runner):
                 f"Debian linux-source-{series} {version}\n\n"
                 f"Base tree extracted from {tarball.name}."], cwd=tree, env=env)
     runner.run([*git, "tag", "vnuma-base"], cwd=tree)
+
+
+def fetch_git(source, ref, dest, runner, progress):
+    """Clone (or update) a user's kernel tree and check out ``ref`` detached; return its path."""
+    name = Path(str(source).rstrip("/")).name.removesuffix(".git") or "linux"
+    tree = Path(dest) / name
+    if (tree / ".git").is_dir():
+        dirty = runner.output(["git", "status", "--porcelain", "--untracked-files=no"],
+                              cwd=tree)
+        if dirty:
+            raise BadInput(f"{tree}: uncommitted changes; commit or stash them first")
+        progress(f"{tree}: fetching from {source}")
+        runner.run(["git", "fetch", "--quiet", "--tags", str(source)], cwd=tree)
+    else:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        progress(f"cloning {source} into {tree} (a full kernel history takes a while)")
+        runner.run(["git", "clone", "--quiet", str(source), str(tree)])
+    res = runner.run(["git", "checkout", "-q", "--detach", ref], cwd=tree, check=False)
+    if res.returncode != 0:
+        raise BadInput(f"--ref {ref}: not found in {source}")
+    tree_version(tree)
+    return tree

@@ -221,3 +221,28 @@ def _restore(repo, start, start_sha, branch):
         pass
     repo.git.checkout("-q", "-f", start or start_sha)
     repo.git.branch("-D", branch)
+
+
+def series_worktree(base_tree, series, dest, runner, progress):
+    """A git worktree of ``base_tree`` at its base with the series applied, reused if intact.
+
+    Keeps the fetched tree itself clean: builds of the patched kernel use the
+    worktree. Returns its path.
+    """
+    dest = Path(dest)
+    branch = f"vnuma-series-{series.version}"
+    if dest.exists():
+        if all(s.state == APPLIED for s in check(dest, series, runner)):
+            progress(f"{dest}: series already applied")
+            return dest
+        progress(f"{dest}: stale, recreating")
+        runner.run(["git", "worktree", "remove", "--force", str(dest)], cwd=base_tree,
+                   check=False)
+    runner.run(["git", "worktree", "prune"], cwd=base_tree)
+    runner.run(["git", "branch", "-D", branch], cwd=base_tree, check=False)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    base = "vnuma-base" if runner.run(["git", "rev-parse", "-q", "--verify", "vnuma-base"],
+                                      cwd=base_tree, check=False).returncode == 0 else "HEAD"
+    runner.run(["git", "worktree", "add", "-q", "--detach", str(dest), base], cwd=base_tree)
+    apply(dest, series, branch, runner, progress)
+    return dest

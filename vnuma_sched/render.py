@@ -92,3 +92,16 @@ def matrix_text(cells, w1_new):
     out.append("W=1: no new warnings in the touched files" if not w1_new else
                "W=1 new warnings:\n" + "\n".join(f"  {f}: {m}" for f, m in w1_new))
     return "\n".join(out)
+
+
+def pipeline_text(res):
+    rows = [[name, f"{secs:.0f} s", detail] for name, secs, detail in res.steps]
+    out = [table(rows, ["step", "time", "what"], widths=[None, None, 60])]
+    if res.vm is not None:
+        out.append("--- guest output ---\n" + res.vm.stdout.rstrip())
+        if res.vm.stderr.strip():
+            out.append("--- guest stderr ---\n" + res.vm.stderr.rstrip())
+        if res.vm.status != "exited":
+            out.append(f"guest {res.vm.status}: " + (res.vm.panic or
+                                                     "\n".join(res.vm.console_tail[-8:])))
+    return "\n\n".join(out)

@@ -1,0 +1,53 @@
+"""The main job in one go: fetch Debian's tree, apply the series in a worktree,
+build the patched guest kernel, and boot it as a vNUMA guest. Every step says
+what it did and how long it took; each reuses earlier work when nothing changed."""
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vnuma_sched import kbuild, ktree, patches, vm
+
+KCONFIG = Path(__file__).resolve().parent.parent / "kconfig"
+
+
+@dataclass
+class PipelineResult:
+    steps: list = field(default_factory=list)   # (name, seconds, detail)
+    vm: object = None
+
+
+def _timed(result, progress, name, fn):
+    t0 = time.monotonic()
+    progress(f"{name} ...")
+    value, detail = fn()
+    seconds = time.monotonic() - t0
+    result.steps.append((name, seconds, detail))
+    progress(f"{name}: {detail} ({seconds:.0f} s)")
+    return value
+
+
+def run(version, cache, topology, mem_mb, command, runner, progress, euid, accel="auto",
+        timeout=300):
+    cache = Path(cache)
+    res = PipelineResult()
+    tree = _timed(res, progress, "fetch", lambda: (
+        (t := ktree.fetch_debian(version, cache / "trees", runner, progress, euid)), str(t)))
+    series = patches.load_series(version)
+    work = _timed(res, progress, "apply", lambda: (
+        (w := patches.series_worktree(tree, series, cache / "series" / f"linux-{version}",
+                                      runner, progress)),
+        f"{len(series)} patches on {w}"))
+    frags = [KCONFIG / "vnuma-guest.config", KCONFIG / "series-test.config"]
+    out = cache / "builds" / f"series-{version}"
+    req = kbuild.BuildRequest(work, out, frags, jobs=os.cpu_count() or 2)
+    build = _timed(res, progress, "build", lambda: (
+        (b := kbuild.build(req, runner, progress)), str(b.image)))
+    topo = vm.parse_topology(topology, mem_mb)
+    chosen, why = vm.choose_accel(accel, build.image, runner, cache / "accel.json")
+    res.vm = _timed(res, progress, "boot", lambda: (
+        (r := vm.run(build.image, topo, command, runner, chosen, timeout)),
+        f"{len(topo.nodes)} nodes x {len(topo.nodes[0].cpus)} CPUs under {chosen} ({why}): "
+        f"{r.status}, exit {r.exit_code}"))
+    return res
