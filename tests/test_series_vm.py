@@ -67,5 +67,20 @@ def test_clean_dmesg_with_every_gate_on(guest_report):
 
 def test_kunit_suites_passed_at_boot(guest_report):
     dmesg = guest_report["dmesg"]
-    assert re.search(r"^\s*ok \d+ sched_numa_newidle_damp$", dmesg, re.M), dmesg[-2000:]
+    assert re.search(r"^(\[[ .0-9]+\] )?ok \d+ sched_numa_newidle_damp$", dmesg, re.M), \
+        dmesg[-2000:]
     assert not re.search(r"not ok \d+", dmesg)
+
+
+def test_dedicated_profile_switches_gates_and_revert_restores(patched_build_612):
+    gates = ("/proc/sys/kernel/sched_numa_idle_damp /proc/sys/kernel/sched_steal_idle_nocap "
+             "/sys/module/kvm_guest/parameters/idle_halt_hint")
+    script = (f"{VNUMA} tune apply vnuma-guest-dedicated >&2 && cat {gates} && echo --- && "
+              f"{VNUMA} tune revert >&2 && cat {gates}")
+    res = subprocess.run([VNUMA, "vm", "run", "--kernel", str(patched_build_612),
+                          "--topology", "2x2", "--timeout", "300", "--", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-2000:]
+    applied, reverted = res.stdout.split("---\n")
+    assert applied.split() == ["3", "1", "on"]
+    assert reverted.split() == ["0", "0", "auto"]

@@ -105,3 +105,15 @@ def pipeline_text(res):
             out.append(f"guest {res.vm.status}: " + (res.vm.panic or
                                                      "\n".join(res.vm.console_tail[-8:])))
     return "\n\n".join(out)
+
+
+def plan_text(rows):
+    def shown(paths):
+        if not paths:
+            return "-"
+        return paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1})"
+
+    data = [[r.knob, shown(r.paths), r.current, r.target, r.action +
+             (f": {r.reason}" if r.reason else "")] for r in rows]
+    return table(data, ["knob", "path", "current", "target", "action"],
+                 widths=[30, 30, 10, 10, 28])

@@ -106,3 +106,20 @@ class SysRoot:
             os.close(fd)
         records = b"".join(chunks).decode("utf-8", "replace").splitlines()
         return [r.split(";", 1)[1] for r in records if ";" in r]
+
+    def write_atomic(self, abspath, text):
+        """Replace a state file atomically (temp file, fsync, rename), creating parents."""
+        target = self.path(abspath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def remove(self, abspath):
+        try:
+            self.path(abspath).unlink()
+        except FileNotFoundError:
+            pass

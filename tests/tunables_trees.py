@@ -1,0 +1,68 @@
+"""Writable sysroot trees for the tunables tests: one per kernel layout."""
+
+from pathlib import Path
+
+DEBUG = "sys/kernel/debug"
+FEATURES = ("WA_IDLE WA_WEIGHT WA_BIAS NO_NEXT_BUDDY TTWU_QUEUE NONTASK_CAPACITY "
+            "SIS_UTIL")
+
+
+def _w(root, rel, text):
+    p = Path(root) / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def _domains(root, cpus=4, names=("MC", "NUMA")):
+    for cpu in range(cpus):
+        for i, name in enumerate(names):
+            d = f"{DEBUG}/sched/domains/cpu{cpu}/domain{i}"
+            _w(root, f"{d}/name", f"{name}\n")
+            _w(root, f"{d}/imbalance_pct", "117\n" if name == "MC" else "125\n")
+            _w(root, f"{d}/cache_nice_tries", "1\n")
+            _w(root, f"{d}/max_newidle_lb_cost", "8123\n")
+
+
+def build(root, layout):
+    """layout: '5.4', '6.1', '6.12', '6.12-patched', '6.12-lockdown', '6.12-nodebugfs'."""
+    root = Path(root)
+    release = {"5.4": "5.4.0-150-generic", "6.1": "6.1.0-26-amd64"}.get(layout, "6.12.117")
+    _w(root, "proc/sys/kernel/osrelease", release + "\n")
+    _w(root, "proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/vda1 quiet\n")
+    _w(root, "proc/sys/kernel/numa_balancing", "1\n")
+    _w(root, "proc/sys/kernel/sched_schedstats", "0\n")
+    _w(root, "sys/module/haltpoll/parameters/guest_halt_poll_ns", "200000\n")
+    _w(root, "sys/module/haltpoll/parameters/guest_halt_poll_allow_shrink", "Y\n")
+    if layout == "5.4":
+        for name, value in (("migration_cost_ns", 500000), ("min_granularity_ns", 3000000),
+                            ("latency_ns", 24000000), ("wakeup_granularity_ns", 4000000)):
+            _w(root, f"proc/sys/kernel/sched_{name}", f"{value}\n")
+        _w(root, f"{DEBUG}/sched_features", FEATURES + "\n")
+        return root
+    if layout != "6.12-nodebugfs":
+        _w(root, f"{DEBUG}/sched/migration_cost_ns", "500000\n")
+        _w(root, f"{DEBUG}/sched/features", FEATURES + "\n")
+        if layout == "6.1":
+            for name, value in (("min_granularity_ns", 3000000), ("latency_ns", 24000000),
+                                ("wakeup_granularity_ns", 4000000)):
+                _w(root, f"{DEBUG}/sched/{name}", f"{value}\n")
+        else:
+            _w(root, f"{DEBUG}/sched/base_slice_ns", "3000000\n")
+        _domains(root)
+    if layout == "6.12-lockdown":
+        _w(root, "sys/kernel/security/lockdown", "none [integrity] confidentiality\n")
+    if layout == "6.12-patched":
+        _w(root, "proc/sys/kernel/sched_numa_idle_damp", "0\n")
+        _w(root, "proc/sys/kernel/sched_numa_newidle_min_ns", "500000\n")
+        _w(root, "proc/sys/kernel/sched_steal_idle_nocap", "0\n")
+        _w(root, "sys/module/kvm_guest/parameters/idle_halt_hint", "auto\n")
+        _w(root, "sys/module/kvm_guest/parameters/wait_poll_ns", "0\n")
+        _w(root, "sys/module/kvm_guest/parameters/pvspin", "auto\n")
+    return root
+
+
+def snapshot(root):
+    """Every file under root (path -> bytes), for byte-identical comparisons."""
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}

@@ -1,0 +1,1 @@
+"""Scheduler tunables: knob registry, profiles, write-ahead journal, engine."""

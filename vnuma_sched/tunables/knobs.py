@@ -1,0 +1,198 @@
+"""The registry of knobs the toolkit may touch, and how each resolves to paths on a
+given kernel. Pure: resolution reads through a SysRoot passed in; nothing here
+hard-codes the live system.
+
+A knob the kernel lacks resolves to "unsupported" with the reason, never an error.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from vnuma_sched.errors import BadInput
+
+SYSCTL, SCHED, FEATURE, DOMAIN, MODULE, BOOT = (
+    "sysctl", "sched", "feature", "domain", "module", "boot")
+DEBUGFS = "/sys/kernel/debug"
+DOMAIN_LEVELS = ("SMT", "CLS", "MC", "PKG", "DIE", "NUMA")
+DOMAIN_PARAMS = ("imbalance_pct", "cache_nice_tries", "max_newidle_lb_cost")
+SCHED_FEATURES = ("WA_IDLE", "WA_WEIGHT", "WA_BIAS", "NI_RANDOM", "DELAY_DEQUEUE",
+                  "NONTASK_CAPACITY", "TTWU_QUEUE", "SIS_UTIL", "NEXT_BUDDY")
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    kind: str
+    vtype: str = "int"            # int | bool | choice | text
+    lo: int = None
+    hi: int = None
+    choices: tuple = ()
+    patch_gate: bool = False      # only on kernels carrying the project's series
+    decays: bool = False          # the kernel drifts it back (needs 'tune hold')
+    doc: str = ""
+    paths: tuple = field(default=(), compare=False)  # ((min_ver, max_ver, path), ...)
+
+    def check_value(self, raw, where):
+        """Normalised value or BadInput naming ``where`` (profile:line)."""
+        value = raw.strip()
+        if self.vtype == "int":
+            if not re.fullmatch(r"-?\d+", value):
+                raise BadInput(f"{where}: {self.name} needs an integer, got {value!r}")
+            n = int(value)
+            if (self.lo is not None and n < self.lo) or (self.hi is not None and n > self.hi):
+                raise BadInput(f"{where}: {self.name}={n} outside {self.lo}..{self.hi}")
+            return str(n)
+        if self.vtype == "bool":
+            if value.lower() in ("1", "y", "yes", "on", "true"):
+                return "1"
+            if value.lower() in ("0", "n", "no", "off", "false"):
+                return "0"
+            raise BadInput(f"{where}: {self.name} needs 0 or 1, got {value!r}")
+        if self.vtype == "choice":
+            if value not in self.choices:
+                raise BadInput(f"{where}: {self.name} must be one of "
+                               f"{', '.join(self.choices)}, got {value!r}")
+            return value
+        if not re.fullmatch(r"[\w.,=-]+", value):
+            raise BadInput(f"{where}: {self.name}: unexpected characters in {value!r}")
+        return value
+
+
+def _sysctl(name, **kw):
+    path = "/proc/sys/" + name.replace(".", "/")
+    return Knob(name, SYSCTL, paths=((None, None, path),), **kw)
+
+
+def _sched(name, old, new_paths, **kw):
+    """Scheduler debug knobs: /proc/sys/kernel/sched_* before 5.13, debugfs after."""
+    return Knob(f"sched.{name}", SCHED, paths=((None, (5, 13), old), *new_paths), **kw)
+
+
+def _module(mod, param, **kw):
+    return Knob(f"{mod}.{param}", MODULE,
+                paths=((None, None, f"/sys/module/{mod}/parameters/{param}"),), **kw)
+
+
+def _boot(name, **kw):
+    return Knob(f"boot.{name}", BOOT, **kw)
+
+
+REGISTRY = {k.name: k for k in [
+    _sysctl("kernel.numa_balancing", lo=0, hi=3,
+            doc="0 stops NUMA-balancing task and page moves"),
+    _sysctl("kernel.sched_schedstats", vtype="bool", doc="scheduler statistics"),
+    _sysctl("kernel.sched_numa_idle_damp", lo=0, hi=3, patch_gate=True,
+            doc="series: bit 0 newidle, bit 1 wake_affine across NUMA nodes"),
+    _sysctl("kernel.sched_numa_newidle_min_ns", lo=0, hi=4_000_000_000, patch_gate=True,
+            doc="series: idle period from which newidle may cross nodes"),
+    _sysctl("kernel.sched_steal_idle_nocap", vtype="bool", patch_gate=True,
+            doc="series: idle-time steal does not lower capacity"),
+    _sched("migration_cost_ns", "/proc/sys/kernel/sched_migration_cost_ns",
+           (((5, 13), None, f"{DEBUGFS}/sched/migration_cost_ns"),), lo=0, hi=10**9,
+           doc="task_hot() threshold"),
+    _sched("base_slice_ns", "/proc/sys/kernel/sched_min_granularity_ns",
+           (((5, 13), (6, 6), f"{DEBUGFS}/sched/min_granularity_ns"),
+            ((6, 6), None, f"{DEBUGFS}/sched/base_slice_ns")), lo=100_000, hi=10**9,
+           doc="min_granularity_ns before 6.6"),
+    _sched("latency_ns", "/proc/sys/kernel/sched_latency_ns",
+           (((5, 13), (6, 6), f"{DEBUGFS}/sched/latency_ns"),), lo=100_000, hi=10**9,
+           doc="removed in 6.6 (EEVDF)"),
+    _sched("wakeup_granularity_ns", "/proc/sys/kernel/sched_wakeup_granularity_ns",
+           (((5, 13), (6, 6), f"{DEBUGFS}/sched/wakeup_granularity_ns"),), lo=0, hi=10**9,
+           doc="removed in 6.6 (EEVDF)"),
+    *[Knob(f"feature.{f}", FEATURE, vtype="bool",
+           paths=((None, (5, 13), f"{DEBUGFS}/sched_features"),
+                  ((5, 13), None, f"{DEBUGFS}/sched/features")),
+           doc="sched feature (NO_ prefix clears it)") for f in SCHED_FEATURES],
+    *[Knob(f"domain.{lvl}.{p}", DOMAIN, lo=0, hi=10**9,
+           decays=(p == "max_newidle_lb_cost"),
+           doc=f"{p} of every {lvl} sched domain") for lvl in DOMAIN_LEVELS
+      for p in DOMAIN_PARAMS],
+    _module("haltpoll", "guest_halt_poll_ns", lo=0, hi=10**9, doc="guest poll before HLT"),
+    _module("haltpoll", "guest_halt_poll_grow", lo=0, hi=100),
+    _module("haltpoll", "guest_halt_poll_shrink", lo=0, hi=100),
+    _module("haltpoll", "guest_halt_poll_allow_shrink", vtype="bool"),
+    _module("kvm_guest", "idle_halt_hint", vtype="choice", choices=("auto", "on", "off"),
+            patch_gate=True, doc="series: halted-in-idle vCPUs are not preempted"),
+    _module("kvm_guest", "wait_poll_ns", lo=0, hi=10**9, patch_gate=True,
+            doc="series: poll a contended lock before halting"),
+    _module("vnuma_debug", "emulate_halt_preempted", vtype="bool", patch_gate=True,
+            doc="series test aid: emulate an old host"),
+    _boot("relax_domain_level", lo=-1, hi=7, doc="no newidle/wake balancing at levels >= N"),
+    _boot("cpuidle_haltpoll.force", vtype="bool"),
+    _boot("nopvspin", vtype="bool", doc="no PV spinlocks"),
+    _boot("no-steal-acc", vtype="bool", doc="no steal time accounting"),
+    _boot("kvm_guest.idle_halt_hint", vtype="choice", choices=("auto", "on", "off"),
+          patch_gate=True),
+    _boot("kvm_guest.pvspin", vtype="choice", choices=("auto", "on", "off"), patch_gate=True),
+]}
+
+
+def lookup(name, where):
+    knob = REGISTRY.get(name)
+    if knob is None:
+        raise BadInput(f"{where}: unknown knob {name!r} (see 'vnuma-sched tune knobs')")
+    return knob
+
+
+def _version_ok(version, lo, hi):
+    return (lo is None or version >= lo) and (hi is None or version < hi)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    paths: tuple          # () when unsupported
+    reason: str = ""      # why unsupported
+
+
+def _lockdown(sysroot):
+    text = sysroot.read_optional("/sys/kernel/security/lockdown", "")
+    m = re.search(r"\[(\w+)\]", text)
+    return m.group(1) if m else "none"
+
+
+def _debugfs_ok(sysroot):
+    if not sysroot.exists(f"{DEBUGFS}/sched") and not sysroot.exists(f"{DEBUGFS}/sched_features"):
+        return "debugfs not mounted (mount -t debugfs nodev /sys/kernel/debug)"
+    mode = _lockdown(sysroot)
+    if mode != "none":
+        return f"lockdown ({mode}): debugfs writes are denied"
+    return ""
+
+
+def domain_paths(sysroot, level, param):
+    """Every cpuN/domainM/<param> whose domain name is ``level`` (by name, not index)."""
+    base = f"{DEBUGFS}/sched/domains"
+    out = []
+    for cpu in sysroot.listdir(base):
+        for dom in sysroot.listdir(f"{base}/{cpu}"):
+            name = sysroot.read_optional(f"{base}/{cpu}/{dom}/name", "")
+            if name.strip() == level and sysroot.exists(f"{base}/{cpu}/{dom}/{param}"):
+                out.append(f"{base}/{cpu}/{dom}/{param}")
+    return tuple(sorted(out, key=lambda p: [int(x) if x.isdigit() else x
+                                            for x in re.split(r"(\d+)", p)]))
+
+
+def resolve(knob, sysroot, version):
+    """Paths for ``knob`` on this kernel (version is (major, minor)), or the reason why not."""
+    if knob.kind == BOOT:
+        return Resolved(("/proc/cmdline",))
+    candidates = [p for lo, hi, p in knob.paths if _version_ok(version, lo, hi)]
+    if knob.kind == DOMAIN or any(p.startswith(DEBUGFS) for p in candidates):
+        why = _debugfs_ok(sysroot)
+        if why:
+            return Resolved((), why)
+    if knob.kind == DOMAIN:
+        _, level, param = knob.name.split(".")
+        paths = domain_paths(sysroot, level, param)
+        return Resolved(paths) if paths else Resolved((), f"no {level} sched domain here")
+    if not candidates:
+        return Resolved((), f"not in kernel {version[0]}.{version[1]}")
+    path = candidates[0]
+    if sysroot.exists(path):
+        return Resolved((path,))
+    if knob.patch_gate:
+        return Resolved((), "unpatched kernel (no vnuma_sched series)")
+    if knob.kind == MODULE:
+        return Resolved((), f"module {knob.name.split('.')[0]} not loaded or built in")
+    return Resolved((), f"{path} absent on this kernel")
