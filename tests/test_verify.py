@@ -69,3 +69,12 @@ def test_warning_set_ignores_line_numbers():
     a = V.warning_set("/x/kernel/sched/fair.c:10:5: warning: unused variable 'x'\n")
     b = V.warning_set("/y/kernel/sched/fair.c:99:5: warning: unused variable 'x'\n")
     assert a == b == {("fair.c", "unused variable 'x'")}
+
+
+def test_enabled_follows_config(tmp_path):
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "Makefile").write_text("obj-y += core.o\nobj-$(CONFIG_KVM_GUEST) += kvm.o\n"
+                                             "obj-$(CONFIG_FOO)\t+= foo.o bar.o\n")
+    cfg = {"CONFIG_KVM_GUEST": "y", "CONFIG_FOO": "n"}
+    assert V.enabled(tmp_path, "k/core.o", cfg) and V.enabled(tmp_path, "k/kvm.o", cfg)
+    assert not V.enabled(tmp_path, "k/bar.o", cfg) and not V.enabled(tmp_path, "k/none.o", cfg)

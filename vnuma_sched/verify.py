@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vnuma_sched import kbuild
+from vnuma_sched import kbuild, kconfig
 from vnuma_sched.errors import BadInput
 
 VARIANT_DIR = Path(__file__).resolve().parent.parent / "kconfig" / "variants"
@@ -34,6 +34,17 @@ def _built_by_kbuild(tree, obj):
     """True when the directory's Makefile names the object (not a .c included elsewhere)."""
     makefile = Path(tree) / Path(obj).parent / "Makefile"
     return makefile.is_file() and Path(obj).name in makefile.read_text(errors="replace")
+
+
+def enabled(tree, obj, config):
+    """Whether kbuild builds ``obj`` with this .config (obj-y or obj-$(CONFIG_X)=y)."""
+    makefile = Path(tree) / Path(obj).parent / "Makefile"
+    name = re.escape(Path(obj).name)
+    for line in makefile.read_text(errors="replace").splitlines():
+        m = re.match(r"\s*obj-(y|\$\((CONFIG_\w+)\))\s*[+:]?=.*\b" + name, line)
+        if m:
+            return m.group(1) == "y" or config.get(m.group(2)) == "y"
+    return False
 
 
 def touched_objects(tree, runner, rev):
@@ -79,12 +90,18 @@ def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
     for name, frags in variants(base_fragments).items():
         for i, rev in enumerate(revs):
             runner.run(["git", "checkout", "-q", "--detach", rev], cwd=work)
-            objs = _objects_so_far(work, runner, revs, i)
+            out = workdir / f"out-{name}"
+            if i == 0 or not (out / ".config").exists():
+                kbuild.configure(kbuild.BuildRequest(work, out, frags, jobs, True), runner,
+                                 kbuild.build_env(work, runner))
+            config = kconfig.parse((out / ".config").read_text(), strict=False)
+            objs = [o for o in _objects_so_far(work, runner, revs, i)
+                    if enabled(work, o, config)]
             if not objs:
-                cells.append(Cell(i + 1, name, kbuild.SKIP, "no C files"))
+                cells.append(Cell(i + 1, name, kbuild.SKIP, "nothing to build"))
                 continue
-            req = kbuild.BuildRequest(work, workdir / f"out-{name}", frags, jobs,
-                                      allow_dropped=True, targets=tuple(objs))
+            req = kbuild.BuildRequest(work, out, frags, jobs, allow_dropped=True,
+                                      targets=tuple(objs))
             progress(f"patch {i + 1}/{len(revs)} [{name}]: {' '.join(objs)}")
             try:
                 res = kbuild.build(req, runner, lambda m: None)
