@@ -35,7 +35,7 @@ TRACEPOINT_PROBE(power, cpu_idle)
 		u32 s = *cur;
 		u64 *c = idle_count.lookup(&s);
 		u64 *ns = idle_ns.lookup(&s);
-		u32 slot = bpf_log2l(delta / 1000 + 1);
+		u32 slot = bpf_log2l(delta / 1000);	/* 0: <1 us; k: [2^(k-1), 2^k) us */
 		u64 *h;
 
 		if (slot >= HIST_SLOTS)

@@ -19,7 +19,7 @@
 BPF_ARRAY(cpu_node, u32, MAX_CPUS);
 BPF_ARRAY(cpu_in_idle, u8, MAX_CPUS);
 BPF_PERCPU_ARRAY(waking_pid, u32, 1);
-BPF_PERCPU_ARRAY(balance_idle, s32, 1);	/* -1: not balancing; else the idle type */
+BPF_PERCPU_ARRAY(balance_idle, s32, 1);	/* 0: not balancing; else idle type + 1 */
 BPF_PERCPU_ARRAY(balance_cpu, s32, 1);
 BPF_HASH(numa_pids, u32, u8, 4096);
 /* [cause][dest_idle][src node][dst node] */
@@ -81,7 +81,7 @@ TRACEPOINT_PROBE(sched, sched_swap_numa)
 int on_balance_enter(struct pt_regs *ctx)
 {
 	u32 zero = 0;
-	s32 i = (s32)PT_REGS_PARM4(ctx), c = (s32)PT_REGS_PARM1(ctx);
+	s32 i = (s32)PT_REGS_PARM4(ctx) + 1, c = (s32)PT_REGS_PARM1(ctx);
 
 	balance_idle.update(&zero, &i);
 	balance_cpu.update(&zero, &c);
@@ -91,7 +91,7 @@ int on_balance_enter(struct pt_regs *ctx)
 int on_balance_return(struct pt_regs *ctx)
 {
 	u32 zero = 0;
-	s32 none = -1;
+	s32 none = 0;
 
 	balance_idle.update(&zero, &none);
 	return 0;
@@ -115,8 +115,8 @@ TRACEPOINT_PROBE(sched, sched_migrate_task)
 	} else if (numa_pids.lookup(&pid)) {
 		cause = CAUSE_NUMA;
 		numa_pids.delete(&pid);
-	} else if (bidle && *bidle >= 0) {
-		if (*bidle == IDLE_NEWLY)
+	} else if (bidle && *bidle > 0) {
+		if (*bidle - 1 == IDLE_NEWLY)
 			cause = CAUSE_NEWIDLE;
 		else if (dest != cur)
 			cause = CAUSE_NOHZ;
@@ -141,7 +141,9 @@ TRACEPOINT_PROBE(sched, sched_migrate_task)
 		ev.cause = cause;
 		ev.dest_idle = dest_idle;
 		ev.cross_node = src_node != dst_node;
+#if HAVE_MIGRATE_COMM
 		bpf_probe_read_kernel_str(&ev.comm, sizeof(ev.comm), args->comm);
+#endif
 		events.perf_submit(args, &ev, sizeof(ev));
 	}
 #endif

@@ -6,6 +6,7 @@
  *
  * Parameters come only as integer -D flags from the loader:
  *   MAX_CPUS, MAX_NODES, HAVE_IPI_SEND_CPU, HAVE_KPROBES, HAVE_NUMA_TP,
+ *   HAVE_MIGRATE_COMM (sched_migrate_task still has comm; gone in newer kernels),
  *   WITH_EVENTS, BALANCE_FN_KPROBE (the load-balance function can be
  *   probed), PREEMPTED_FN_KRETPROBE (vcpu_is_preempted can be probed).
  */

@@ -117,3 +117,73 @@ def plan_text(rows):
              (f": {r.reason}" if r.reason else "")] for r in rows]
     return table(data, ["knob", "path", "current", "target", "action"],
                  widths=[30, 30, 10, 10, 28])
+
+
+def _col(per_cpu, index):
+    return [row[index] for row in per_cpu]
+
+
+def top_columns(probes):
+    """{column: [value per cpu]} from one interval's probe deltas."""
+    cols = {}
+    if "ipi" in probes:
+        cols["resch"] = _col(probes["ipi"]["per_cpu"], 0)
+        cols["csq"] = _col(probes["ipi"]["per_cpu"], 1)
+        cols["noipi"] = _col(probes["ipi"]["per_cpu"], 3)
+    if "halt" in probes:
+        cols["idle"] = [sum(r) for r in probes["halt"]["count"]]
+        cols["idlems"] = [sum(r) // 1_000_000 for r in probes["halt"]["ns"]]
+    if "preempt" in probes:
+        cols["rejpre"] = probes["preempt"]["rejected"]
+    if "steal" in probes:
+        cols["stealms"] = probes["steal"]["ms"]
+    return cols
+
+
+def top_text(rec, topology, per_cpu=False):
+    from vnuma_sched.probes import classify
+
+    probes = rec["probes"]
+    cols, rows = classify.node_rows(topology, top_columns(probes), per_cpu)
+    if "migrate" in probes and not per_cpu:
+        mx = classify.matrix_total(probes["migrate"]["matrix"])
+        cols += ["migin", "xnodein"]
+        for i, row in enumerate(rows):
+            row += [sum(mx[s][i] for s in range(len(mx))),
+                    sum(mx[s][i] for s in range(len(mx)) if s != i)]
+    import time as _t
+
+    out = [f"{_t.strftime('%H:%M:%S', _t.localtime(rec['t']))}  "
+           f"interval {rec['dt']:.2f} s",
+           table(rows, ["node" if not per_cpu else "cpu", *cols])]
+    if "migrate" in probes:
+        by = classify.by_cause(probes["migrate"]["matrix"])
+        parts = [f"{c} {v['cross']}/{v['cross'] + v['same']}" for c, v in by.items()
+                 if v["cross"] + v["same"]]
+        out.append("migrations cross-node/all: " + (", ".join(parts) or "none"))
+    return "\n".join(out)
+
+
+def report_text(doc):
+    from vnuma_sched.probes import classify
+
+    head = (f"kernel {doc['kernel']}, {doc['seconds']} s in {doc['intervals']} intervals, "
+            f"lost events {doc['lost_events']}"
+            + ("" if doc["complete"] else " (no end record: recording was interrupted)"))
+    rows = [[k, v["total"], "-" if v["rate"] is None else v["rate"]]
+            for k, v in doc["metrics"].items() if not k.startswith(("migrations.",
+                                                                    "migrations_to_idle."))]
+    out = [head, table(rows, ["metric", "total", "per second"])]
+    for cause, mx in doc.get("matrix", {}).items():
+        if any(map(any, mx)):
+            ids = [f"node{i}" for i in range(len(mx))]
+            out.append(table([[f"from node{s}", *row] for s, row in enumerate(mx)],
+                             [f"{cause} migrations", *[f"to {i}" for i in ids]]))
+    if "idle_hist_us" in doc:
+        out.append("idle residency (log2 us)\n" +
+                   "\n".join(classify.log2_hist_lines(doc["idle_hist_us"])))
+    skipped = [f"{n}: {p['reason']}" for n, p in doc.get("probes", {}).items()
+               if not p.get("available")]
+    if skipped:
+        out.append("not recorded: " + "; ".join(skipped))
+    return "\n\n".join(out)

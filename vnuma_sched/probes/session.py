@@ -1,0 +1,83 @@
+"""A set of probes loaded together and sampled as cumulative snapshots.
+
+Only this module and loader.py touch bcc (loader imports it); everything it
+returns is plain data for classify/report/render."""
+
+import os
+
+from vnuma_sched.probes import catalog
+from vnuma_sched.probes.events import BPF_DIR, MigrateEvent
+
+
+def steal_ms(sysroot):
+    """Steal time per CPU (ms since boot) from /proc/stat."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for line in sysroot.read("/proc/stat").splitlines():
+        parts = line.split()
+        if parts and parts[0].startswith("cpu") and parts[0] != "cpu":
+            cpu = int(parts[0][3:])
+            out[cpu] = int(parts[8]) * 1000 // hz if len(parts) > 8 else 0
+    return [out.get(c, 0) for c in range(max(out) + 1)] if out else []
+
+
+class Session:
+    def __init__(self, names, sysroot, euid, topology, with_events=False, log=None):
+        self.sysroot, self.topology, self.log = sysroot, topology, log or (lambda m: None)
+        self.facts = catalog.KernelFacts(sysroot, euid)
+        self.probes = catalog.select(names)
+        self.status = {p.name: catalog.availability(p, self.facts) for p in self.probes}
+        self.with_events = with_events
+        self.events = []
+        self.loaded = {}
+
+    def start(self):
+        from vnuma_sched.probes import loader  # noqa: PLC0415 - bcc only when probing
+
+        needs_bpf = [p for p in self.probes if p.bpf and self.status[p.name].ok]
+        if needs_bpf:
+            loader.ensure_kernel_headers(os.uname().release, self.log)
+        max_cpus = max(self.topology.cpus, default=0) + 1
+        max_nodes = max(len(self.topology.nodes), 1)
+        for probe in needs_bpf:
+            avail = self.status[probe.name]
+            flags = catalog.cflags(avail, max_cpus, max_nodes,
+                                   self.with_events and probe.name == "migrate")
+            try:
+                self.loaded[probe.name] = loader.LoadedProbe(
+                    probe, avail, flags, self.topology, BPF_DIR,
+                    on_event=self._event if self.with_events else None)
+            except Exception as err:  # a compile or attach failure: this probe only
+                self.status[probe.name] = catalog.Availability(False, f"load failed: {err}")
+        return self
+
+    def _event(self, cpu, data, size):
+        import ctypes  # noqa: PLC0415
+
+        ev = ctypes.cast(data, ctypes.POINTER(MigrateEvent)).contents
+        self.events.append(ev.to_dict())
+
+    def running(self):
+        return [p.name for p in self.probes if self.status[p.name].ok]
+
+    def sample(self):
+        snap = {}
+        for name, lp in self.loaded.items():
+            lp.poll(0)
+            snap[name] = lp.snapshot()
+        if "steal" in self.running():
+            snap["steal"] = {"ms": steal_ms(self.sysroot)}
+        return snap
+
+    def take_events(self):
+        out, self.events = self.events, []
+        return out
+
+    @property
+    def lost(self):
+        return sum(lp.lost for lp in self.loaded.values())
+
+    def close(self):
+        for lp in self.loaded.values():
+            lp.close()
+        self.loaded = {}
