@@ -4,8 +4,9 @@
  * whether the destination CPU was idle. bcc dialect.
  *
  * Cause, in order:
- *   wake      sched_waking of the same pid just ran on this CPU (try_to_wake_up
- *             traces sched_waking before select_task_rq()/set_task_cpu())
+ *   wake      sched_waking of the same pid was traced on this CPU by the task
+ *             that now moves it (try_to_wake_up() traces sched_waking before
+ *             select_task_rq() and set_task_cpu(), in the waker's context)
  *   numa      sched_move_numa / sched_swap_numa announced the pid
  *   newidle   inside the load-balance function with CPU_NEWLY_IDLE (kprobe)
  *   nohz      inside it for another CPU (nohz idle balance on its behalf)
@@ -18,7 +19,12 @@
 
 BPF_ARRAY(cpu_node, u32, MAX_CPUS);
 BPF_ARRAY(cpu_in_idle, u8, MAX_CPUS);
-BPF_PERCPU_ARRAY(waking_pid, u32, 1);
+struct waking {
+	u32 pid;	/* the wakee */
+	u32 waker;	/* current at sched_waking: the same task calls set_task_cpu() */
+};
+
+BPF_PERCPU_ARRAY(waking, struct waking, 1);
 BPF_PERCPU_ARRAY(balance_idle, s32, 1);	/* 0: not balancing; else idle type + 1 */
 BPF_PERCPU_ARRAY(balance_cpu, s32, 1);
 BPF_HASH(numa_pids, u32, u8, 4096);
@@ -46,9 +52,12 @@ TRACEPOINT_PROBE(power, cpu_idle)
 
 TRACEPOINT_PROBE(sched, sched_waking)
 {
-	u32 zero = 0, pid = args->pid;
+	u32 zero = 0;
+	struct waking w = {};
 
-	waking_pid.update(&zero, &pid);
+	w.pid = args->pid;
+	w.waker = (u32)bpf_get_current_pid_tgid();
+	waking.update(&zero, &w);
 	return 0;
 }
 
@@ -102,16 +111,16 @@ TRACEPOINT_PROBE(sched, sched_migrate_task)
 {
 	u32 zero = 0, pid = args->pid, orig = args->orig_cpu, dest = args->dest_cpu;
 	u32 cur = bpf_get_smp_processor_id();
-	u32 *w = waking_pid.lookup(&zero);
+	struct waking *w = waking.lookup(&zero);
 	s32 *bidle = balance_idle.lookup(&zero);
 	u8 *dest_idle_p = cpu_in_idle.lookup(&dest);
 	u8 cause = CAUSE_OTHER, dest_idle = dest_idle_p ? *dest_idle_p : 0;
 	u32 src_node = node_of(orig), dst_node = node_of(dest), idx;
 	u64 *cell;
 
-	if (w && *w == pid) {
+	if (w && w->pid == pid && w->waker == (u32)bpf_get_current_pid_tgid()) {
 		cause = CAUSE_WAKE;
-		*w = 0;
+		w->pid = 0;
 	} else if (numa_pids.lookup(&pid)) {
 		cause = CAUSE_NUMA;
 		numa_pids.delete(&pid);

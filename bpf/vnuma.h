@@ -13,6 +13,8 @@
 #ifndef VNUMA_H
 #define VNUMA_H
 
+#include <uapi/linux/ptrace.h>	/* struct pt_regs for the kprobe handlers */
+
 /* IPI counters, per receiving CPU */
 #define IPI_RESCHED		0
 #define IPI_CALL_SINGLE		1

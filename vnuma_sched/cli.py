@@ -849,7 +849,10 @@ def _split_record_args(args):
     i = 0
     while i < len(args) and args[i] in PROBES:
         i += 1
-    return args[:i], args[i:]
+    command = args[i:]
+    if command[:1] == ["--"]:  # kept by click once a positional argument was seen
+        command = command[1:]
+    return args[:i], command
 
 
 @main.command("report")

@@ -153,9 +153,12 @@ def top_text(rec, topology, per_cpu=False):
                     sum(mx[s][i] for s in range(len(mx)) if s != i)]
     import time as _t
 
+    head = ["node" if not per_cpu else "cpu", *cols]
     out = [f"{_t.strftime('%H:%M:%S', _t.localtime(rec['t']))}  "
            f"interval {rec['dt']:.2f} s",
-           table(rows, ["node" if not per_cpu else "cpu", *cols])]
+           " ".join(f"{h:<6}" if i == 0 else f"{h:>7}" for i, h in enumerate(head))]
+    out += [" ".join(f"{v:<6}" if i == 0 else f"{v:>7}" for i, v in enumerate(row))
+            for row in rows]
     if "migrate" in probes:
         by = classify.by_cause(probes["migrate"]["matrix"])
         parts = [f"{c} {v['cross']}/{v['cross'] + v['same']}" for c, v in by.items()

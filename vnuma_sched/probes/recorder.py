@@ -16,12 +16,12 @@ def _write(fh, rec):
 
 def record(session, sysroot, output, interval, duration, command, progress):
     """Returns the exit code: the command's, or 0 after a duration (130 on Ctrl-C)."""
-    if not session.running():
-        session.close()
-        raise BadInput("no probe can run here (see 'vnuma-sched probes')")
     for name, a in session.status.items():
         if not a.ok:
             progress(f"{name}: unsupported: {a.reason}")
+    if not session.running():
+        session.close()
+        raise BadInput("no probe can run here (see 'vnuma-sched probes')")
     code, proc, t0 = 0, None, time.monotonic()
     try:
         with open(output, "w", encoding="utf-8") as fh:

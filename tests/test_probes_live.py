@@ -1,0 +1,59 @@
+"""bpf tier: the probes loaded by bcc on the live machine (a KVM guest)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.bpf
+
+VNUMA = str(Path(sys.executable).parent / "vnuma-sched")
+WORKLOAD = [sys.executable, str(Path(__file__).parent / "workloads" / "sleepwake.py")]
+
+
+def test_probes_report_availability_consistently(tracefs):
+    res = subprocess.run([VNUMA, "probes", "--json"], capture_output=True, text=True)
+    rows = {r["probe"]: r for r in json.loads(res.stdout)["probes"]}
+    assert rows["ipi"]["available"] and rows["migrate"]["available"]
+    has_kprobes = (tracefs / "kprobe_events").exists()
+    assert rows["preempt"]["available"] or (not has_kprobes and "kprobes" in
+                                            rows["preempt"]["reason"]) or \
+        "vcpu_is_preempted" in rows["preempt"]["reason"]
+
+
+def test_top_json_counts_wake_ipis_and_migrations(tracefs):
+    load = subprocess.Popen(WORKLOAD + ["2", "4000"])
+    try:
+        res = subprocess.run([VNUMA, "top", "--json", "ipi", "migrate", "halt", "0.5", "3"],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        load.wait(timeout=120)
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(recs) == 3 and all(r["type"] == "interval" and r["dt"] > 0 for r in recs)
+    wake_ipis = sum(c[0] + c[1] for r in recs for c in r["probes"]["ipi"]["per_cpu"])
+    migrations = sum(v for r in recs for cause in r["probes"]["migrate"]["matrix"].values()
+                     for k in ("busy", "idle") for row in cause[k] for v in row)
+    idle = sum(map(sum, (c for r in recs for c in r["probes"]["halt"]["count"])))
+    assert wake_ipis > 0 and migrations > 0 and idle > 0
+
+
+def test_record_keeps_exit_code_and_writes_documented_jsonl(tracefs, tmp_path):
+    out = tmp_path / "rec.jsonl"
+    res = subprocess.run([VNUMA, "record", "-o", str(out), "--interval", "0.5", "--events",
+                          "--", *WORKLOAD, "2", "1500", "7"],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 7, res.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["type"] == "meta" and lines[-1]["type"] == "end"
+    assert lines[-1]["exit_code"] == 7 and "lost" in lines[-1]
+    meta = lines[0]
+    assert {"kernel", "topology", "cmdline", "gates", "probes"} <= set(meta)
+    assert meta["probes"]["migrate"]["available"]
+    assert any(rec["type"] == "event" for rec in lines)
+    rep = subprocess.run([VNUMA, "report", "--json", str(out)], capture_output=True,
+                         text=True)
+    doc = json.loads(rep.stdout)
+    assert doc["complete"] and doc["metrics"]["wake_ipis"]["total"] > 0
