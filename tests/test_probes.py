@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vnuma_sched.cli import _split_record_args, _split_top_args, main
+from vnuma_sched.cli import main
+from vnuma_sched.cli_probes import _split_record_args, _split_top_args
 from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.probes import catalog, classify, events as E, recording, report
 from vnuma_sched.render import report_text, top_text

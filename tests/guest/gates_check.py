@@ -12,7 +12,10 @@ import os
 import subprocess
 import sys
 import time
-from multiprocessing import Pipe, Process
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workloads"))
+import sleepwake  # noqa: E402
 
 GATES = {
     "kernel.sched_numa_idle_damp": ("/proc/sys/kernel/sched_numa_idle_damp", "3"),
@@ -39,29 +42,10 @@ def write(path, value):
         f.write(value)
 
 
-def pinger(conn, rounds):
-    for _ in range(rounds):
-        conn.send(b"x")
-        conn.recv()
-
-
-def ponger(conn, rounds):
-    for _ in range(rounds):
-        conn.recv()
-        time.sleep(0.0002)  # sleep so the CPU goes idle between messages
-        conn.send(b"y")
-
-
 def sleep_wake(pairs=3, rounds=1500):
-    procs = []
-    for _ in range(pairs):
-        a, b = Pipe()
-        procs += [Process(target=pinger, args=(a, rounds)), Process(target=ponger, args=(b, rounds))]
+    """tests/workloads/sleepwake.py, timed."""
     t0 = time.monotonic()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    sleepwake.main(pairs, rounds)
     return round(time.monotonic() - t0, 2)
 
 

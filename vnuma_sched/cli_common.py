@@ -1,0 +1,71 @@
+"""Shared pieces of the command line: settings, output, progress, exit codes."""
+
+import os
+from dataclasses import dataclass
+
+import click
+
+from vnuma_sched.errors import BadInput
+
+
+@dataclass
+
+class Settings:
+    root: str
+    json: bool
+    verbose: bool
+    profiles_dir: str = None
+
+    def sysroot(self):
+        from vnuma_sched.sysroot import SysRoot
+
+        return SysRoot(self.root)
+
+
+def emit(settings, obj, text):
+    """Print ``obj`` as JSON with --json, else the rendered ``text``."""
+    if settings.json:
+        from vnuma_sched.render import to_json
+
+        click.echo(to_json(obj))
+    else:
+        click.echo(text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="JSON output.")
+
+
+def merge_json(settings, as_json):
+    if as_json:
+        settings.json = True
+    return settings
+
+
+def progress(settings):
+    """Progress lines go to stderr so --json stdout stays clean."""
+    return lambda msg: click.echo(f"vnuma-sched: {msg}", err=True)
+
+
+def cache_dir():
+    return os.environ.get("VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched")
+
+
+def default_fragment():
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent / "kconfig" / "vnuma-guest.config"
+    if not here.is_file():
+        raise BadInput("kconfig/vnuma-guest.config not found: give --fragment")
+    return here
+
+
+def need_root(settings, what):
+    from vnuma_sched.errors import NeedsRoot
+
+    if settings.sysroot().is_live and os.geteuid() != 0:
+        raise NeedsRoot(what)
+
+
+def settings_exit(code):
+    ctx = click.get_current_context()
+    ctx.exit(code)

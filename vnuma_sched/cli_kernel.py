@@ -1,0 +1,323 @@
+"""Commands for kernel trees, patches, builds and guests."""
+
+import os
+import sys
+
+import click
+
+from vnuma_sched.errors import BadInput
+from vnuma_sched.cli_common import (cache_dir, default_fragment, emit, json_option, merge_json, progress, settings_exit)
+
+
+@click.group()
+def kernel():
+    """Kernel trees: fetch Debian's source packages as git repositories."""
+
+
+@kernel.command("fetch")
+@click.option("--version", "series", default="6.12", show_default=True,
+              help="Kernel series: 6.1 or 6.12.")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Parent directory of the tree [default: $VNUMA_SCHED_CACHE/trees].")
+@click.option("--git", "git_source", default=None,
+              help="Clone this URL or path instead of Debian's source package.")
+@click.option("--ref", default="HEAD", show_default=True, help="With --git: what to check out.")
+@click.pass_obj
+def kernel_fetch(settings, series, dest, git_source, ref):
+    """Extract linux-source-VERSION into a git repo with one base commit; print its path.
+
+    \b
+    Installs the Debian package if needed (root). Idempotent. With --git,
+    clones (or fetches) the given tree and checks out REF instead.
+    \b
+    Examples:
+      vnuma-sched kernel fetch --version 6.12
+      vnuma-sched kernel fetch --git ~/src/linux --ref v6.12
+    """
+    from vnuma_sched.ktree import fetch_debian, fetch_git
+    from vnuma_sched.runner import Runner
+
+    dest = dest or os.path.join(cache_dir(), "trees")
+    if git_source:
+        tree = fetch_git(git_source, ref, dest, Runner(), progress(settings))
+    else:
+        tree = fetch_debian(series, dest, Runner(), progress(settings), os.geteuid())
+    click.echo(str(tree))
+
+
+@click.command()
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Kernel source tree (a git repository).")
+@click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False),
+              help="Kconfig fragment (repeatable) [default: kconfig/vnuma-guest.config].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Build directory (O=) [default: $VNUMA_SCHED_CACHE/builds/<tree>].")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default=True)
+@click.option("--allow-dropped", is_flag=True,
+              help="Go on when requested options do not survive olddefconfig.")
+@click.option("--target", "targets", multiple=True,
+              help="Make targets instead of bzImage, e.g. kernel/sched/fair.o (repeatable).")
+@json_option
+@click.pass_obj
+def build(settings, tree, fragments, out, jobs, allow_dropped, targets, as_json):
+    """Build a guest bzImage out of tree from tinyconfig + kconfig fragments.
+
+    \b
+    Fails when a requested option does not survive olddefconfig (listing
+    them). Writes OUT/build.log and OUT/metadata.json (base commit, patches,
+    config hash, compiler, duration, reproducer).
+    \b
+    Example:
+      vnuma-sched build --tree /var/cache/vnuma_sched/trees/linux-source-6.12
+    """
+    from pathlib import Path
+
+    from vnuma_sched import kbuild
+    from vnuma_sched.ktree import tree_version
+    from vnuma_sched.render import build_text
+    from vnuma_sched.runner import Runner
+
+    settings = merge_json(settings, as_json)
+    tree = Path(tree).resolve()
+    tree_version(tree)
+    frags = [Path(f).resolve() for f in fragments] or [default_fragment()]
+    for f in frags:
+        if not f.is_file():
+            raise BadInput(f"--fragment {f}: no such file")
+    out = Path(out or os.path.join(cache_dir(), "builds", tree.name)).resolve()
+    req = kbuild.BuildRequest(tree, out, frags, jobs, allow_dropped,
+                              tuple(targets) or ("bzImage",))
+    result = kbuild.build(req, Runner(), progress(settings))
+    emit(settings, result.metadata or {"steps": [s.__dict__ for s in result.steps]},
+         build_text(result))
+
+
+@click.group()
+def vm():
+    """Boot kernels as vNUMA guests (virtme-ng, host root filesystem)."""
+
+
+@vm.command("run", context_settings={"ignore_unknown_options": False})
+@click.option("--kernel", "image", required=True, type=click.Path(),
+              help="bzImage, or a build directory holding arch/x86/boot/bzImage.")
+@click.option("--topology", "spec", default="2x2", show_default=True,
+              help="NxM (N nodes of M CPUs, distance 21), 'host', or a topology JSON file.")
+@click.option("--mem", default="2G", show_default=True, help="Guest memory, split across nodes.")
+@click.option("--append", "append", multiple=True, help="Extra kernel command line (repeatable).")
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300, show_default=True,
+              help="Seconds before QEMU and every child are killed.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="auto tries KVM once (cached) and falls back to TCG.")
+@click.argument("command", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json):
+    """Boot KERNEL as a vNUMA guest, run COMMAND in it, return its exit code.
+
+    \b
+    Example:
+      vnuma-sched vm run --kernel /var/cache/vnuma_sched/builds/linux-source-6.12 \\
+          --topology 2x2 -- cat /sys/devices/system/node/node1/cpulist
+    """
+    from pathlib import Path
+
+    from vnuma_sched import vm as vmod
+    from vnuma_sched.kbuild import IMAGE
+    from vnuma_sched.runner import Runner
+    from vnuma_sched.topology import read_topology
+
+    settings = merge_json(settings, as_json)
+    kernel_image = Path(image)
+    if kernel_image.is_dir():
+        kernel_image = kernel_image / IMAGE
+    if not kernel_image.is_file():
+        raise BadInput(f"--kernel {image}: no kernel image there")
+    host = read_topology(settings.sysroot()) if spec == "host" else None
+    topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host)
+    runner = Runner()
+    accel, why = vmod.choose_accel(accel, kernel_image, runner,
+                                   os.path.join(cache_dir(), "accel.json"))
+    progress(settings)(f"booting {kernel_image} ({topo.ncpus} vCPUs, {len(topo.nodes)} "
+                        f"nodes, {accel}: {why})")
+    res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append)
+    if settings.json:
+        emit(settings, {"status": res.status, "exit_code": res.exit_code, "accel": res.accel,
+                        "seconds": round(res.seconds, 1), "stdout": res.stdout,
+                        "stderr": res.stderr, "panic": res.panic,
+                        "console_tail": res.console_tail}, "")
+    else:
+        click.echo(res.stdout, nl=False)
+        click.echo(res.stderr, nl=False, err=True)
+    if res.status != "exited":
+        detail = res.panic or "\n  ".join(res.console_tail[-8:])
+        click.echo(f"vnuma-sched: guest {res.status} after {res.seconds:.0f} s: {detail}",
+                   err=True)
+    settings_exit(res.exit_code)
+
+
+@click.group()
+def patches():
+    """The project's guest-kernel patch series (list, check, apply)."""
+
+
+@patches.command("list")
+@click.option("--version", "series_version", default=None,
+              help="Only this series (6.1 or 6.12).")
+@json_option
+@click.pass_obj
+def patches_list(settings, series_version, as_json):
+    """Each patch: number, subject, problem it addresses, gates, versions.
+
+    \b
+    Example:
+      vnuma-sched patches list --version 6.12
+    """
+    from vnuma_sched import patches as P
+    from vnuma_sched.render import patches_text
+
+    settings = merge_json(settings, as_json)
+    all_series = [P.load_series(series_version)] if series_version else P.all_series()
+    doc = {"series": [{"version": s.version, "base_commit": s.base_commit,
+                       "patches": [p.to_dict() for p in s.patches]} for s in all_series]}
+    emit(settings, doc, patches_text(all_series))
+
+
+def _tree_series(tree):
+    from vnuma_sched import patches as P
+    from vnuma_sched.ktree import tree_version
+
+    return P.load_series(tree_version(tree).series)
+
+
+@patches.command("check")
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@json_option
+@click.pass_obj
+def patches_check(settings, tree, as_json):
+    """Per patch: clean, already-applied or conflict (file and hunk). Never touches TREE.
+
+    \b
+    The series is picked from the version in TREE's Makefile. Exit code 1 if
+    any patch conflicts.
+    \b
+    Example:
+      vnuma-sched patches check --tree /var/cache/vnuma_sched/trees/linux-source-6.12
+    """
+    from vnuma_sched import patches as P
+    from vnuma_sched.render import status_text
+    from vnuma_sched.runner import Runner
+
+    settings = merge_json(settings, as_json)
+    series = _tree_series(tree)
+    statuses = P.check(tree, series, Runner())
+    emit(settings, {"version": series.version, "tree": str(tree),
+                    "patches": [s.to_dict() for s in statuses]}, status_text(statuses))
+    if any(s.state == P.CONFLICT for s in statuses):
+        settings_exit(1)
+
+
+@patches.command("apply")
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--branch", default="vnuma-sched", show_default=True,
+              help="New branch created from the current HEAD.")
+@click.pass_obj
+def patches_apply(settings, tree, branch):
+    """Apply the series to TREE on a new branch with git am, patch by patch.
+
+    \b
+    Refuses a dirty tree or an unfinished git operation. Already-applied
+    patches are skipped. On a conflict nothing is changed: same HEAD, same
+    branch, clean tree.
+    \b
+    Example:
+      vnuma-sched patches apply --tree ~/linux --branch vnuma
+    """
+    from vnuma_sched import patches as P
+    from vnuma_sched.runner import Runner
+
+    series = _tree_series(tree)
+    P.apply(tree, series, branch, Runner(), progress(settings))
+    click.echo(f"{tree}: branch {branch} carries the {series.version} series")
+
+
+@patches.command("verify")
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A tree whose HEAD carries the series (see 'patches apply').")
+@click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False),
+              help="Base fragments [default: vnuma-guest.config + series-test.config].")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Worktree and build dirs [default: $VNUMA_SCHED_CACHE/verify/<version>].")
+@click.option("--w1/--no-w1", default=True, show_default=True,
+              help="Also compare W=1 warnings of the touched files with the base tree.")
+@json_option
+@click.pass_obj
+def patches_verify(settings, tree, fragments, workdir, w1, as_json):
+    """Build every patch of the series in every variant (bisectability).
+
+    \b
+    For each patch in order and each variant in kconfig/variants (plus the
+    default), compile the objects the series has touched so far. Long: run it
+    when the series changes, not on every commit.
+    \b
+    Example:
+      vnuma-sched patches verify --tree /var/cache/vnuma_sched/series/linux-6.12
+    """
+    from pathlib import Path
+
+    from vnuma_sched import verify as V
+    from vnuma_sched.render import matrix_text
+    from vnuma_sched.runner import Runner
+
+    settings = merge_json(settings, as_json)
+    series = _tree_series(tree)
+    frags = [Path(f).resolve() for f in fragments] or [
+        default_fragment(), default_fragment().parent / "series-test.config"]
+    work = Path(workdir or os.path.join(cache_dir(), "verify", series.version))
+    runner = Runner()
+    cells = V.run_matrix(Path(tree).resolve(), series, frags, work, runner,
+                         progress(settings))
+    new = V.w1_new_warnings(Path(tree).resolve(), series, frags[:1], work, runner,
+                            progress(settings)) if w1 else []
+    emit(settings, {"version": series.version, "cells": [c.__dict__ for c in cells],
+                    "w1_new_warnings": [list(w) for w in new]}, matrix_text(cells, new))
+    if any(c.status == "FAIL" for c in cells) or new:
+        settings_exit(1)
+
+
+def gates_command():
+    """The default guest command of 'pipeline': topology and the series' gates."""
+    exe = os.path.join(os.path.dirname(sys.executable), "vnuma-sched")
+    return ["sh", "-c", f"{exe} topology && echo && grep -H . "
+            "/proc/sys/kernel/sched_numa_idle_damp /proc/sys/kernel/sched_numa_newidle_min_ns "
+            "/proc/sys/kernel/sched_steal_idle_nocap /sys/module/kvm_guest/parameters/* "
+            "/sys/module/vnuma_debug/parameters/*"]
+
+
+@click.command()
+@click.option("--version", "series_version", default="6.12", show_default=True)
+@click.option("--topology", "spec", default="2x2", show_default=True)
+@click.option("--mem", default="2G", show_default=True)
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300, show_default=True)
+@click.argument("command", nargs=-1)
+@click.pass_obj
+def pipeline(settings, series_version, spec, mem, timeout, command):
+    """Fetch, apply the series, build the patched guest and boot it (the main job).
+
+    \b
+    Reuses the fetched tree, the patched worktree and the build when nothing
+    changed. Without COMMAND the guest prints its topology and the series'
+    gates.
+    \b
+    Example:
+      vnuma-sched pipeline --version 6.12 --topology 2x2
+    """
+    from vnuma_sched import pipeline as pl, vm as vmod
+    from vnuma_sched.render import pipeline_text
+    from vnuma_sched.runner import Runner
+
+    res = pl.run(series_version, cache_dir(), spec, vmod.parse_size_mb(mem),
+                 list(command) or gates_command(), Runner(), progress(settings),
+                 os.geteuid(), timeout=timeout)
+    click.echo(pipeline_text(res))
+    settings_exit(res.vm.exit_code)

@@ -1,0 +1,190 @@
+"""The eBPF probe commands: probes, top, record, report."""
+
+import os
+
+import click
+
+from vnuma_sched.errors import BadInput
+from vnuma_sched.cli_common import (emit, json_option, merge_json, need_root, progress, settings_exit)
+
+
+def _probe_session(settings, names, with_events=False):
+    from vnuma_sched.probes.session import Session
+    from vnuma_sched.topology import read_topology
+
+    sysroot = settings.sysroot()
+    return Session(names, sysroot, os.geteuid(), read_topology(sysroot), with_events,
+                   progress(settings))
+
+
+@click.command("probes")
+@json_option
+@click.pass_obj
+def probes_cmd(settings, as_json):
+    """Each probe and whether this kernel can run it, and why not.
+
+    \b
+    Example:
+      sudo vnuma-sched probes
+    """
+    from vnuma_sched.probes import catalog
+    from vnuma_sched.render import table
+
+    settings = merge_json(settings, as_json)
+    facts = catalog.KernelFacts(settings.sysroot(), os.geteuid())
+    rows = []
+    for probe in catalog.PROBES.values():
+        a = catalog.availability(probe, facts)
+        rows.append({"probe": probe.name, "side": probe.side, "available": a.ok,
+                     "reason": a.reason, "notes": a.notes, "doc": probe.doc})
+    emit(settings, {"probes": rows}, table(
+        [[r["probe"], r["side"], "yes" if r["available"] else "no",
+          r["reason"] or "; ".join(r["notes"]) or r["doc"]] for r in rows],
+        ["probe", "side", "ok", "detail"], widths=[None, None, None, 56]))
+
+
+def _split_top_args(args):
+    """PROBE... [interval [count]] like bcc tools."""
+    names, nums = [], []
+    for a in args:
+        (nums if a.replace(".", "", 1).isdigit() else names).append(a)
+    if len(nums) > 2:
+        raise BadInput("expected at most [interval [count]] after the probe names")
+    interval = float(nums[0]) if nums else 1.0
+    count = int(float(nums[1])) if len(nums) > 1 else None
+    if interval <= 0 or (count is not None and count < 1):
+        raise BadInput("interval must be > 0 and count >= 1")
+    return names, interval, count
+
+
+@click.command("top")
+@click.argument("args", nargs=-1)
+@click.option("-C", "per_cpu", is_flag=True, help="One row per CPU instead of per node.")
+@json_option
+@click.pass_obj
+def top_cmd(settings, args, per_cpu, as_json):
+    """Live counters per node (or CPU): [PROBE...] [interval [count]].
+
+    \b
+    Ctrl-C prints the last interval and detaches. --json prints one JSON
+    object per interval. Columns: resch/csq reschedule and call-function-
+    single IPIs received, noipi wake-ups without IPI, idle/idlems idle
+    entries and time, rejpre idle CPUs rejected as preempted, stealms steal
+    time, migin/xnodein migrations into the node (from other nodes).
+    \b
+    Examples:
+      sudo vnuma-sched top                 all probes, every second
+      sudo vnuma-sched top migrate ipi 2 5
+    """
+    import json as _json
+    import time
+
+    from vnuma_sched.probes.recording import Sampler
+    from vnuma_sched.render import top_text
+
+    settings = merge_json(settings, as_json)
+    names, interval, count = _split_top_args(args)
+    need_root(settings, "loading BPF probes")
+    session = _probe_session(settings, names).start()
+    for name, a in session.status.items():
+        if not a.ok:
+            progress(settings)(f"{name}: unsupported: {a.reason}")
+    if not session.running():
+        raise BadInput("no probe can run here (see 'vnuma-sched probes')")
+    sampler, n = Sampler(session), 0
+    with _sigterm_as_interrupt():
+        try:
+            while count is None or n < count:
+                time.sleep(interval)
+                rec = sampler.interval()
+                n += 1
+                click.echo(_json.dumps(rec) if settings.json else
+                           top_text(rec, session.topology, per_cpu) + "\n")
+        except KeyboardInterrupt:
+            rec = sampler.interval()
+            click.echo(_json.dumps(rec) if settings.json else
+                       top_text(rec, session.topology, per_cpu))
+        finally:
+            session.close()
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM detaches like Ctrl-C."""
+
+    def __enter__(self):
+        import signal
+
+        def raise_interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        self.old = signal.signal(signal.SIGTERM, raise_interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+@click.command("record", context_settings={"allow_interspersed_args": False})
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--duration", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds to record when no command is given.")
+@click.option("--interval", type=click.FloatRange(0.05), default=1.0, show_default=True)
+@click.option("--events", "with_events", is_flag=True,
+              help="Also record every migration as an event line.")
+@click.argument("args", nargs=-1)
+@click.pass_obj
+def record_cmd(settings, output, duration, interval, with_events, args):
+    """Record probe counters to JSON lines: [PROBE...] [-- CMD...].
+
+    \b
+    With CMD, records exactly while CMD runs and exits with CMD's exit code.
+    \b
+    Examples:
+      sudo vnuma-sched record -o run.jsonl --duration 30
+      sudo vnuma-sched record -o run.jsonl migrate ipi -- ./omp-barrier
+    """
+    from vnuma_sched.probes import recorder
+
+    names, command = _split_record_args(args)
+    need_root(settings, "loading BPF probes")
+    session = _probe_session(settings, names, with_events).start()
+    with _sigterm_as_interrupt():
+        code = recorder.record(session, settings.sysroot(), output, interval, duration,
+                               command, progress(settings))
+    settings_exit(code)
+
+
+def _split_record_args(args):
+    """Leading probe names, then the command (click has already taken the '--')."""
+    from vnuma_sched.probes.catalog import PROBES
+
+    args = list(args)
+    i = 0
+    while i < len(args) and args[i] in PROBES:
+        i += 1
+    command = args[i:]
+    if command[:1] == ["--"]:  # kept by click once a positional argument was seen
+        command = command[1:]
+    return args[:i], command
+
+
+@click.command("report")
+@click.argument("recording", type=click.Path(dir_okay=False))
+@json_option
+@click.pass_obj
+def report_cmd(settings, recording, as_json):
+    """Totals, rates, migration matrices by cause and idle histograms of a recording.
+
+    \b
+    Example:
+      vnuma-sched report run.jsonl
+    """
+    from vnuma_sched.probes import recording as rec, report
+    from vnuma_sched.render import report_text
+
+    settings = merge_json(settings, as_json)
+    doc = report.summarize(*rec.read(recording))
+    emit(settings, doc, report_text(doc))

@@ -1,0 +1,214 @@
+"""The 'tune' commands: scheduler tunables profiles."""
+
+import os
+
+import click
+
+from vnuma_sched.errors import BadInput
+from vnuma_sched.cli_common import (emit, json_option, merge_json, need_root, progress, settings_exit)
+
+
+@click.group()
+@click.option("--profiles", "profiles_dir", type=click.Path(file_okay=False), default=None,
+              help="Extra profile directory (searched before ~/.config and the shipped ones).")
+@click.pass_obj
+def tune(settings, profiles_dir):
+    """Scheduler tunables for kernels you cannot rebuild (profiles, plan, apply, revert).
+
+    \b
+    Examples:
+      vnuma-sched tune plan vnuma-guest-dedicated
+      sudo vnuma-sched tune apply vnuma-guest-dedicated && sudo vnuma-sched tune revert
+    """
+    settings.profiles_dir = profiles_dir
+
+
+def _profile_dirs(settings):
+    from vnuma_sched.tunables import profile as prof
+
+    home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return prof.search_path(getattr(settings, "profiles_dir", None), home)
+
+
+def _load_profile(settings, name):
+    from vnuma_sched.tunables import profile as prof
+
+    return prof.load(name, _profile_dirs(settings))
+
+
+@tune.command("list")
+@json_option
+@click.pass_obj
+def tune_list(settings, as_json):
+    """Profiles that can be applied, with their summaries."""
+    from vnuma_sched.render import table
+    from vnuma_sched.tunables import profile as prof
+
+    settings = merge_json(settings, as_json)
+    found = prof.available(_profile_dirs(settings))
+    items = [{"name": n, "summary": prof.load(n, _profile_dirs(settings)).summary,
+              "file": str(p)} for n, p in found.items()]
+    emit(settings, {"profiles": items},
+         table([[i["name"], i["summary"]] for i in items], ["profile", "summary"],
+               widths=[None, 56]))
+
+
+@tune.command("knobs")
+@json_option
+@click.pass_obj
+def tune_knobs(settings, as_json):
+    """Every knob a profile may name, with its type and what it does."""
+    from vnuma_sched.render import table
+    from vnuma_sched.tunables.knobs import REGISTRY
+
+    settings = merge_json(settings, as_json)
+    rows = [{"knob": k.name, "kind": k.kind, "type": k.vtype, "series_only": k.patch_gate,
+             "decays": k.decays, "doc": k.doc} for k in REGISTRY.values()]
+    emit(settings, {"knobs": rows}, table(
+        [[r["knob"], r["kind"], r["type"], r["doc"]] for r in rows],
+        ["knob", "kind", "type", "notes"], widths=[34, None, None, 30]))
+
+
+@tune.command("show")
+@click.argument("profile")
+@json_option
+@click.pass_obj
+def tune_show(settings, profile, as_json):
+    """The profile's settings with includes merged, and where each comes from."""
+    from vnuma_sched.render import table
+
+    settings = merge_json(settings, as_json)
+    prof = _load_profile(settings, profile)
+    emit(settings, {"name": prof.name, "summary": prof.summary, "includes": prof.includes,
+                    "settings": prof.settings},
+         f"{prof.name}: {prof.summary}\n" + table(
+             [[k, v, prof.origin[k]] for k, v in prof.settings.items()],
+             ["knob", "value", "from"], widths=[None, None, 40]))
+
+
+def _plan_rows(settings, profile):
+    from vnuma_sched.tunables import engine
+
+    prof = _load_profile(settings, profile)
+    return prof, engine.plan(prof, settings.sysroot())
+
+
+@tune.command("plan")
+@click.argument("profile")
+@json_option
+@click.pass_obj
+def tune_plan(settings, profile, as_json):
+    """What apply would do, knob by knob (reads only)."""
+    from vnuma_sched.render import plan_text
+
+    settings = merge_json(settings, as_json)
+    prof, rows = _plan_rows(settings, profile)
+    emit(settings, {"profile": prof.name, "plan": [r.to_dict() for r in rows]},
+         plan_text(rows))
+
+
+@tune.command("apply")
+@click.argument("profile")
+@click.option("--replace", is_flag=True, help="Revert the applied profile first.")
+@click.option("--persist", is_flag=True,
+              help="Also write /etc/sysctl.d and /etc/modprobe.d files (removed by revert).")
+@click.option("--persist-boot", is_flag=True,
+              help="Also write the boot parameters to a GRUB drop-in (removed by revert).")
+@click.pass_obj
+def tune_apply(settings, profile, replace, persist, persist_boot):
+    """Apply PROFILE: journal first, restore everything if any write fails."""
+    from vnuma_sched.tunables import engine
+
+    need_root(settings, "writing scheduler tunables")
+    prof, rows = _plan_rows(settings, profile)
+    n = engine.apply(rows, settings.sysroot(), prof, replace, persist, persist_boot)
+    skipped = [r for r in rows if r.action in (engine.UNSUPPORTED, engine.BOOT_ONLY)]
+    click.echo(f"{prof.name}: {n} value(s) written, {len(skipped)} knob(s) not applicable "
+               "here (see 'tune plan')")
+
+
+@tune.command("revert")
+@click.pass_obj
+def tune_revert(settings):
+    """Restore every value the applied profile changed, newest first."""
+    from vnuma_sched.tunables import engine
+
+    need_root(settings, "restoring scheduler tunables")
+    doc = engine.revert(settings.sysroot())
+    click.echo(f"{doc['profile']}: {len(doc['entries'])} value(s) restored")
+
+
+@tune.command("verify")
+@click.argument("profile", required=False)
+@json_option
+@click.pass_obj
+def tune_verify(settings, profile, as_json):
+    """OK / DIFF / MISSING per knob (default: the applied profile). Exit 1 on DIFF."""
+    from vnuma_sched.render import table
+    from vnuma_sched.tunables import engine, journal
+
+    settings = merge_json(settings, as_json)
+    if profile is None:
+        doc = journal.load(settings.sysroot())
+        if doc is None:
+            raise BadInput("no profile applied: name one to verify")
+        profile = doc["profile"]
+    prof = _load_profile(settings, profile)
+    results = engine.verify(prof, settings.sysroot())
+    emit(settings, {"profile": prof.name,
+                    "knobs": [{**r.to_dict(), "status": st} for r, st in results]},
+         table([[r.knob, r.current, r.target, st] for r, st in results],
+               ["knob", "current", "target", "status"]))
+    if any(st == "DIFF" for _, st in results):
+        settings_exit(1)
+
+
+@tune.command("status")
+@json_option
+@click.pass_obj
+def tune_status(settings, as_json):
+    """The applied profile (from the journal) and what it changed."""
+    from vnuma_sched.render import table
+    from vnuma_sched.tunables import journal
+
+    settings = merge_json(settings, as_json)
+    doc = journal.load(settings.sysroot())
+    if doc is None:
+        emit(settings, {"applied": None}, "no profile applied")
+        return
+    emit(settings, {"applied": doc}, f"applied: {doc['profile']} on {doc['kernel']} "
+         f"at {doc['created']}\n" + table(
+             [[e["knob"], e["path"], e["old"], e["new"], e["state"]] for e in doc["entries"]],
+             ["knob", "path", "was", "now", "state"], widths=[None, 34, None, None, None]))
+
+
+@tune.command("export")
+@click.argument("profile")
+@click.option("--format", "fmt", type=click.Choice(["tuned"]), default="tuned",
+              show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Directory for the tuned profile (tuned.conf inside).")
+@click.pass_obj
+def tune_export(settings, profile, fmt, out):
+    """Write PROFILE as a tuned profile directory, for machines that run tuned."""
+    from vnuma_sched.tunables import export
+
+    prof = _load_profile(settings, profile)
+    path = export.write_tuned(prof, settings.sysroot(), out)
+    click.echo(str(path))
+
+
+@tune.command("hold")
+@click.argument("profile")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True)
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="Stop after this many rounds [default: until Ctrl-C].")
+@click.pass_obj
+def tune_hold(settings, profile, interval, count):
+    """Re-assert PROFILE's knobs that the kernel decays (max_newidle_lb_cost)."""
+    from vnuma_sched.tunables import engine
+
+    need_root(settings, "writing scheduler tunables")
+    prof = _load_profile(settings, profile)
+    rounds = engine.hold(prof, settings.sysroot(), interval, count, progress(settings))
+    click.echo(f"{prof.name}: held for {rounds} round(s)")
