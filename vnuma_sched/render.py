@@ -190,3 +190,16 @@ def report_text(doc):
     if skipped:
         out.append("not recorded: " + "; ".join(skipped))
     return "\n\n".join(out)
+
+
+def ab_text(doc):
+    from vnuma_sched.compare import table_rows
+
+    arms = doc.get("arms", {})
+    head = [f"A: {arms.get('a', {}).get('spec', '?')}   B: {arms.get('b', {}).get('spec', '?')}",
+            f"kernel {doc.get('kernel')}, {doc.get('runs')} runs, {doc.get('mode') or ''}"]
+    rows = table_rows(doc["metrics"])
+    head.append(table(rows, ["metric", "A med", "B med", "B/A", "95% CI", "p", ""],
+                      widths=[30, None, None, None, None, None, None]))
+    head.append(doc.get("note", ""))
+    return "\n".join(head)

@@ -1,0 +1,96 @@
+"""A/B: arm parsing, per-run records to statistics, table and plot (no guest)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vnuma_sched import ab, arms, compare
+from vnuma_sched.cli import main
+from vnuma_sched.errors import BadInput, DataError
+from vnuma_sched.tunables import profile as P
+
+DATA = Path(__file__).parent / "data" / "ab"
+
+
+def parse(spec, name="a"):
+    return arms.parse_arm(name, spec, P.search_path())
+
+
+def test_arm_kinds():
+    arm = parse("kernel.sched_numa_idle_damp=3 /sys/module/haltpoll/parameters/"
+                "guest_halt_poll_ns=0, nopvspin relax_domain_level=4 mitigations=off")
+    assert arm.knobs == {"kernel.sched_numa_idle_damp": "3"}
+    assert arm.paths == {"/sys/module/haltpoll/parameters/guest_halt_poll_ns": "0"}
+    assert arm.boot == ["nopvspin", "relax_domain_level=4", "mitigations=off"]
+
+
+def test_arm_profile_expands_runtime_and_boot():
+    arm = parse("vnuma-guest-dedicated")
+    assert arm.knobs["kvm_guest.idle_halt_hint"] == "on"
+    assert arm.boot == ["cpuidle_haltpoll.force"]
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("kernel.sched_numa_idle_damp=9", "outside 0..3"),
+    ("/etc/passwd=1", "only /proc/sys/ and /sys/module/"),
+    ("/proc/sys/../../etc/x=1", "only /proc/sys/"),
+    ("no-such-profile", "profile 'no-such-profile' not found"),
+    ("", "empty arm"),
+    ("bad$param=1", "not a knob, path, boot parameter or profile"),
+])
+def test_bad_arms(spec, needle):
+    with pytest.raises(BadInput, match=needle.replace("(", r"\(").replace("$", r"\$")):
+        parse(spec)
+
+
+def test_boot_per_run_only_when_boot_params_differ():
+    same = parse("kernel.sched_numa_idle_damp=0"), parse("kernel.sched_numa_idle_damp=3", "b")
+    assert not arms.needs_boot_per_run(*same)
+    assert arms.needs_boot_per_run(parse("nopvspin"), parse("kernel.numa_balancing=0", "b"))
+
+
+def test_order_interleaves():
+    assert ab.order(3) == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_workload_kinds(tmp_path):
+    wl = ab.workload("perf-pipe", tmp_path, None, 4, 0, 1000, 64)
+    assert wl["argv"] == ["perf", "bench", "sched", "pipe", "-l", "1000"]
+    assert wl["env"] == {"OMP_NUM_THREADS": "4", "GOMP_SPINCOUNT": "0"}
+    assert ab.workload("cmd:sleep 1", tmp_path, None, 1, 0, 1, 8)["argv"] == ["sleep", "1"]
+    with pytest.raises(BadInput, match="--workload"):
+        ab.workload("nope", tmp_path, None, 1, 0, 1, 8)
+
+
+def test_results_from_recorded_runs(tmp_path):
+    out = tmp_path / "ab"
+    shutil.copytree(DATA, out)
+    doc = ab.results(out)
+    assert set(doc) >= {"arms", "metrics", "kernel", "topology", "workload"}
+    m = doc["metrics"]["cross_node_migrations"]
+    assert set(m) >= {"a_median", "b_median", "ratio", "ci95", "p", "n"} and m["n"] == [2, 2]
+    assert "workload_score" in doc["metrics"]
+    assert json.loads((out / "results.json").read_text())["runs"] == 4
+
+
+def test_compare_cli_writes_plot(tmp_path):
+    out = tmp_path / "ab"
+    shutil.copytree(DATA, out)
+    png = tmp_path / "c.png"
+    res = CliRunner().invoke(main, ["compare", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "cross_node_migrations" in res.output and "B/A" in res.output
+
+
+def test_runs_file_errors_name_the_line(tmp_path):
+    bad = tmp_path / "runs.jsonl"
+    bad.write_text('{"type": "guest"}\n{"type": "run", "arm": "c", "score": 1}\n')
+    with pytest.raises(DataError, match="line 2: run without arm a/b"):
+        compare.read_runs(bad)
+    bad.write_text('{"type": "run", "arm": "a", "sc')
+    with pytest.raises(DataError, match="line 1: not JSON"):
+        compare.read_runs(bad)

@@ -1,0 +1,74 @@
+"""Runs inside the guest for 'ab': loads the probes once, then for each run in
+the plan's order sets the arm's run-time knobs, samples the probes around one
+workload run, and prints one JSON line per run on stdout."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from vnuma_sched.probes import report
+from vnuma_sched.probes.classify import delta, matrix_total
+from vnuma_sched.probes.session import Session
+from vnuma_sched.sysroot import SysRoot
+from vnuma_sched.topology import read_topology
+from vnuma_sched.tunables import engine, profile as P
+from vnuma_sched.workloads.build import score
+
+
+def _emit(rec):
+    sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def set_arm(arm, sysroot):
+    """Write the arm's knobs (through the registry, resolved on this kernel) and paths."""
+    prof = P.Profile(name="ab-arm", settings=dict(arm["knobs"]))
+    for row in engine.plan(prof, sysroot):
+        if row.action == engine.SET:
+            for path in row.paths:
+                engine.write(engine.K.REGISTRY[row.knob], path, row.target, sysroot)
+        elif row.action == engine.UNSUPPORTED:
+            raise RuntimeError(f"{row.knob}: unsupported in this guest: {row.reason}")
+    for path, value in arm["paths"].items():
+        sysroot.write(path, value + "\n")
+
+
+def run_plan(plan, sysroot):
+    for fs, where in (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug")):
+        if not os.path.exists(os.path.join(where, "events" if fs == "tracefs" else "sched")):
+            subprocess.run(["mount", "-t", fs, "nodev", where], stderr=subprocess.DEVNULL)
+    topo = read_topology(sysroot)
+    session = Session(plan["probes"], sysroot, os.geteuid(), topo).start()
+    _emit({"type": "guest", "kernel": sysroot.read("/proc/sys/kernel/osrelease"),
+           "cmdline": sysroot.read("/proc/cmdline"), "topology": topo.to_dict(),
+           "probes": {n: {"available": a.ok, "reason": a.reason}
+                      for n, a in session.status.items()}})
+    wl = plan["workload"]
+    env = {**os.environ, **wl.get("env", {})}
+    try:
+        for i, arm_name in enumerate(plan["order"]):
+            set_arm(plan["arms"][arm_name], sysroot)
+            before = session.sample()
+            t0 = time.monotonic()
+            res = subprocess.run(wl["argv"], capture_output=True, text=True, env=env)
+            seconds = time.monotonic() - t0
+            after = session.sample()
+            if res.returncode != 0:
+                raise RuntimeError(f"workload exited {res.returncode}: {res.stderr[-300:]}")
+            probes = delta(before, after)
+            rec = {"type": "run", "index": i, "arm": arm_name, "seconds": round(seconds, 4),
+                   "score": score(wl["kind"], res.stdout + res.stderr, seconds),
+                   "metrics": report.metrics(probes)}
+            if "migrate" in probes:
+                rec["matrix"] = matrix_total(probes["migrate"]["matrix"])
+            _emit(rec)
+    finally:
+        session.close()
+
+
+def main(plan_path):
+    with open(plan_path, encoding="utf-8") as f:
+        plan = json.load(f)
+    run_plan(plan, SysRoot("/"))

@@ -1,0 +1,90 @@
+"""The A/B commands: ab (run an experiment in a guest) and compare (statistics, plot)."""
+
+import os
+
+import click
+
+from vnuma_sched.cli_common import (cache_dir, emit, json_option, merge_json, progress)
+
+
+@click.command("ab")
+@click.option("--kernel", "image", required=True, type=click.Path(),
+              help="bzImage or build directory of a (patched) guest kernel.")
+@click.option("--topology", "spec", default="2x2", show_default=True)
+@click.option("--mem", default="2G", show_default=True)
+@click.option("--workload", "kind", default="omp-barrier", show_default=True,
+              help="omp-barrier, perf-pipe, perf-messaging, or cmd:COMMAND")
+@click.option("--threads", type=click.IntRange(1, 1024), default=6, show_default=True,
+              help="OMP_NUM_THREADS (perf-messaging: groups).")
+@click.option("--spincount", default="0", show_default=True, help="GOMP_SPINCOUNT.")
+@click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--kib", type=click.IntRange(8), default=256, show_default=True,
+              help="omp-barrier: memory block per thread.")
+@click.option("--a", "spec_a", required=True, help="Arm A: knobs/paths/boot params/profile.")
+@click.option("--b", "spec_b", required=True, help="Arm B.")
+@click.option("--append", multiple=True, help="Kernel command line for both arms.")
+@click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Runs per arm, interleaved A B A B ...")
+@click.option("--out", type=click.Path(file_okay=False), default="ab-out", show_default=True)
+@click.option("--timeout", type=click.IntRange(10), default=600, show_default=True,
+              help="Seconds per boot (multiplied by the runs when one boot serves all).")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
+@click.pass_obj
+def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, spec_a, spec_b,
+       append, runs, out, timeout, accel):
+    """Run arms A and B interleaved in a vNUMA guest, probes around every run.
+
+    \b
+    Writes OUT/runs.jsonl (one line per run) and OUT/results.json (medians,
+    B/A ratio with 95% bootstrap interval, Mann-Whitney p per metric).
+    \b
+    Example:
+      vnuma-sched ab --kernel /var/cache/vnuma_sched/builds/series-6.12 \\
+          --a kernel.sched_numa_idle_damp=0 --b kernel.sched_numa_idle_damp=3
+    """
+    from pathlib import Path
+
+    from vnuma_sched import ab as abmod, arms, vm
+    from vnuma_sched.cli_tune import _profile_dirs
+    from vnuma_sched.kbuild import IMAGE
+    from vnuma_sched.render import ab_text
+    from vnuma_sched.runner import Runner
+
+    dirs = _profile_dirs(settings)
+    arm_a, arm_b = arms.parse_arm("a", spec_a, dirs), arms.parse_arm("b", spec_b, dirs)
+    kernel_image = Path(image) / IMAGE if Path(image).is_dir() else Path(image)
+    topo = vm.parse_topology(spec, vm.parse_size_mb(mem))
+    runner = Runner()
+    wl = abmod.workload(kind, cache_dir(), runner, threads, spincount, iterations, kib)
+    chosen, why = vm.choose_accel(accel, kernel_image, runner,
+                                  os.path.join(cache_dir(), "accel.json"))
+    progress(settings)(f"guest {spec} under {chosen} ({why}); workload {' '.join(wl['argv'])}")
+    doc = abmod.run(kernel_image, topo, wl, arm_a, arm_b, runs, out, runner,
+                    progress(settings), chosen, timeout, list(append))
+    click.echo(ab_text(doc))
+    click.echo(f"results: {Path(out) / 'results.json'}")
+
+
+@click.command("compare")
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG: ratios with intervals, migration heatmaps per arm.")
+@json_option
+@click.pass_obj
+def compare_cmd(settings, results_dir, plot_path, as_json):
+    """Statistics of an 'ab' directory: per metric A and B medians, B/A, CI, p.
+
+    \b
+    Example:
+      vnuma-sched compare ab-out --plot ab-out/compare.png
+    """
+    from vnuma_sched import ab as abmod, compare
+    from vnuma_sched.render import ab_text
+
+    settings = merge_json(settings, as_json)
+    doc = abmod.results(results_dir)
+    if plot_path:
+        _, runs = compare.read_runs(os.path.join(results_dir, "runs.jsonl"))
+        compare.plot(doc["metrics"], compare.matrices(runs), plot_path,
+                     os.path.basename(os.path.abspath(results_dir)))
+    emit(settings, doc, ab_text(doc) + (f"\nplot: {plot_path}" if plot_path else ""))

@@ -1,0 +1,125 @@
+"""A/B results from per-run records: statistics per metric, the table, the plot."""
+
+import json
+from pathlib import Path
+
+from vnuma_sched import stats
+from vnuma_sched.errors import DataError
+
+PRIMARY = ("workload_score", "cross_node_migrations", "idle_rejected_preempted",
+           "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
+           "migrations.periodic", "migrations.nohz", "cross_node_migrations.wake",
+           "cross_node_migrations.newidle", "cross_node_migrations.periodic")
+
+
+def read_runs(path):
+    """(guest record, run records) of a runs.jsonl; DataError naming the line."""
+    guest, runs = None, []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise DataError(str(path), err.strerror or str(err)) from err
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as err:
+            raise DataError(str(path), f"line {n}: not JSON ({err.msg})") from err
+        if rec.get("type") == "guest":
+            guest = guest or rec
+        elif rec.get("type") == "run":
+            if rec.get("arm") not in ("a", "b") or "score" not in rec:
+                raise DataError(str(path), f"line {n}: run without arm a/b or score")
+            runs.append(rec)
+    if not runs:
+        raise DataError(str(path), "no runs recorded")
+    return guest, runs
+
+
+def values(runs, arm, metric):
+    out = []
+    for r in runs:
+        if r["arm"] != arm:
+            continue
+        v = r["score"] if metric == "workload_score" else r.get("metrics", {}).get(metric)
+        if v is not None:
+            out.append(v)
+    return out
+
+
+def metrics(runs):
+    names = ["workload_score"] + sorted({k for r in runs for k in r.get("metrics", {})})
+    out = {}
+    for name in names:
+        a, b = values(runs, "a", name), values(runs, "b", name)
+        if len(a) >= 2 and len(b) >= 2:
+            out[name] = stats.compare(a, b)
+    return out
+
+
+def matrices(runs):
+    """Per arm: node x node migrations summed over runs."""
+    out = {}
+    for r in runs:
+        mx = r.get("matrix")
+        if mx is None:
+            continue
+        acc = out.setdefault(r["arm"], [[0] * len(mx) for _ in mx])
+        for s, row in enumerate(mx):
+            for d, v in enumerate(row):
+                acc[s][d] += v
+    return out
+
+
+def table_rows(mets, names=PRIMARY):
+    def f(x):
+        return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+    rows = []
+    for name in [n for n in names if n in mets] + [n for n in mets if n not in names
+                                                  and not n.startswith("migrations_to")]:
+        m = mets[name]
+        ci = "-" if not m["ci95"] else f"{m['ci95'][0]:.2f}..{m['ci95'][1]:.2f}"
+        rows.append([name, f(m["a_median"]), f(m["b_median"]), f(m["ratio"]), ci,
+                     f"{m['p']:.3g}", "noisy" if m["inconclusive"] else ""])
+    return rows
+
+
+def plot(mets, mats, path, title):
+    """Ratios with their intervals, and each arm's migration matrix as a heatmap."""
+    import matplotlib  # noqa: PLC0415 - heavy, only for --plot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = [n for n in PRIMARY if n in mets and mets[n]["ratio"] is not None]
+    fig = plt.figure(figsize=(11, 6))
+    ax = fig.add_subplot(1, 2, 1) if mats else fig.add_subplot(1, 1, 1)
+    ys = range(len(names))
+    ratios = [mets[n]["ratio"] for n in names]
+    lo = [r - (mets[n]["ci95"] or [r, r])[0] for n, r in zip(names, ratios)]
+    hi = [(mets[n]["ci95"] or [r, r])[1] - r for n, r in zip(names, ratios)]
+    ax.errorbar(ratios, list(ys), xerr=[lo, hi], fmt="o", capsize=4)
+    ax.axvline(1.0, color="grey", linestyle="--")
+    ax.set_yticks(list(ys), names)
+    ax.set_xlabel("B median / A median (95% bootstrap CI)")
+    ax.set_title(title)
+    for i, arm in enumerate(sorted(mats)):
+        mx = mats[arm]
+        hx = fig.add_subplot(2, 2, 2 + 2 * i)
+        im = hx.imshow(mx, cmap="viridis")
+        labels = [f"node{n}" for n in range(len(mx))]
+        hx.set_xticks(range(len(mx)), labels)
+        hx.set_yticks(range(len(mx)), labels)
+        hx.set_xlabel("to")
+        hx.set_ylabel("from")
+        for s_, row in enumerate(mx):
+            for d, v in enumerate(row):
+                hx.text(d, s_, str(v), ha="center", va="center", color="white")
+        hx.set_title(f"arm {arm}: migrations, all runs")
+        fig.colorbar(im, ax=hx)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Workloads for A/B runs: shipped sources built at run time, and score parsers."""
