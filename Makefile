@@ -43,12 +43,29 @@ headers:
 			ln -sfn $$common $$mod/source && echo "linked $$mod/build -> $$hdr"; fi; \
 	fi
 
+VNUMA := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched
+CACHE ?= $(or $(VNUMA_SCHED_CACHE),/var/cache/vnuma_sched)
+# 6 OpenMP threads on 4 vCPUs: with fewer threads than vCPUs the baseline shows
+# almost no cross-node migrations (nothing to damp); see the README.
+AB := ab --kernel $(CACHE)/builds/series-6.12 --topology 2x2 --workload omp-barrier \
+	--threads 6 --spincount 0 --iterations 2000 --runs 5
+
 demo: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched doctor
-	@echo
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched topology
-	@echo
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched pipeline --version 6.12 --topology 2x2
+	@echo "== 1/6 doctor: what this machine exposes"
+	$(VNUMA) doctor
+	@echo "== 2/6 topology"
+	$(VNUMA) topology
+	@echo "== 3/6 fetch Debian's 6.12, apply the series, build, boot a 2x2 guest"
+	time $(VNUMA) pipeline --version 6.12 --topology 2x2
+	@echo "== 4/6 experiment 2: NUMA idle damping off (A) vs on (B)"
+	time $(VNUMA) $(AB) --a kernel.sched_numa_idle_damp=0 --b kernel.sched_numa_idle_damp=3 \
+		--out demo-out/damping
+	@echo "== 5/6 experiment 1: emulated old host, idle-halt hint off (A) vs on (B)"
+	time $(VNUMA) $(AB) --append vnuma_debug.emulate_halt_preempted=1 \
+		--a kvm_guest.idle_halt_hint=off --b kvm_guest.idle_halt_hint=on --out demo-out/halt
+	@echo "== 6/6 comparisons"
+	$(VNUMA) compare demo-out/damping --plot demo-out/damping/compare.png
+	$(VNUMA) compare demo-out/halt --plot demo-out/halt/compare.png
 
 test: install
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
