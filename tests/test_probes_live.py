@@ -57,3 +57,19 @@ def test_record_keeps_exit_code_and_writes_documented_jsonl(tracefs, tmp_path):
                          text=True)
     doc = json.loads(rep.stdout)
     assert doc["complete"] and doc["metrics"]["wake_ipis"]["total"] > 0
+
+
+def test_every_available_probe_loads(tracefs):
+    """All probes this kernel supports compile, attach and report their documented keys."""
+    avail = json.loads(subprocess.run([VNUMA, "probes", "--json"], capture_output=True,
+                                      text=True).stdout)["probes"]
+    names = [p["probe"] for p in avail if p["available"]]
+    res = subprocess.run([VNUMA, "top", "--json", *names, "0.3", "1"], capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    probes = json.loads(res.stdout)["probes"]
+    keys = {"ipi": {"per_cpu"}, "halt": {"count", "ns", "hist", "pvspin"},
+            "hltexit": {"hlt", "wakeups", "kicks"}, "migrate": {"matrix"},
+            "preempt": {"checked", "rejected"}, "steal": {"ms"}}
+    for name in names:
+        assert keys[name] <= set(probes[name]), name
