@@ -20,12 +20,13 @@ def mover():
     every one across nodes and none of them to CPU 0."""
     os.sched_setaffinity(0, {0})
     time.sleep(0.1)
+    start_ns = time.monotonic_ns()  # same clock as bpf_ktime_get_ns()
     for i in range(MOVES):
         os.sched_setaffinity(0, {2} if i % 2 == 0 else {1})
         end = time.monotonic() + 0.02
         while time.monotonic() < end:
             pass
-    print(os.getpid(), flush=True)
+    print(os.getpid(), start_ns, flush=True)
 
 
 def record(out, command):
@@ -55,9 +56,10 @@ def main():
     res, lines, rep = record("/tmp/probes.jsonl", [sys.executable, __file__, "--both"])
     if not res.stdout.strip():
         sys.exit(f"record failed ({res.returncode}): {res.stderr[-1500:]}")
-    pid = int(res.stdout.strip().splitlines()[0])
+    pid, start_ns = map(int, res.stdout.strip().splitlines()[0].split())
+    # only the moves: not the fork/exec placement or the initial pin of the mover
     ev = [r for r in lines if r["type"] == "event" and r["pid"] == pid
-          and r["dest_cpu"] in (1, 2)]
+          and r["ts"] > start_ns]
     out = {"mover": {"moves": MOVES, "cross_node_events": sum(e["cross_node"] for e in ev),
                      "events": len(ev), "stderr": res.stderr[-800:],
                      "probe": lines[0]["probes"]["migrate"]},
