@@ -13,12 +13,17 @@
  *   periodic  inside it for this CPU
  *   other     everything else (affinity changes, exec, hotplug; and every
  *             balance move when the load-balance function cannot be probed)
- * CPU -> node comes from user space in cpu_node (filled from the topology).
+ * CPU -> node comes from user space in cpu_node (filled from the topology),
+ * CPU -> last-level cache in cpu_llc. It also counts wake-ups (sched_wakeup)
+ * placed on a busy CPU while another CPU of the same LLC was idle.
  */
 #include "vnuma.h"
 
 BPF_ARRAY(cpu_node, u32, MAX_CPUS);
+BPF_ARRAY(cpu_llc, u32, MAX_CPUS);	/* first CPU of the last-level cache, from user space */
 BPF_ARRAY(cpu_in_idle, u8, MAX_CPUS);
+/* 0: wake-ups, 1: placed on a busy CPU while another CPU of its LLC was idle */
+BPF_PERCPU_ARRAY(wake_place, u64, 2);
 struct waking {
 	u32 pid;	/* the wakee */
 	u32 waker;	/* current at sched_waking: the same task calls set_task_cpu() */
@@ -106,6 +111,37 @@ int on_balance_return(struct pt_regs *ctx)
 	return 0;
 }
 #endif
+
+static __always_inline void count_place(u32 k)
+{
+	u64 *v = wake_place.lookup(&k);
+
+	if (v)
+		(*v)++;
+}
+
+/* target_cpu is where the woken task will run */
+TRACEPOINT_PROBE(sched, sched_wakeup)
+{
+	u32 target = args->target_cpu, c;
+	u8 *target_idle = cpu_in_idle.lookup(&target);
+	u32 *llc = cpu_llc.lookup(&target);
+
+	count_place(0);
+	if (!target_idle || *target_idle || !llc)
+		return 0;
+	for (c = 0; c < MAX_CPUS; c++) {
+		u32 cpu = c;
+		u32 *l = cpu_llc.lookup(&cpu);
+		u8 *idle = cpu_in_idle.lookup(&cpu);
+
+		if (cpu != target && l && idle && *l == *llc && *idle) {
+			count_place(1);
+			break;
+		}
+	}
+	return 0;
+}
 
 TRACEPOINT_PROBE(sched, sched_migrate_task)
 {

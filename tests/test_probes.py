@@ -177,7 +177,7 @@ def interval(topo_nodes, dt=1.0):
         "ipi": {"per_cpu": [[3, 4, 0, 1], [1, 0, 0, 0], [0, 2, 0, 0], [5, 5, 1, 0]]},
         "halt": {"count": [[2] + [0] * 7] * 4, "ns": [[3_000_000] + [0] * 7] * 4,
                  "hist": [0, 1, 4, 2] + [0] * 28, "pvspin": [[0, 0]] * 4},
-        "migrate": {"matrix": mx},
+        "migrate": {"matrix": mx, "wake_place": [20, 3]},
         "preempt": {"checked": [4, 4, 0, 0], "rejected": [1, 2, 0, 0]},
         "steal": {"ms": [0, 1, 0, 2]}}}
 
@@ -215,6 +215,7 @@ def test_report_metrics_and_golden(tmp_path):
     assert m["cross_node_migrations"] == {"total": 10, "rate": 2.5}
     assert m["migrations.newidle"]["total"] == 4 and m["wake_ipis"]["total"] == 40
     assert m["idle_rejected_preempted"]["total"] == 6 and doc["lost_events"] == 3
+    assert m["wakeups_busy_idle_llc"]["total"] == 6 and m["wakeups"]["total"] == 40
     golden("report.txt", report_text(doc))
 
 

@@ -110,3 +110,22 @@ def test_sysroot_refuses_escapes(tmp_path):
         SysRoot(tmp_path).path("/sys/../../etc/passwd")
     with pytest.raises(BadInput):
         SysRoot(tmp_path / "missing")
+
+
+def test_llc_from_cache_topology_or_node(tmp_path, fixture_root):
+    from vnuma_sched.topology import llc_of_cpus
+
+    root = tmp_path / "r"
+    shutil.copytree(fixture_root / "qemu-2node", root)
+    for cpu in range(4):
+        base = root / f"sys/devices/system/cpu/cpu{cpu}/cache"
+        for index, level, shared in (("index0", "1", str(cpu)), ("index3", "3",
+                                     "0-1" if cpu < 2 else "2-3")):
+            (base / index).mkdir(parents=True)
+            (base / index / "level").write_text(level + "\n")
+            (base / index / "shared_cpu_list").write_text(shared + "\n")
+    sysroot = SysRoot(root)
+    assert llc_of_cpus(sysroot, read_topology(sysroot)) == {0: 0, 1: 0, 2: 2, 3: 2}
+    plain = SysRoot(fixture_root / "tr-2990wx")
+    llc = llc_of_cpus(plain, read_topology(plain))
+    assert llc[16] == llc[48] == 16 and llc[8] == 8   # no cache info: the node

@@ -7,7 +7,7 @@ from vnuma_sched import stats
 from vnuma_sched.errors import DataError
 
 PRIMARY = ("workload_score", "cross_node_migrations", "idle_rejected_preempted",
-           "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
+           "wakeups_busy_idle_llc", "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
            "migrations.periodic", "migrations.nohz", "cross_node_migrations.wake",
            "cross_node_migrations.newidle", "cross_node_migrations.periodic")
 

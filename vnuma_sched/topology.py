@@ -170,3 +170,25 @@ def read_topology(sysroot):
                                 f"CPU {c} is also in node{seen[c]}")
             seen[c] = n.id
     return Topology(nodes=tuple(nodes))
+
+
+def llc_of_cpus(sysroot, topology):
+    """{cpu: id of its last-level cache} (the first CPU sharing it); the node when
+    the kernel shows no cache topology (some virtual CPUs)."""
+    out = {}
+    for cpu in topology.cpus:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/cache"
+        best = None
+        for index in sysroot.listdir(base):
+            if not index.startswith("index"):
+                continue
+            level = sysroot.read_optional(f"{base}/{index}/level", "0").strip()
+            shared = sysroot.read_optional(f"{base}/{index}/shared_cpu_list")
+            if shared and level.isdigit() and (best is None or int(level) > best[0]):
+                try:
+                    best = (int(level), parse_cpulist(shared))
+                except ValueError:
+                    continue
+        out[cpu] = min(best[1]) if best and best[1] else \
+            min(topology.nodes[[n.id for n in topology.nodes].index(topology.node_of(cpu))].cpus)
+    return out

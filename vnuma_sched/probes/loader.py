@@ -81,7 +81,7 @@ def ensure_kernel_headers(release, log=None):
 class LoadedProbe:
     """One probe compiled and attached with bcc; snapshot() returns plain data."""
 
-    def __init__(self, probe, avail, cflags, topology, bpf_dir, on_event=None):
+    def __init__(self, probe, avail, cflags, topology, bpf_dir, on_event=None, llc=None):
         from bcc import BPF  # noqa: PLC0415
 
         self.probe, self.topology = probe, topology
@@ -99,13 +99,17 @@ class LoadedProbe:
             raise RuntimeError(_first_error(errors, str(failure))) from failure
         self._attach(avail)
         if probe.name == "migrate":
-            table = self.bpf["cpu_node"]
-            for cpu, node in topology.cpu_node.items():
-                if cpu < self.max_cpus:
-                    table[table.Key(cpu)] = table.Leaf(node)
+            self._fill("cpu_node", topology.cpu_node)
+            self._fill("cpu_llc", llc or {})
             if on_event is not None and self.flags.get("WITH_EVENTS"):
                 self.bpf["events"].open_perf_buffer(on_event, page_cnt=64,
                                                     lost_cb=self._lost)
+
+    def _fill(self, name, mapping):
+        table = self.bpf[name]
+        for cpu, value in mapping.items():
+            if cpu < self.max_cpus:
+                table[table.Key(cpu)] = table.Leaf(value)
 
     def _lost(self, count):
         self.lost += count
@@ -151,7 +155,8 @@ class LoadedProbe:
 
             size = 6 * 2 * self.max_nodes * self.max_nodes
             return {"matrix": unflatten_matrix(self._summed("matrix", size), self.max_nodes,
-                                               len(self.topology.nodes))}
+                                               len(self.topology.nodes)),
+                    "wake_place": self._summed("wake_place", 2)}
         if name == "preempt":
             return {"checked": self._summed("checked", self.max_cpus),
                     "rejected": self._summed("rejected", self.max_cpus)}

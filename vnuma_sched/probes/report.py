@@ -45,6 +45,8 @@ def metrics(tot):
         mx = tot["migrate"]["matrix"]
         m["cross_node_migrations"] = classify.cross_node(mx)
         m["same_node_migrations"] = classify.same_node(mx)
+        if "wake_place" in tot["migrate"]:
+            m["wakeups"], m["wakeups_busy_idle_llc"] = tot["migrate"]["wake_place"]
         for cause, c in classify.by_cause(mx).items():
             m[f"cross_node_migrations.{cause}"] = c["cross"]
             m[f"migrations.{cause}"] = c["cross"] + c["same"]

@@ -7,6 +7,7 @@ import os
 
 from vnuma_sched.probes import catalog
 from vnuma_sched.probes.events import BPF_DIR, MigrateEvent
+from vnuma_sched.topology import llc_of_cpus
 
 
 def steal_ms(sysroot):
@@ -46,7 +47,8 @@ class Session:
             try:
                 self.loaded[probe.name] = loader.LoadedProbe(
                     probe, avail, flags, self.topology, BPF_DIR,
-                    on_event=self._event if self.with_events else None)
+                    on_event=self._event if self.with_events else None,
+                    llc=llc_of_cpus(self.sysroot, self.topology))
             except Exception as err:  # a compile or attach failure: this probe only
                 self.status[probe.name] = catalog.Availability(False, f"load failed: {err}")
         return self
