@@ -94,3 +94,31 @@ def test_runs_file_errors_name_the_line(tmp_path):
     bad.write_text('{"type": "run", "arm": "a", "sc')
     with pytest.raises(DataError, match="line 1: not JSON"):
         compare.read_runs(bad)
+
+
+def _recording(path, cross, exit_ok=True):
+    from test_probes import interval, write_recording
+
+    rec = interval(2)
+    rec["probes"]["migrate"]["matrix"]["wake"]["busy"][0][1] = cross
+    write_recording(path, [rec], meta={"type": "meta", "version": 1, "kernel": "6.12.117",
+                                       "command": ["omp-barrier"], "probes": {}})
+    return path
+
+
+def test_compare_two_recording_sets(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for i, (ca, cb) in enumerate(((10, 2), (12, 3), (11, 2))):
+        _recording(tmp_path / "a" / f"r{i}.jsonl", ca)
+        _recording(tmp_path / "b" / f"r{i}.jsonl", cb)
+    res = CliRunner().invoke(main, ["compare", "--json", str(tmp_path / "a"),
+                                    str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)["metrics"]["cross_node_migrations"]
+    assert m["a_median"] == 11 and m["b_median"] == 2 and m["n"] == [3, 3]
+
+
+def test_compare_rejects_other_shapes(tmp_path):
+    res = CliRunner().invoke(main, ["compare", str(tmp_path)])
+    assert res.exit_code == 2 and "two recording sets" in res.output

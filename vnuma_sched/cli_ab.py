@@ -66,25 +66,41 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
 
 
 @click.command("compare")
-@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG: ratios with intervals, migration heatmaps per arm.")
 @json_option
 @click.pass_obj
-def compare_cmd(settings, results_dir, plot_path, as_json):
-    """Statistics of an 'ab' directory: per metric A and B medians, B/A, CI, p.
+def compare_cmd(settings, paths, plot_path, as_json):
+    """Statistics of an A/B: per metric A and B medians, B/A, 95% CI, Mann-Whitney p.
 
     \b
-    Example:
+    PATHS is an 'ab' output directory, or two recordings sets (A then B), each
+    a 'vnuma-sched record' file or a directory of them (one run per file).
+    \b
+    Examples:
       vnuma-sched compare ab-out --plot ab-out/compare.png
+      vnuma-sched compare runs-off/ runs-on/
     """
+    from pathlib import Path
+
     from vnuma_sched import ab as abmod, compare
+    from vnuma_sched.errors import BadInput
     from vnuma_sched.render import ab_text
 
     settings = merge_json(settings, as_json)
-    doc = abmod.results(results_dir)
+    if len(paths) == 1 and (Path(paths[0]) / "runs.jsonl").exists():
+        doc = abmod.results(paths[0])
+        _, runs = compare.read_runs(Path(paths[0]) / "runs.jsonl")
+        title = Path(paths[0]).resolve().name
+    elif len(paths) == 2:
+        runs = compare.runs_from_recordings(compare.recording_files(paths[0]),
+                                            compare.recording_files(paths[1]))
+        doc = {"arms": {"a": {"spec": paths[0]}, "b": {"spec": paths[1]}},
+               "metrics": compare.metrics(runs), "runs": len(runs), "kernel": None}
+        title = f"{Path(paths[0]).name} vs {Path(paths[1]).name}"
+    else:
+        raise BadInput("compare takes an 'ab' directory, or two recording sets (A B)")
     if plot_path:
-        _, runs = compare.read_runs(os.path.join(results_dir, "runs.jsonl"))
-        compare.plot(doc["metrics"], compare.matrices(runs), plot_path,
-                     os.path.basename(os.path.abspath(results_dir)))
+        compare.plot(doc["metrics"], compare.matrices(runs), plot_path, title)
     emit(settings, doc, ab_text(doc) + (f"\nplot: {plot_path}" if plot_path else ""))

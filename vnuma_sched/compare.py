@@ -123,3 +123,34 @@ def plot(mets, mats, path, title):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def recording_files(path):
+    """A recording file, or every *.jsonl in a directory (sorted)."""
+    p = Path(path)
+    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    if not files:
+        raise DataError(str(path), "no recordings (*.jsonl) here")
+    return files
+
+
+def runs_from_recordings(paths_a, paths_b):
+    """Run records from 'vnuma-sched record' files: each recording is one run; the
+    workload score is 1/duration when the recording ran a command."""
+    from vnuma_sched.probes import recording, report  # noqa: PLC0415
+
+    runs = []
+    for arm, paths in (("a", paths_a), ("b", paths_b)):
+        for path in paths:
+            meta, intervals, _, end = recording.read(path)
+            tot = report.totals(intervals)
+            duration = (end or {}).get("duration_s")
+            rec = {"type": "run", "arm": arm, "source": str(path),
+                   "score": (1.0 / duration) if meta.get("command") and duration else None,
+                   "metrics": report.metrics(tot)}
+            if "migrate" in tot:
+                from vnuma_sched.probes.classify import matrix_total  # noqa: PLC0415
+
+                rec["matrix"] = matrix_total(tot["migrate"]["matrix"])
+            runs.append(rec)
+    return runs
