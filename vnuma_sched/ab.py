@@ -73,13 +73,15 @@ def run(image, topo, wl, arm_a, arm_b, runs, out, runner, progress, accel, timeo
     records, t0 = [], time.monotonic()
     if not per_run:
         progress(f"one boot, {2 * runs} runs switching run-time gates (A B A B ...)")
-        plan = {"arms": arms, "order": order(runs), "workload": wl, "probes": PROBES}
+        plan = {"arms": arms, "order": order(runs), "workload": wl, "probes": PROBES,
+                "mode": "one boot"}
         records = _guest(image, topo, plan, out / "plan.json", runner, accel,
                          timeout * 2 * runs, [*append, *arm_a.boot])
     else:
         progress(f"arms differ in boot parameters: one boot per run ({2 * runs} boots)")
         for i, arm in enumerate(order(runs)):
-            plan = {"arms": arms, "order": [arm], "workload": wl, "probes": PROBES}
+            plan = {"arms": arms, "order": [arm], "workload": wl, "probes": PROBES,
+                    "mode": "boot per run"}
             boot = arm_a.boot if arm == "a" else arm_b.boot
             recs = _guest(image, topo, plan, out / "plan.json", runner, accel, timeout,
                           [*append, *boot])
@@ -104,7 +106,8 @@ def results(out, wl=None, topo=None, per_run=None):
            "kernel": (guest or {}).get("kernel"),
            "topology": (guest or {}).get("topology") or (topo and _topo_dict(topo)),
            "workload": wl or plan.get("workload"),
-           "mode": None if per_run is None else ("boot per run" if per_run else "one boot"),
+           "mode": plan.get("mode") if per_run is None else
+           ("boot per run" if per_run else "one boot"),
            "probes": (guest or {}).get("probes"), "runs": len(run_recs),
            "note": "QEMU TCG timings are not hardware timings; migration counts are the "
                    "primary evidence"}

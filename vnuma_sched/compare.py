@@ -102,8 +102,10 @@ def plot(mets, mats, path, title):
     hi = [(mets[n]["ci95"] or [r, r])[1] - r for n, r in zip(names, ratios)]
     ax.errorbar(ratios, list(ys), xerr=[lo, hi], fmt="o", capsize=4)
     ax.axvline(1.0, color="grey", linestyle="--")
+    ax.set_xscale("symlog", linthresh=0.1)  # ratios span 0 to >10; 0 stays visible
+    ax.set_xlim(left=-0.02)
     ax.set_yticks(list(ys), names)
-    ax.set_xlabel("B median / A median (95% bootstrap CI)")
+    ax.set_xlabel("B median / A median (95% bootstrap CI, symlog)")
     ax.set_title(title)
     for i, arm in enumerate(sorted(mats)):
         mx = mats[arm]
