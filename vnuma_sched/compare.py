@@ -1,10 +1,10 @@
 """A/B results from per-run records: statistics per metric, the table, the plot."""
 
-import json
 from pathlib import Path
 
 from vnuma_sched import stats
 from vnuma_sched.errors import DataError
+from vnuma_sched.probes.recording import iter_jsonl
 
 PRIMARY = ("workload_score", "cross_node_migrations", "idle_rejected_preempted",
            "wakeups_busy_idle_llc", "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
@@ -15,17 +15,9 @@ PRIMARY = ("workload_score", "cross_node_migrations", "idle_rejected_preempted",
 def read_runs(path):
     """(guest record, run records) of a runs.jsonl; DataError naming the line."""
     guest, runs = None, []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise DataError(str(path), err.strerror or str(err)) from err
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as err:
-            raise DataError(str(path), f"line {n}: not JSON ({err.msg})") from err
+    for n, rec in iter_jsonl(path, "runs file"):
+        if not isinstance(rec, dict):
+            raise DataError(str(path), f"line {n}: not a record")
         if rec.get("type") == "guest":
             guest = guest or rec
         elif rec.get("type") == "run":

@@ -44,13 +44,12 @@ class Sampler:
         return rec
 
 
-def read(path):
-    """(meta, intervals, events, end) of a recording; DataError naming the line."""
-    meta_rec, intervals, evs, end = None, [], [], None
+def iter_jsonl(path, what="recording"):
+    """(line number, record) of a JSON-lines file; DataError naming the line."""
     try:
         fh = open(path, encoding="utf-8")
     except OSError as err:
-        raise DataError(path, err.strerror or str(err)) from err
+        raise DataError(str(path), err.strerror or str(err)) from err
     with fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -58,23 +57,30 @@ def read(path):
             try:
                 rec = json.loads(line)
             except ValueError as err:
-                raise DataError(path, f"line {lineno}: not JSON ({err.msg}); "
-                                      "truncated or corrupt recording") from err
-            kind = rec.get("type") if isinstance(rec, dict) else None
-            if lineno == 1 and kind != "meta":
-                raise DataError(path, "line 1: a recording starts with a meta record")
-            if kind == "meta":
-                meta_rec = rec
-            elif kind == "interval":
-                if not isinstance(rec.get("probes"), dict) or "dt" not in rec:
-                    raise DataError(path, f"line {lineno}: interval without probes/dt")
-                intervals.append(rec)
-            elif kind == "event":
-                evs.append(rec)
-            elif kind == "end":
-                end = rec
-            else:
-                raise DataError(path, f"line {lineno}: unknown record type {kind!r}")
+                raise DataError(str(path), f"line {lineno}: not JSON ({err.msg}); "
+                                           f"truncated or corrupt {what}") from err
+            yield lineno, rec
+
+
+def read(path):
+    """(meta, intervals, events, end) of a recording; DataError naming the line."""
+    meta_rec, intervals, evs, end = None, [], [], None
+    for lineno, rec in iter_jsonl(path):
+        kind = rec.get("type") if isinstance(rec, dict) else None
+        if lineno == 1 and kind != "meta":
+            raise DataError(path, "line 1: a recording starts with a meta record")
+        if kind == "meta":
+            meta_rec = rec
+        elif kind == "interval":
+            if not isinstance(rec.get("probes"), dict) or "dt" not in rec:
+                raise DataError(path, f"line {lineno}: interval without probes/dt")
+            intervals.append(rec)
+        elif kind == "event":
+            evs.append(rec)
+        elif kind == "end":
+            end = rec
+        else:
+            raise DataError(path, f"line {lineno}: unknown record type {kind!r}")
     if meta_rec is None:
         raise DataError(path, "empty recording")
     return meta_rec, intervals, evs, end
