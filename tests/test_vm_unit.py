@@ -131,3 +131,12 @@ def test_runner_dry_run_prints_and_runs_nothing(tmp_path):
     out = []
     Runner(dry_run=True, echo=out.append).run(["touch", str(tmp_path / "x")])
     assert out == [f"would run: touch {tmp_path / 'x'}"] and not (tmp_path / "x").exists()
+
+
+def test_kernel_image_from_file_or_build_dir(tmp_path):
+    image = tmp_path / "arch/x86/boot/bzImage"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"x")
+    assert vm.kernel_image(tmp_path) == image and vm.kernel_image(image) == image
+    with pytest.raises(BadInput, match="no kernel image there"):
+        vm.kernel_image(tmp_path / "nope")

@@ -46,13 +46,12 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
 
     from vnuma_sched import ab as abmod, arms, vm
     from vnuma_sched.cli_tune import _profile_dirs
-    from vnuma_sched.kbuild import IMAGE
     from vnuma_sched.render import ab_text
     from vnuma_sched.runner import Runner
 
     dirs = _profile_dirs(settings)
     arm_a, arm_b = arms.parse_arm("a", spec_a, dirs), arms.parse_arm("b", spec_b, dirs)
-    kernel_image = Path(image) / IMAGE if Path(image).is_dir() else Path(image)
+    kernel_image = vm.kernel_image(image)
     topo = vm.parse_topology(spec, vm.parse_size_mb(mem))
     runner = Runner()
     wl = abmod.workload(kind, cache_dir(), runner, threads, spincount, iterations, kib)

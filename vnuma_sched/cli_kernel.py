@@ -120,19 +120,12 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json)
       vnuma-sched vm run --kernel /var/cache/vnuma_sched/builds/linux-source-6.12 \\
           --topology 2x2 -- cat /sys/devices/system/node/node1/cpulist
     """
-    from pathlib import Path
-
     from vnuma_sched import vm as vmod
-    from vnuma_sched.kbuild import IMAGE
     from vnuma_sched.runner import Runner
     from vnuma_sched.topology import read_topology
 
     settings = merge_json(settings, as_json)
-    kernel_image = Path(image)
-    if kernel_image.is_dir():
-        kernel_image = kernel_image / IMAGE
-    if not kernel_image.is_file():
-        raise BadInput(f"--kernel {image}: no kernel image there")
+    kernel_image = vmod.kernel_image(image)
     host = read_topology(settings.sysroot()) if spec == "host" else None
     topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host)
     runner = Runner()

@@ -73,11 +73,13 @@ def series_commits(tree, runner, count):
     return revs
 
 
-def _objects_so_far(tree, runner, revs, upto):
-    objs = []
-    for rev in revs[:upto + 1]:
-        objs += [o for o in touched_objects(tree, runner, rev) if o not in objs]
-    return objs
+def objects_so_far(tree, runner, revs):
+    """For each commit of the series, the objects touched by it and the commits before."""
+    out, objs = [], []
+    for rev in revs:
+        objs = objs + [o for o in touched_objects(tree, runner, rev) if o not in objs]
+        out.append(objs)
+    return out
 
 
 def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
@@ -86,6 +88,8 @@ def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
     work = workdir / "tree"
     _worktree(tree, work, runner)
     revs = series_commits(work, runner, len(series))
+    runner.run(["git", "checkout", "-q", "--detach", revs[-1]], cwd=work)
+    so_far = objects_so_far(work, runner, revs)
     cells = []
     for name, frags in variants(base_fragments).items():
         for i, rev in enumerate(revs):
@@ -95,8 +99,7 @@ def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
                 kbuild.configure(kbuild.BuildRequest(work, out, frags, jobs, True), runner,
                                  kbuild.build_env(work, runner))
             config = kconfig.parse((out / ".config").read_text(), strict=False)
-            objs = [o for o in _objects_so_far(work, runner, revs, i)
-                    if enabled(work, o, config)]
+            objs = [o for o in so_far[i] if enabled(work, o, config)]
             if not objs:
                 cells.append(Cell(i + 1, name, kbuild.SKIP, "nothing to build"))
                 continue
@@ -125,7 +128,7 @@ def w1_new_warnings(tree, series, base_fragments, workdir, runner, progress, job
         _worktree(tree, work, runner)
     revs = series_commits(work, runner, len(series))
     runner.run(["git", "checkout", "-q", "--detach", revs[-1]], cwd=work)
-    objs = _objects_so_far(work, runner, revs, len(revs) - 1)
+    objs = objects_so_far(work, runner, revs)[-1]
     found = {}
     for label, rev in (("base", f"{revs[0]}~1"), ("series", revs[-1])):
         runner.run(["git", "checkout", "-q", "--detach", rev], cwd=work)

@@ -180,6 +180,18 @@ def classify(io_dir, console, timed_out, accel, seconds):
                     read("stderr"), _tail(console))
 
 
+def kernel_image(path):
+    """A bzImage, or the one inside a build directory; BadInput if there is none."""
+    from vnuma_sched.kbuild import IMAGE  # noqa: PLC0415 - avoids a module cycle
+
+    image = Path(path)
+    if image.is_dir():
+        image = image / IMAGE
+    if not image.is_file():
+        raise BadInput(f"--kernel {path}: no kernel image there")
+    return image
+
+
 def find_vng():
     found = shutil.which("vng")
     if not found:

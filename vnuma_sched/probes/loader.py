@@ -71,8 +71,10 @@ def ensure_kernel_headers(release, log=None):
 
         os.makedirs(dest, exist_ok=True)
         with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="fully_trusted") if hasattr(tarfile, "data_filter") \
-                else tar.extractall(dest)
+            if hasattr(tarfile, "data_filter"):  # Python with extraction filters
+                tar.extractall(dest, filter="fully_trusted")
+            else:
+                tar.extractall(dest)
         if log:
             log(f"kernel headers extracted from {archive} to {dest}")
     os.environ["BCC_KERNEL_SOURCE"] = dest

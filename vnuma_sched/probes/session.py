@@ -38,6 +38,7 @@ class Session:
         needs_bpf = [p for p in self.probes if p.bpf and self.status[p.name].ok]
         if needs_bpf:
             loader.ensure_kernel_headers(os.uname().release, self.log)
+        llc = llc_of_cpus(self.sysroot, self.topology)
         max_cpus = max(self.topology.cpus, default=0) + 1
         max_nodes = max(len(self.topology.nodes), 1)
         for probe in needs_bpf:
@@ -48,7 +49,7 @@ class Session:
                 self.loaded[probe.name] = loader.LoadedProbe(
                     probe, avail, flags, self.topology, BPF_DIR,
                     on_event=self._event if self.with_events else None,
-                    llc=llc_of_cpus(self.sysroot, self.topology))
+                    llc=llc)
             except Exception as err:  # a compile or attach failure: this probe only
                 self.status[probe.name] = catalog.Availability(False, f"load failed: {err}")
         return self
