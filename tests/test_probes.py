@@ -186,6 +186,13 @@ def topo2x2(fixture_root):
     return read_topology(SysRoot(fixture_root / "qemu-2node"))
 
 
+def test_every_reported_metric_names_its_probe():
+    names = set(report.metrics(report.totals([interval(2)])))
+    assert {"cross_node_migrations.wake", "idle_rejected_preempted", "wake_ipis"} <= names
+    assert names <= set(report.METRIC_PROBE)
+    assert report.METRIC_PROBE["cross_node_migrations"] == "migrate"
+
+
 def test_top_text_golden(fixture_root):
     text = top_text(interval(2), topo2x2(fixture_root))
     assert max(len(line) for line in text.splitlines()) < 80

@@ -35,7 +35,7 @@ def workload(kind, cache, runner, threads, spincount, iterations, kib):
     return {"kind": kind, "argv": argv, "env": env}
 
 
-def _stage(wl, out):
+def stage(wl, out):
     """Copy a built workload next to the plan: the guest sees the output directory
     (shared with the host) but not every host path, e.g. not /var/cache."""
     exe = Path(wl["argv"][0])
@@ -51,7 +51,7 @@ def order(runs):
     return [arm for _ in range(runs) for arm in ("a", "b")]
 
 
-def _guest(image, topo, plan, plan_path, runner, accel, timeout, append):
+def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
     plan_path.write_text(json.dumps(plan))
     cmd = [sys.executable, "-c", "import sys; from vnuma_sched.abguest import main; "
            "main(sys.argv[1])", str(plan_path)]
@@ -67,7 +67,7 @@ def run(image, topo, wl, arm_a, arm_b, runs, out, runner, progress, accel, timeo
     """Writes out/runs.jsonl and out/results.json; returns the results document."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    wl = _stage(wl, out)
+    wl = stage(wl, out)
     per_run = A.needs_boot_per_run(arm_a, arm_b)
     arms = {"a": arm_a.to_dict(), "b": arm_b.to_dict()}
     records, t0 = [], time.monotonic()
@@ -75,7 +75,7 @@ def run(image, topo, wl, arm_a, arm_b, runs, out, runner, progress, accel, timeo
         progress(f"one boot, {2 * runs} runs switching run-time gates (A B A B ...)")
         plan = {"arms": arms, "order": order(runs), "workload": wl, "probes": PROBES,
                 "mode": "one boot"}
-        records = _guest(image, topo, plan, out / "plan.json", runner, accel,
+        records = guest_runs(image, topo, plan, out / "plan.json", runner, accel,
                          timeout * 2 * runs, [*append, *arm_a.boot])
     else:
         progress(f"arms differ in boot parameters: one boot per run ({2 * runs} boots)")
@@ -83,7 +83,7 @@ def run(image, topo, wl, arm_a, arm_b, runs, out, runner, progress, accel, timeo
             plan = {"arms": arms, "order": [arm], "workload": wl, "probes": PROBES,
                     "mode": "boot per run"}
             boot = arm_a.boot if arm == "a" else arm_b.boot
-            recs = _guest(image, topo, plan, out / "plan.json", runner, accel, timeout,
+            recs = guest_runs(image, topo, plan, out / "plan.json", runner, accel, timeout,
                           [*append, *boot])
             for r in recs:
                 if r["type"] == "run":
@@ -104,7 +104,7 @@ def results(out, wl=None, topo=None, per_run=None):
         plan = json.loads((Path(out) / "plan.json").read_text())
     doc = {"arms": plan.get("arms", {}), "metrics": compare.metrics(run_recs),
            "kernel": (guest or {}).get("kernel"),
-           "topology": (guest or {}).get("topology") or (topo and _topo_dict(topo)),
+           "topology": (guest or {}).get("topology") or (topo and topo_dict(topo)),
            "workload": wl or plan.get("workload"),
            "mode": plan.get("mode") if per_run is None else
            ("boot per run" if per_run else "one boot"),
@@ -115,6 +115,6 @@ def results(out, wl=None, topo=None, per_run=None):
     return doc
 
 
-def _topo_dict(topo):
+def topo_dict(topo):
     return {"nodes": [{"cpus": list(n.cpus), "mem_mb": n.mem_mb} for n in topo.nodes],
             "distances": [list(r) for r in topo.distances]}

@@ -11,7 +11,7 @@ import traceback
 
 import click
 
-from vnuma_sched import __version__, cli_ab, cli_kernel, cli_probes, cli_tune
+from vnuma_sched import __version__, cli_ab, cli_bisect, cli_kernel, cli_probes, cli_tune
 from vnuma_sched.cli_common import Settings, emit, json_option, merge_json
 from vnuma_sched.errors import BadInput, VnumaError
 
@@ -26,6 +26,7 @@ Examples:
   vnuma-sched pipeline               fetch, patch, build, boot a 2x2 guest
   sudo vnuma-sched top migrate 1     cross-node migrations by cause, live
   vnuma-sched tune plan vnuma-guest-dedicated
+  vnuma-sched bisect run --tree T --good G --bad B --metric cross_node_migrations
 """
 
 
@@ -124,7 +125,7 @@ def doctor(settings, as_json):
 for _command in (cli_kernel.kernel, cli_kernel.build, cli_kernel.vm, cli_kernel.patches,
                  cli_kernel.pipeline, cli_probes.probes_cmd, cli_probes.top_cmd,
                  cli_probes.record_cmd, cli_probes.report_cmd, cli_tune.tune, cli_ab.ab,
-                 cli_ab.compare_cmd):
+                 cli_ab.compare_cmd, cli_bisect.bisect):
     main.add_command(_command)
 
 

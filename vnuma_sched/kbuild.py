@@ -43,6 +43,7 @@ class BuildRequest:
     allow_dropped: bool = False
     targets: tuple = ("bzImage",)
     make_vars: tuple = ()  # e.g. ("W=1",)
+    env: dict = field(default_factory=dict)  # over build_env(), e.g. a fixed timestamp
 
     @property
     def image_build(self):
@@ -190,7 +191,7 @@ def build(req, runner, progress):
     """Run every step; raise BuildFailed naming the failed step and its first errors."""
     result = BuildResult()
     req.out.mkdir(parents=True, exist_ok=True)
-    env = build_env(req.tree, runner)
+    env = {**build_env(req.tree, runner), **req.env}
     t0 = time.monotonic()
     progress("configure: tinyconfig + kvm_guest.config + " +
              ", ".join(Path(f).name for f in req.fragments))

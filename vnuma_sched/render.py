@@ -203,3 +203,36 @@ def ab_text(doc):
                       widths=[30, None, None, None, None, None, None]))
     head.append(doc.get("note", ""))
     return "\n".join(head)
+
+
+def _at(entry):
+    if not entry or "median" not in entry:
+        return "not measured here"
+    lo, hi = entry["interval"]
+    return f"median {entry['median']:g} [{lo:g}, {hi:g}] (n={entry['n']})"
+
+
+def bisect_text(doc):
+    """Steps, the first bad commit with the metric at it and at its parent, the log."""
+    from vnuma_sched.bisect.step import describe
+
+    ep = doc.get("endpoints") or {}
+    out = [f"{doc['metric']}: good {doc['good'][:12]} median {ep.get('good_median', '?'):g}, "
+           f"bad {doc['bad'][:12]} median {ep.get('bad_median', '?'):g}; bad when "
+           f"{doc['bad_when']} {doc['threshold']:g}" if ep else
+           f"{doc['metric']}: bad when {doc['bad_when']} {doc['threshold']:g}"]
+    rows = [[i + 1, s["commit"][:12], (s.get("subject") or "")[:38],
+             describe(s, "").strip()] for i, s in enumerate(doc["steps"])]
+    if rows:
+        out.append(table(rows, ["step", "commit", "subject", "median [interval] -> verdict"],
+                         widths=[None, None, 38, 44]))
+    fb = doc.get("first_bad")
+    if fb:
+        out += [f"first bad commit: {fb['commit']} {fb['subject']}",
+                f"  {doc['metric']} at it:         {_at(fb['at'])}",
+                f"  at its parent {fb['parent'][:12]}: {_at(fb['at_parent'])}"]
+    else:
+        out.append(f"no first bad commit: {doc.get('error')}")
+        out += [f"  could be {c}" for c in doc.get("candidates", [])]
+    out += ["", "git bisect log:", doc["git_log"].rstrip(), f"(saved as {doc['log_file']})"]
+    return "\n".join(out)

@@ -79,3 +79,24 @@ def summarize(meta, intervals, events, end):
     if "halt" in tot:
         doc["idle_hist_us"] = tot["halt"]["hist"]
     return doc
+
+
+# Which probe produces each metric (workload_score needs none); the names
+# 'ab', 'compare' and 'bisect' accept.
+_BY_PROBE = {
+    "ipi": ("ipi_resched", "ipi_call_single", "ipi_call_func", "wake_without_ipi",
+            "wake_ipis"),
+    "halt": ("halts", "idle_ms", "pv_spin_halts", "pv_kicks"),
+    "migrate": ("cross_node_migrations", "same_node_migrations", "wakeups",
+                "wakeups_busy_idle_llc",
+                *(f"{kind}.{cause}" for kind in ("cross_node_migrations", "migrations",
+                                                 "migrations_to_idle")
+                  for cause in CAUSE_NAMES)),
+    "preempt": ("idle_rejected_preempted", "idle_checked"),
+    "steal": ("steal_ms",),
+    "hltexit": ("hlt_exits_polled", "hlt_exits_blocked", "pv_kick_hypercalls"),
+}
+METRIC_PROBE = {"workload_score": None,
+                **{m: probe for probe, names in _BY_PROBE.items() for m in names}}
+# Metrics where a lower value is the regression; for the others, higher is.
+LOWER_IS_WORSE = frozenset({"workload_score"})

@@ -1,0 +1,414 @@
+"""bisect: the verdict rules (table), and whole bisects over a synthetic repository
+whose 'kernel' is the fake Makefile and whose metric comes from a file."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vnuma_sched.bisect import options, state, verdict as V
+from vnuma_sched.cli import main
+
+DATA = Path(__file__).parent / "data"
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "@1700000000 +0000",
+           "GIT_COMMITTER_DATE": "@1700000000 +0000", "PATH": "/usr/bin:/bin"}
+
+
+# --- the verdict function ------------------------------------------------------------
+
+@pytest.mark.parametrize("values, threshold, bad_above, expected", [
+    ([10, 11, 12, 13, 14], 20, True, V.GOOD),
+    ([30, 31, 29, 33, 28], 20, True, V.BAD),
+    ([10, 30, 12, 31, 29], 20, True, V.UNDECIDED),      # the interval straddles
+    ([19, 20, 21, 22, 23], 20, True, V.UNDECIDED),      # touching is not crossing
+    ([30, 31, 29, 33, 28], 20, False, V.GOOD),          # lower is worse
+    ([10, 11, 12, 13, 14], 20, False, V.BAD),
+    ([5], 20, True, V.GOOD),
+    ([25], 20, True, V.BAD),
+    # n = 10: the interval drops the most extreme value on each side (coverage 0.98)
+    ([1, 2, 3, 4, 5, 6, 7, 8, 9, 100], 50, True, V.GOOD),
+    ([1, 60, 70, 80, 90, 95, 96, 97, 98, 99], 50, True, V.BAD),
+    # n = 5 keeps the whole range: one outlier makes it undecided
+    ([1, 2, 3, 4, 100], 50, True, V.UNDECIDED),
+])
+def test_verdict_table(values, threshold, bad_above, expected):
+    assert V.decide(values, threshold, bad_above).verdict == expected
+
+
+@pytest.mark.parametrize("n", range(1, 16))
+def test_median_interval_coverage_is_the_binomial_one(n):
+    lo, hi, cov = V.median_interval(list(range(n)))
+    k = lo + 1
+    assert hi == n - k
+    exact = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+    assert cov == pytest.approx(exact)
+    # the narrowest interval that reaches the level, or the whole range
+    assert cov >= V.LEVEL or k == 1
+    if k + 1 <= (n + 1) // 2:
+        assert V.median_coverage(n, k + 1) < V.LEVEL
+
+
+def test_endpoints_threshold_and_refusals():
+    good, bad = [100, 98, 103, 101, 99], [150, 148, 153, 151, 149]
+    ep = V.endpoints(good, bad)
+    assert (ep.good_median, ep.bad_median, ep.threshold, ep.bad_above) == (100, 150, 125, True)
+    assert ep.p <= V.ALPHA
+    assert V.endpoints(bad, good).bad_above is False
+    assert V.endpoints(good, bad, threshold=110).threshold == 110
+    with pytest.raises(V.EndpointsAlike):
+        V.endpoints(good, [101, 97, 104, 100, 98])
+    with pytest.raises(ValueError, match="not between"):
+        V.endpoints(good, bad, threshold=160)
+    with pytest.raises(ValueError, match="above the good"):
+        V.endpoints(good, bad, bad_above=False)
+    assert V.min_runs_for() == 4   # 3 vs 3 cannot reach p <= 0.05
+    with pytest.raises(V.EndpointsAlike):
+        V.endpoints([1, 2, 3], [7, 8, 9])
+    assert [V.estimate_steps(n) for n in (1, 2, 3, 8, 9)] == [0, 1, 2, 3, 4]
+
+
+def test_unknown_metric_is_refused_with_suggestions():
+    with pytest.raises(Exception, match="unknown metric.*did you mean.*cross_node_migrations"):
+        options.Options(metric="cross_node_migration").check()
+    assert options.Options(metric="workload_score").worse_above() is False
+    assert options.Options(metric="halts").worse_above() is True
+
+
+def test_step_command_line_reproduces_the_options(tmp_path):
+    opts = options.Options(metric="workload_score", runs=4, threshold=12.5, bad_above=False,
+                           fragments=[str(frag(tmp_path))], carry_patches=True,
+                           append=["x=1"],
+                           measure_cmd="lab-measure --fast")
+    from vnuma_sched.cli_bisect import _options, bisect_step
+
+    ctx = bisect_step.make_context("step", opts.step_args())
+    kw = dict(ctx.params)
+    again = _options(kw, kw.pop("threshold"), kw.pop("bad_when"))
+    assert again == opts
+
+
+# --- a synthetic kernel history ------------------------------------------------------
+
+def git(tree, *args):
+    return subprocess.run(["git", *args], cwd=tree, check=True, capture_output=True,
+                          text=True, env=GIT_ENV).stdout.strip()
+
+
+def commit(tree, message, **files):
+    for name, text in files.items():
+        if text is None:
+            (tree / name).unlink()
+        else:
+            (tree / name).write_text(text)
+    git(tree, "add", "-A")
+    git(tree, "commit", "-q", "-m", message)
+    return git(tree, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def history(tmp_path, monkeypatch):
+    """c0 good (value 100) .. c8: c2 changes the image (value 101, still good), c4 does
+    not build (fixed in c5, same tree as c3), c6 raises the metric to 150 (the first bad
+    commit); README-only commits give images identical to their parents'."""
+    t = tmp_path / "linux"
+    shutil.copytree(DATA / "fakekernel", t)
+    git(t, "init", "-q", "-b", "main")
+    c = [commit(t, "base", metric="value=100\n")]
+    c.append(commit(t, "docs: one", README="1\n"))
+    c.append(commit(t, "sched: add a helper", helper="x\n", metric="value=101\n"))
+    c.append(commit(t, "docs: two", README="2\n"))
+    c.append(commit(t, "sched: break the build", BROKEN="1\n"))
+    c.append(commit(t, "sched: fix the build", BROKEN=None))
+    c.append(commit(t, "sched/fair: move wake-ups across nodes", metric="value=150\n"))
+    c.append(commit(t, "docs: three", README="3\n"))
+    c.append(commit(t, "docs: four", README="4\n"))
+    monkeypatch.setenv("VNUMA_SCHED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAKE_MEASURE_LOG", str(tmp_path / "measured"))
+    monkeypatch.delenv("FAKE_MEASURE_ABORT", raising=False)
+    return t, c
+
+
+def frag(tmp_path):
+    p = tmp_path / "guest.config"
+    p.write_text("# why: test\nCONFIG_SMP=y\n")
+    return p
+
+
+def bisect(tree, *args, extra=()):
+    measure = f"{sys.executable} {DATA / 'fake_measure.py'}"
+    argv = ["bisect", *args, "--tree", str(tree)]
+    if args[0] == "run":
+        argv += ["--metric", "cross_node_migrations", "--runs", "5",
+                 "--measure-cmd", measure, "--fragment", str(frag(tree.parent))]
+    return CliRunner().invoke(main, [*argv, *extra])
+
+
+def untouched(tree, head):
+    assert git(tree, "symbolic-ref", "--short", "HEAD") == "main"
+    assert git(tree, "rev-parse", "HEAD") == head
+    assert git(tree, "status", "--porcelain") == ""
+    assert not (tree / ".git" / "BISECT_START").exists()
+
+
+def measured(tmp_path):
+    p = tmp_path / "measured"
+    return p.read_text().split() if p.exists() else []
+
+
+def test_bisect_run_names_the_first_bad_commit(history, tmp_path):
+    tree, c = history
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8], extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    fb = doc["first_bad"]
+    assert fb["commit"] == c[6]
+    assert fb["subject"] == "sched/fair: move wake-ups across nodes"
+    assert fb["at"]["verdict"] == "bad" and fb["at"]["median"] == 150
+    assert fb["parent"] == c[5] and fb["at_parent"]["median"] == 101
+    assert (doc["threshold"], doc["bad_when"]) == (125, "above")
+    by_commit = {s["commit"]: s for s in doc["steps"]}
+    # git tests c4 first: it does not build, so it is skipped
+    assert by_commit[c[4]]["verdict"] == "skip"
+    assert "build failed" in by_commit[c[4]]["reason"]
+    # README-only commits give the same image: measured once per distinct image
+    calls = measured(tmp_path)
+    assert len(calls) == len(set(calls))
+    assert any(s.get("reused_from") for s in doc["steps"]) or len(doc["steps"]) <= 2
+    assert f"first bad commit: [{c[6]}]" in doc["git_log"]
+    log = Path(doc["log_file"]).read_text()
+    assert log.startswith(state.HEADER) and "git bisect start" in log
+    untouched(tree, c[8])
+
+
+def test_bisect_run_text_shows_progress_result_and_log(history):
+    tree, c = history
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8])
+    assert res.exit_code == 0, res.stderr
+    assert "endpoints differ: cross_node_migrations 100 -> 150" in res.stderr
+    assert "step 1 of about 3" in res.stderr
+    assert f"first bad commit: {c[6]} sched/fair: move wake-ups across nodes" in res.stdout
+    assert "at it:         median 150" in res.stdout
+    assert f"at its parent {c[5][:12]}: median 101" in res.stdout
+    assert "git bisect log:" in res.stdout and "# good: [" in res.stdout
+
+
+def test_a_broken_build_is_skipped_and_reported(history, tmp_path):
+    """c2..c6: git tests c4 first, which does not build: skip it and still find c6."""
+    tree, c = history
+    res = bisect(tree, "run", "--good", c[2], "--bad", c[6], extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["first_bad"]["commit"] == c[6]
+    skipped = [s for s in doc["steps"] if s["verdict"] == "skip"]
+    assert [s["commit"] for s in skipped] == [c[4]]
+    assert "kernel/sched/fair.c:42:7: error" in skipped[0]["reason"]
+    assert f"git bisect skip {c[4]}" in doc["git_log"]
+
+
+def test_endpoints_that_do_not_differ_are_refused(history, tmp_path):
+    tree, c = history
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[5])
+    assert res.exit_code == 1
+    err = res.stderr.strip().splitlines()[-1]
+    assert "do not differ significantly in cross_node_migrations: median 100 at" in err
+    assert "bad/good 1.01" in err and "5 runs each" in err
+    untouched(tree, c[8])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not-ancestor", "is not an ancestor of"),
+    ("unknown-metric", "unknown metric"),
+    ("dirty", "uncommitted changes"),
+    ("foreign-bisect", "a bisect that vnuma-sched did not start is in progress"),
+    ("no-such-commit", "no such commit"),
+    ("same", "are the same commit"),
+    ("both-thresholds", "exclude each other"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(history, tmp_path, case, message):
+    tree, c = history
+    good, bad, extra = c[0], c[8], []
+    if case == "not-ancestor":
+        good, bad = c[8], c[0]
+    elif case == "unknown-metric":
+        extra = ["--metric", "cross_node"]
+    elif case == "dirty":
+        (tree / "README").write_text("local edit\n")
+    elif case == "foreign-bisect":
+        git(tree, "bisect", "start", c[8], c[0])
+    elif case == "no-such-commit":
+        good = "v9.9"
+    elif case == "same":
+        good = bad
+    elif case == "both-thresholds":
+        extra = ["--threshold", "120", "--auto-threshold"]
+    before = git(tree, "rev-parse", "HEAD")
+    bisect_log = git(tree, "bisect", "log") if case == "foreign-bisect" else None
+    res = bisect(tree, "run", "--good", good, "--bad", bad, extra=extra)
+    assert res.exit_code == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert measured(tmp_path) == []
+    assert git(tree, "rev-parse", "HEAD") == before
+    if case == "foreign-bisect":
+        assert git(tree, "bisect", "log") == bisect_log
+    elif case == "dirty":
+        assert (tree / "README").read_text() == "local edit\n"
+    else:
+        untouched(tree, c[8])
+
+
+def test_replay_goes_on_from_a_log_without_measuring_its_steps(history, tmp_path):
+    tree, c = history
+    first = json.loads(bisect(tree, "run", "--good", c[0], "--bad", c[8],
+                              extra=["--json"]).stdout)
+    log = Path(first["log_file"]).read_text().splitlines()
+    # keep the header, the start and the first step's verdict: replay must go on
+    step_lines = [i for i, ln in enumerate(log) if ln.startswith("git bisect ")]
+    cut = tmp_path / "cut.log"
+    cut.write_text("\n".join(log[:step_lines[1] + 1]) + "\n")
+    (tmp_path / "measured").unlink()
+    res = bisect(tree, "replay", str(cut), extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["first_bad"]["commit"] == c[6]
+    replayed = log[step_lines[1]].split()[-1]
+    assert replayed not in measured(tmp_path)
+    untouched(tree, c[8])
+
+
+def test_replay_refuses_a_log_it_did_not_write(history, tmp_path):
+    tree, c = history
+    git(tree, "bisect", "start", c[8], c[0])
+    plain = tmp_path / "plain.log"
+    plain.write_text(git(tree, "bisect", "log") + "\n")
+    git(tree, "bisect", "reset")
+    res = bisect(tree, "replay", str(plain))
+    assert res.exit_code == 2
+    assert "not a vnuma-sched bisect log" in res.stderr
+    untouched(tree, c[8])
+
+
+def test_an_aborted_step_stops_the_bisect_and_resume_goes_on(history, tmp_path,
+                                                            monkeypatch):
+    tree, c = history
+    monkeypatch.setenv("FAKE_MEASURE_ABORT", ",".join(c[1:8]))   # the lab fails mid-way
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8])
+    assert res.exit_code == 1
+    assert "--measure-cmd exited 3: lab unreachable (aborting the bisect)" in res.stderr
+    assert "no first bad commit: --measure-cmd exited 3: lab unreachable" in res.stdout
+    untouched(tree, c[8])
+    monkeypatch.delenv("FAKE_MEASURE_ABORT")
+    res = bisect(tree, "resume", extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["first_bad"]["commit"] == c[6]
+    untouched(tree, c[8])
+
+
+def test_resume_without_a_bisect(history):
+    tree, c = history
+    res = bisect(tree, "resume")
+    assert res.exit_code == 2 and "no vnuma-sched bisect to resume" in res.stderr
+
+
+def test_interrupted_bisect_resumes(history, tmp_path, monkeypatch):
+    """Ctrl-C during git bisect run: the tree is reset, the log kept; resume replays it."""
+    from vnuma_sched.bisect import drive
+
+    tree, c = history
+    real_stream = drive.stream
+
+    def interrupted(argv, log_path, on_line, cwd=None, env=None):
+        def on(line):
+            on_line(line)
+            if "-> good" in line or "-> bad" in line:
+                raise KeyboardInterrupt
+        return real_stream(argv, log_path, on, cwd, env)
+
+    monkeypatch.setattr(drive, "stream", interrupted)
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8])
+    assert res.exit_code == 130
+    assert "interrupted; go on with: vnuma-sched bisect replay" in res.stderr
+    untouched(tree, c[8])
+    monkeypatch.setattr(drive, "stream", real_stream)
+    done = measured(tmp_path)
+    res = bisect(tree, "resume", extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["first_bad"]["commit"] == c[6]
+    assert len(doc["steps"]) >= 2 and doc["steps"][0]["commit"] == c[4]
+    assert measured(tmp_path)[:len(done)] == done and len(set(measured(tmp_path))) == len(
+        measured(tmp_path))   # what was measured before the interruption is not again
+    untouched(tree, c[8])
+
+
+def test_resume_a_bisect_left_in_progress(history, tmp_path):
+    """A killed 'bisect run' leaves git's bisect and the state behind: resume goes on."""
+    tree, c = history
+    git(tree, "bisect", "start", "--no-checkout", c[8], c[0])
+    git_dir = tree / ".git"
+    opts = options.Options(metric="cross_node_migrations", threshold=125, bad_above=True,
+                           measure_cmd=f"{sys.executable} {DATA / 'fake_measure.py'}",
+                           fragments=[str(frag(tmp_path))])
+    state.save(git_dir, {"status": "bisecting", "tree": str(tree), "start": "main",
+                         "good": c[0], "bad": c[8], "candidates": 8, "estimate": 3,
+                         "steps": [], "options": opts.to_dict()})
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8])
+    assert res.exit_code == 2 and "bisect resume --tree" in res.stderr
+    res = bisect(tree, "resume", extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["first_bad"]["commit"] == c[6]
+    untouched(tree, c[8])
+
+
+def test_step_under_plain_git_bisect_run(history, tmp_path):
+    """The CI use: git bisect run vnuma-sched bisect step ... in a normal bisect."""
+    tree, c = history
+    git(tree, "bisect", "start", c[8], c[0])
+    step = [sys.executable, "-m", "vnuma_sched", "bisect", "step", "--metric",
+            "cross_node_migrations", "--threshold", "125", "--runs", "3",
+            "--measure-cmd", f"{sys.executable} {DATA / 'fake_measure.py'}",
+            "--fragment", str(frag(tmp_path))]
+    res = subprocess.run(["git", "bisect", "run", *step], cwd=tree, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{c[6]} is the first bad commit" in res.stdout
+    git(tree, "bisect", "reset")
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--metric", "nope", "--threshold", "1"], 128, "unknown metric"),
+    (["--metric", "halts"], 128, "Missing option '--threshold'"),   # not 2 (= bad)
+    (["--metric", "halts", "--threshold", "x"], 128, "is not a valid float"),
+    (["--metric", "cross_node_migrations", "--threshold", "1", "--carry-patches"], 125,
+     "series does not apply"),
+    (["--metric", "cross_node_migrations", "--threshold", "1",
+      "--measure-cmd", "/nonexistent/lab"], 128, "command not found"),
+])
+def test_step_exit_codes(history, tmp_path, args, code, message):
+    tree, c = history
+    res = subprocess.run([sys.executable, "-m", "vnuma_sched", "bisect", "step", *args,
+                          "--fragment", str(frag(tmp_path))], cwd=tree,
+                         capture_output=True, text=True)
+    assert res.returncode == code, res.stderr
+    assert message in res.stderr + res.stdout
+
+
+def test_step_too_noisy_is_a_skip_after_max_runs(history, tmp_path):
+    tree, c = history
+    commit(tree, "noisy", metric="value=125\nnoise=40\n")
+    res = subprocess.run([sys.executable, "-m", "vnuma_sched", "bisect", "step", "--metric",
+                          "cross_node_migrations", "--threshold", "125", "--runs", "3",
+                          "--max-runs", "7", "--json",
+                          "--measure-cmd", f"{sys.executable} {DATA / 'fake_measure.py'}",
+                          "--fragment", str(frag(tmp_path))], cwd=tree,
+                         capture_output=True, text=True)
+    assert res.returncode == 125, res.stderr
+    entry = json.loads(res.stdout)
+    assert entry["n"] == 7 and entry["reason"] == "too noisy after 7 runs"
+    assert "more run(s)" in res.stderr

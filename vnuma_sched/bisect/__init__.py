@@ -1,0 +1,1 @@
+"""Bisect a kernel range by an eBPF scheduling metric (see drive.py)."""

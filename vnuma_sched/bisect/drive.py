@@ -1,0 +1,223 @@
+"""'bisect run', 'resume' and 'replay': check the inputs, measure both endpoints
+and refuse when they do not differ, then let 'git bisect run' drive
+'vnuma-sched bisect step' in a --no-checkout bisect (the user's work tree is
+never checked out; builds use a private clone). Whatever happens the bisect is
+reset at the end, unless asked to stay, and its log is kept for replay."""
+
+import re
+import sys
+import time
+from pathlib import Path
+
+from vnuma_sched.bisect import source, state, step, verdict as V
+from vnuma_sched.bisect.options import Options
+from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.runner import stream
+
+
+class BisectFailed(VnumaError):
+    pass
+
+
+def _git(env, *args, check=True):
+    return env.runner.run(["git", *args], cwd=env.tree, check=check)
+
+
+def check_tree(env):
+    """The tree's git dir, after refusing what must not be touched."""
+    if _git(env, "rev-parse", "--git-dir", check=False).returncode != 0:
+        raise BadInput(f"--tree {env.tree}: not a git repository")
+    git_dir = source.git_common_dir(env.tree, env.runner)
+    if _git(env, "status", "--porcelain", "--untracked-files=no").stdout.strip():
+        raise BadInput(f"--tree {env.tree}: uncommitted changes; commit or stash them first")
+    if state.in_progress(git_dir):
+        if state.ours(git_dir, state.load(git_dir)):
+            raise BadInput(f"--tree {env.tree}: a vnuma-sched bisect is already in progress; "
+                           f"'vnuma-sched bisect resume --tree {env.tree}' goes on with it")
+        raise BadInput(f"--tree {env.tree}: a bisect that vnuma-sched did not start is in "
+                       "progress; finish it or run 'git bisect reset' first")
+    return git_dir
+
+
+def resolve(env, rev, what):
+    res = _git(env, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
+    if res.returncode != 0:
+        raise BadInput(f"--{what} {rev}: no such commit in {env.tree}")
+    return res.stdout.strip()
+
+
+def check_range(env, good, bad, names):
+    if good == bad:
+        raise BadInput(f"--good {names[0]} and --bad {names[1]} are the same commit")
+    if _git(env, "merge-base", "--is-ancestor", good, bad, check=False).returncode != 0:
+        raise BadInput(f"--good {names[0]} is not an ancestor of --bad {names[1]}")
+    return int(_git(env, "rev-list", "--count", f"{good}..{bad}").stdout)
+
+
+def start_point(env):
+    res = _git(env, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+    return res.stdout.strip() if res.returncode == 0 else _git(
+        env, "rev-parse", "HEAD").stdout.strip()
+
+
+def endpoints(opts, env, git_dir, good, bad):
+    """Measure both ends (opts.runs each) and derive direction and threshold."""
+    meas = step.backend(opts, env)
+    vals = {}
+    for name, sha in (("good", good), ("bad", bad)):
+        env.progress(f"endpoint {name}: {sha[:12]} {step.subject(env.tree, sha, env.runner)}")
+        try:
+            vals[name] = step.sample(opts, env, meas, sha, git_dir, opts.runs)[0]
+        except source.SkipCommit as err:
+            raise BisectFailed(f"the {name} endpoint {sha[:12]} cannot be tested: {err}") \
+                from err
+        env.progress(f"endpoint {name}: {opts.metric} = {vals[name]}")
+    try:
+        ep = V.endpoints(vals["good"], vals["bad"], opts.threshold, opts.bad_above)
+    except V.EndpointsAlike as err:
+        c = err.args[0]
+        ci = "-" if not c["ci95"] else f"{c['ci95'][0]:.2f}..{c['ci95'][1]:.2f}"
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        raise BisectFailed(
+            f"good and bad do not differ significantly in {opts.metric}: median "
+            f"{c['a_median']:g} at {good[:12]}, {c['b_median']:g} at {bad[:12]} (bad/good "
+            f"{ratio}, 95% CI {ci}, Mann-Whitney p={c['p']:.3g}, {opts.runs} runs each); "
+            "nothing to bisect (more --runs, another metric or workload?)") from err
+    except ValueError as err:
+        raise BisectFailed(f"endpoints: {err}") from err
+    env.progress(f"endpoints differ: {opts.metric} {ep.good_median:g} -> {ep.bad_median:g} "
+                 f"(p={ep.p:.3g}); threshold {ep.threshold:g}, bad when "
+                 f"{'above' if ep.bad_above else 'below'}")
+    return ep, vals
+
+
+def run(opts, env, good_rev, bad_rev, stay=False, log_path=None):
+    opts.check()
+    git_dir = check_tree(env)
+    good, bad = resolve(env, good_rev, "good"), resolve(env, bad_rev, "bad")
+    candidates = check_range(env, good, bad, (good_rev, bad_rev))
+    if opts.carry_patches:
+        from vnuma_sched import patches  # noqa: PLC0415
+        from vnuma_sched.ktree import tree_version  # noqa: PLC0415
+
+        patches.load_series(tree_version(env.tree).series)  # BadInput if none is carried
+    doc = {"status": "measuring", "tree": str(env.tree), "start": start_point(env),
+           "good": good, "bad": bad, "candidates": candidates,
+           "estimate": V.estimate_steps(candidates), "steps": [],
+           "options": opts.to_dict(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    ep, vals = endpoints(opts, env, git_dir, good, bad)
+    opts.threshold, opts.bad_above = ep.threshold, ep.bad_above
+    doc.update(options=opts.to_dict(), endpoints={**ep.to_dict(), **vals})
+    _git(env, "bisect", "start", "--no-checkout", bad, good)
+    doc["status"] = "bisecting"
+    state.save(git_dir, doc)
+    return _drive(env, git_dir, doc, stay, log_path)
+
+
+def resume(env, stay=False, log_path=None):
+    """Go on with the tree's interrupted vnuma-sched bisect (or replay its saved log)."""
+    git_dir = source.git_common_dir(env.tree, env.runner)
+    doc = state.load(git_dir)
+    if state.ours(git_dir, doc):
+        env.progress(f"resuming the bisect in progress ({len(doc['steps'])} steps done)")
+        return _drive(env, git_dir, doc, stay, log_path)
+    if doc and doc.get("log") and Path(doc["log"]).is_file():
+        env.progress(f"replaying {doc['log']}")
+        return replay(env, doc["log"], stay, log_path)
+    raise BadInput(f"--tree {env.tree}: no vnuma-sched bisect to resume")
+
+
+def replay(env, log, stay=False, log_path=None):
+    header, _ = state.read_log(log)
+    git_dir = check_tree(env)
+    opts = Options.from_dict(header["options"]).check()
+    good, bad = resolve(env, header["good"], "good"), resolve(env, header["bad"], "bad")
+    candidates = check_range(env, good, bad, (good, bad))
+    res = _git(env, "bisect", "replay", str(Path(log).resolve()), check=False)
+    if res.returncode != 0:
+        _git(env, "bisect", "reset", check=False)
+        raise BadInput(f"{log}: git bisect replay failed: "
+                       + (res.stderr or res.stdout).strip().splitlines()[-1:][0])
+    old = state.load(git_dir) or {}
+    doc = {"status": "bisecting", "tree": str(env.tree), "start": start_point(env),
+           "good": good, "bad": bad, "candidates": candidates,
+           "estimate": V.estimate_steps(candidates), "options": opts.to_dict(),
+           "endpoints": header.get("endpoints"), "replayed": str(log),
+           "steps": old.get("steps", []) if old.get("good") == good else [],
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    state.save(git_dir, doc)
+    return _drive(env, git_dir, doc, stay, log_path)
+
+
+def step_argv(opts):
+    return [sys.executable, "-m", "vnuma_sched", "bisect", "step", *opts.step_args()]
+
+
+def _drive(env, git_dir, doc, stay, log_path):
+    opts = Options.from_dict(doc["options"])
+    argv = ["git", "bisect", "run", *step_argv(opts)]
+    env.progress(f"git bisect run {opts.step_command()}")
+    finished = False
+    try:
+        code = stream(argv, env.run_log(), env.echo, cwd=env.tree)
+        finished = True
+    finally:
+        log = _git(env, "bisect", "log", check=False).stdout
+        doc = state.load(git_dir) or doc
+        saved = _save_log(env, doc, log, log_path)
+        doc.update(status="done" if finished else "interrupted", log=str(saved),
+                   git_log=log)
+        if not finished:
+            env.progress(f"interrupted; go on with: vnuma-sched bisect replay {saved}")
+        if not stay:
+            _git(env, "bisect", "reset", check=False)
+        state.save(git_dir, doc)
+    return report(doc, log, code, stay, env)
+
+
+def _save_log(env, doc, log, log_path):
+    path = Path(log_path) if log_path else (
+        env.work / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{doc['bad'][:12]}.log")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(state.log_text(doc, log))
+    return path
+
+
+FIRST_BAD = re.compile(r"^# first bad commit: \[([0-9a-f]{40})\]", re.M)
+POSSIBLE = re.compile(r"^# possible first bad commit: \[([0-9a-f]{40})\]", re.M)
+
+
+def _measured(doc, sha):
+    for entry in doc.get("steps", []):
+        if entry["commit"] == sha:
+            return entry
+    ep = doc.get("endpoints") or {}
+    for name in ("good", "bad"):
+        if doc.get(name) == sha and ep.get(name):
+            iv = V.decide(ep[name], ep["threshold"], ep["bad_above"])
+            return {"commit": sha, **iv.to_dict(), "values": ep[name]}
+    return None
+
+
+def report(doc, log, code, stay, env):
+    """The result document: first bad commit (or candidates), steps, log."""
+    out = {"tree": doc["tree"], "good": doc["good"], "bad": doc["bad"],
+           "metric": doc["options"]["metric"], "threshold": doc["options"]["threshold"],
+           "bad_when": "above" if doc["options"]["bad_above"] else "below",
+           "endpoints": doc.get("endpoints"), "steps": doc.get("steps", []),
+           "log_file": doc.get("log"), "git_log": log, "stayed": stay}
+    found = FIRST_BAD.search(log)
+    if found:
+        sha = found.group(1)
+        parent = _git(env, "rev-parse", f"{sha}^", check=False).stdout.strip()
+        out["first_bad"] = {"commit": sha, "subject": step.subject(env.tree, sha, env.runner),
+                            "at": _measured(doc, sha), "parent": parent,
+                            "at_parent": _measured(doc, parent) if parent else None}
+        return out
+    out["candidates"] = POSSIBLE.findall(log)
+    out["exit"] = code
+    aborted = [s for s in doc.get("steps", []) if s.get("verdict") == "abort"]
+    out["error"] = (aborted[-1].get("reason") if aborted else
+                    "only skipped commits are left" if out["candidates"] else
+                    f"git bisect run exited {code}")
+    return out

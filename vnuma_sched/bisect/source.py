@@ -1,0 +1,123 @@
+"""A step's kernel: the commit's source in a private clone (the user's tree is
+left alone), the project's series carried on top when asked, and an
+incremental build in one O= directory per configuration whose image, .config,
+metadata and log are then kept per source tree (git tree id), so a commit is
+never built twice and identical sources share one build."""
+
+import fcntl
+import hashlib
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from vnuma_sched import kbuild, patches
+from vnuma_sched.errors import VnumaError
+from vnuma_sched.ktree import tree_version
+
+# Every step builds with the same stamp and build number, so commits whose
+# sources compile to the same kernel give byte-identical images.
+FIXED_ENV = {"KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2015",
+             "KBUILD_BUILD_VERSION": "1"}
+CARRY_BRANCH = "vnuma-carry"
+KEPT = ("arch/x86/boot/bzImage", "metadata.json", ".config", "build.log")
+
+
+class SkipCommit(VnumaError):
+    """This commit cannot be tested (build or boot failure, series does not apply, noise)."""
+
+
+def git_common_dir(tree, runner):
+    path = runner.output(["git", "rev-parse", "--git-common-dir"], cwd=tree)
+    return (Path(tree) / path).resolve()
+
+
+def config_key(fragments):
+    """Builds are shared between trees and bisects that use the same fragments."""
+    h = hashlib.sha256()
+    for frag in fragments:
+        h.update(Path(frag).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def locked(path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def prepare(tree, sha, src, carry, runner, progress):
+    """Check out ``sha`` in the private clone ``src`` (made on first use), apply the series
+    when ``carry``; return the git tree id of the source that will be built."""
+    src = Path(src)
+    if not (src / ".git").is_dir():
+        progress(f"private clone of {tree} for the builds: {src}")
+        src.parent.mkdir(parents=True, exist_ok=True)
+        runner.run(["git", "clone", "-q", "--shared", "--no-checkout", str(tree), str(src)])
+    runner.run(["git", "am", "--abort"], cwd=src, check=False)
+    runner.run(["git", "checkout", "-q", "-f", "--detach", sha], cwd=src)
+    if carry:
+        _carry(src, sha, runner, progress)
+    return runner.output(["git", "rev-parse", "HEAD^{tree}"], cwd=src)
+
+
+def _carry(src, sha, runner, progress):
+    series = patches.load_series(tree_version(src).series)
+    states = patches.check(src, series, runner)
+    conflict = next((s for s in states if s.state == patches.CONFLICT), None)
+    if conflict:
+        raise SkipCommit(f"the {series.version} series does not apply at {sha[:12]} "
+                         f"({conflict.patch.filename}: {conflict.detail})")
+    if all(s.state == patches.APPLIED for s in states):
+        return
+    runner.run(["git", "branch", "-q", "-D", CARRY_BRANCH], cwd=src, check=False)
+    try:
+        patches.apply(src, series, CARRY_BRANCH, runner, lambda msg: None)
+    except patches.ApplyFailed as err:
+        raise SkipCommit(f"the series does not apply at {sha[:12]}: {err}") from err
+    progress(f"carried the {series.version} series ({len(series)} patches)")
+
+
+def _touch_changed(src, out, tree_id, runner):
+    """Make sure make sees every file that differs from what ``out`` was last built from."""
+    marker = out / ".vnuma-tree"
+    last = marker.read_text().strip() if marker.is_file() else ""
+    if not last or last == tree_id:
+        return
+    res = runner.run(["git", "diff", "--name-only", "-z", last, tree_id], cwd=src, check=False)
+    if res.returncode != 0:  # the last tree is gone: make decides by mtimes alone
+        return
+    for name in filter(None, res.stdout.split("\0")):
+        path = src / name
+        if path.is_file():
+            os.utime(path)
+
+
+def build(src, tree_id, fragments, builds, jobs, runner, progress):
+    """(kept directory, reused?) for this source tree: its bzImage, metadata.json, .config."""
+    kept = Path(builds) / "by-tree" / tree_id
+    if all((kept / Path(name).name).is_file() for name in KEPT[:3]):
+        return kept, True
+    with locked(Path(builds) / "lock"):
+        out = Path(builds) / "o"
+        _touch_changed(Path(src), out, tree_id, runner)
+        req = kbuild.BuildRequest(Path(src), out, list(fragments), jobs=jobs,
+                                  env=dict(FIXED_ENV))
+        try:
+            kbuild.build(req, runner, progress)
+        except kbuild.BuildFailed as err:
+            text = str(err).replace("; first errors:", ":")
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            raise SkipCommit("build failed: " + "; ".join(lines[:3])) from err
+        (out / ".vnuma-tree").write_text(tree_id + "\n")
+        tmp = kept.with_name(kept.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in KEPT:
+            if (out / name).is_file():
+                shutil.copy2(out / name, tmp / Path(name).name)
+        shutil.rmtree(kept, ignore_errors=True)
+        os.replace(tmp, kept)
+    return kept, False

@@ -1,0 +1,252 @@
+"""The bisect commands: run, step, resume, replay."""
+
+import os
+
+import click
+
+from vnuma_sched.cli_common import (cache_dir, default_fragment, emit, json_option, merge_json,
+                                    progress, settings_exit)
+
+_D = {"runs": 5, "max_runs": 10, "workload": "omp-barrier", "threads": 8, "spincount": "0",
+      "iterations": 3000, "kib": 256, "topology": "2x2", "mem": "2G", "timeout": 300}
+
+METRICS_HELP = """\b
+Metrics: workload_score (lower is worse), cross_node_migrations,
+same_node_migrations, migrations.CAUSE, cross_node_migrations.CAUSE,
+migrations_to_idle.CAUSE (CAUSE: wake newidle periodic nohz numa other),
+wakeups, wakeups_busy_idle_llc, idle_rejected_preempted, idle_checked,
+wake_ipis, ipi_resched, ipi_call_single, ipi_call_func, wake_without_ipi,
+halts, idle_ms, pv_spin_halts, pv_kicks, steal_ms, hlt_exits_polled,
+hlt_exits_blocked, pv_kick_hypercalls.
+"""
+
+
+def measure_options(func):
+    """What to measure and how; shared by 'run' and 'step' (same names, same meaning)."""
+    opts = [
+        click.option("--metric", required=True, help="The metric to bisect by (list below)."),
+        click.option("--runs", type=click.IntRange(1, 100), default=_D["runs"],
+                     show_default=True, help="Workload runs per commit."),
+        click.option("--max-runs", type=click.IntRange(1, 200), default=_D["max_runs"],
+                     show_default=True, help="Runs at most per commit while undecided."),
+        click.option("--workload", default=_D["workload"], show_default=True,
+                     help="omp-barrier, perf-pipe, perf-messaging or cmd:COMMAND."),
+        click.option("--threads", type=click.IntRange(1, 1024), default=_D["threads"],
+                     show_default=True),
+        click.option("--spincount", default=_D["spincount"], show_default=True,
+                     help="GOMP_SPINCOUNT."),
+        click.option("--iterations", type=click.IntRange(1), default=_D["iterations"],
+                     show_default=True),
+        click.option("--kib", type=click.IntRange(8), default=_D["kib"], show_default=True),
+        click.option("--topology", default=_D["topology"], show_default=True,
+                     help="Guest topology: NxM, host or a JSON file."),
+        click.option("--mem", default=_D["mem"], show_default=True),
+        click.option("--append", multiple=True, help="Guest kernel command line word."),
+        click.option("--fragment", "fragments", multiple=True,
+                     type=click.Path(exists=True, dir_okay=False),
+                     help="Kconfig fragment (repeatable) [default: kconfig/vnuma-guest.config]."),
+        click.option("--carry-patches", is_flag=True,
+                     help="Apply this project's series before building each commit."),
+        click.option("--measure-cmd", default=None,
+                     help="Measure with this command instead of a guest here (image in "
+                          "$VNUMA_SCHED_IMAGE; one JSON object per run on stdout)."),
+        click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Where --measure-cmd runs [run: the current directory; step: "
+                          "the tree]."),
+        click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto"),
+        click.option("--timeout", type=click.IntRange(10), default=_D["timeout"],
+                     show_default=True, help="Seconds per workload run (plus boot)."),
+        click.option("--jobs", "-j", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+                     show_default=True),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _options(kw, threshold=None, bad_when=None):
+    from vnuma_sched.bisect.options import Options
+
+    return Options(metric=kw["metric"], runs=kw["runs"], max_runs=kw["max_runs"],
+                   threshold=threshold,
+                   bad_above=None if bad_when is None else bad_when == "above",
+                   workload=kw["workload"], threads=kw["threads"], spincount=kw["spincount"],
+                   iterations=kw["iterations"], kib=kw["kib"], topology=kw["topology"],
+                   mem=kw["mem"], append=list(kw["append"]),
+                   fragments=[os.path.abspath(f) for f in kw["fragments"]],
+                   carry_patches=kw["carry_patches"], measure_cmd=kw["measure_cmd"],
+                   workdir=kw["workdir"] and os.path.abspath(kw["workdir"]),
+                   accel=kw["accel"], timeout=kw["timeout"], jobs=kw["jobs"]).check()
+
+
+def _env(tree, settings, echo=None):
+    from pathlib import Path
+
+    from vnuma_sched.bisect.step import Env
+    from vnuma_sched.runner import Runner
+
+    say = progress(settings)
+    return Env(Path(tree).resolve(), Path(cache_dir()), Runner(), say,
+               [default_fragment()], echo or _echo)
+
+
+def _echo(line):
+    """git bisect run's lines, without its long 'running <argv>' echo of each step."""
+    if not line.startswith("running "):
+        click.echo(line, err=True)
+
+
+@click.group()
+def bisect():
+    """Find the commit that changed a vNUMA scheduling metric.
+
+    \b
+    Each step builds the commit's guest kernel, boots it as a vNUMA guest,
+    runs the workload under the metric's probe and compares the median with
+    a threshold derived from the two endpoints. The work tree is not
+    checked out (git bisect --no-checkout; builds use a private clone).
+    """
+
+
+@bisect.command("run", epilog=METRICS_HELP)
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Kernel git repository.")
+@click.option("--good", required=True, help="A commit without the regression.")
+@click.option("--bad", required=True, help="A later commit with it.")
+@measure_options
+@click.option("--threshold", type=float, default=None,
+              help="Good/bad boundary [default: midway between the endpoints' medians].")
+@click.option("--auto-threshold", is_flag=True, help="Derive the threshold (the default).")
+@click.option("--stay", is_flag=True,
+              help="Leave the tree on the first bad commit instead of resetting the bisect.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the bisect log here [default: under $VNUMA_SCHED_CACHE/bisect/logs].")
+@json_option
+@click.pass_obj
+def bisect_run(settings, tree, good, bad, threshold, auto_threshold, stay, log_path, as_json,
+               **kw):
+    """Bisect GOOD..BAD by a metric: endpoints first, then git bisect run.
+
+    \b
+    Both endpoints are measured (--runs each); the bisect starts only if
+    they differ significantly (Mann-Whitney p <= 0.05; needs 4 runs or
+    more). A step is good or bad when the interval of its median lies on
+    one side of the threshold; otherwise up to --max-runs runs, then skip.
+    \b
+    Examples:
+      vnuma-sched bisect run --tree ~/linux --good v6.11 --bad v6.12 \\
+          --metric cross_node_migrations
+      vnuma-sched bisect run --tree ~/linux --good A --bad B --metric workload_score \\
+          --workload perf-messaging --runs 7 --carry-patches
+    """
+    from vnuma_sched.bisect import drive
+    from vnuma_sched.errors import BadInput
+    from vnuma_sched.render import bisect_text
+
+    settings = merge_json(settings, as_json)
+    if threshold is not None and auto_threshold:
+        raise BadInput("--threshold and --auto-threshold exclude each other")
+    kw["workdir"] = kw["workdir"] or (os.getcwd() if kw["measure_cmd"] else None)
+    opts = _options(kw, threshold)
+    doc = drive.run(opts, _env(tree, settings), good, bad, stay, log_path)
+    _finish(settings, doc, bisect_text)
+
+
+def _finish(settings, doc, render):
+    emit(settings, doc, render(doc))
+    if "first_bad" not in doc:
+        settings_exit(1)
+
+
+class _StepCommand(click.Command):
+    """git bisect run takes exit 2 for 'bad': a usage error must abort (128) instead."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as err:
+            err.exit_code = 128
+            raise
+
+
+@bisect.command("step", cls=_StepCommand, epilog=METRICS_HELP)
+@measure_options
+@click.option("--threshold", type=float, required=True, help="Good/bad boundary.")
+@click.option("--bad-when", type=click.Choice(["above", "below"]), default=None,
+              help="Which side of the threshold is bad [default: below for workload_score, "
+                   "above for the others].")
+@json_option
+@click.pass_obj
+def bisect_step(settings, threshold, bad_when, as_json, **kw):
+    """Test the commit under bisection; exit 0 good, 1 bad, 125 skip, 128 abort.
+
+    \b
+    Run in the kernel tree (BISECT_HEAD in a --no-checkout bisect, else
+    HEAD). Build or boot failures and results too noisy after --max-runs are
+    skips; a missing tool or bad option aborts the bisect (128).
+    \b
+    Example (a CI job):
+      git bisect start BAD GOOD
+      git bisect run vnuma-sched bisect step --metric cross_node_migrations \\
+          --threshold 90 --runs 5
+    """
+    from vnuma_sched.bisect import source, step
+    from vnuma_sched.errors import VnumaError
+
+    settings = merge_json(settings, as_json)
+    try:
+        opts = _options(kw, threshold, bad_when)
+        env = _env(".", settings)
+        entry = step.run(opts, env, source.git_common_dir(env.tree, env.runner))
+    except (VnumaError, KeyboardInterrupt) as err:
+        click.echo(f"vnuma-sched: error: {err or 'interrupted'} (aborting the bisect)",
+                   err=True)
+        settings_exit(step.EXIT["abort"])
+        return
+    emit(settings, entry, f"{entry['commit'][:12]} {entry['verdict']}")
+    settings_exit(step.EXIT[entry["verdict"]])
+
+
+@bisect.command("resume")
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--stay", is_flag=True, help="Leave the tree on the first bad commit.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None)
+@json_option
+@click.pass_obj
+def bisect_resume(settings, tree, stay, log_path, as_json):
+    """Go on with an interrupted bisect of TREE (in progress, or from its saved log).
+
+    \b
+    Example:
+      vnuma-sched bisect resume --tree ~/linux
+    """
+    from vnuma_sched.bisect import drive
+    from vnuma_sched.render import bisect_text
+
+    settings = merge_json(settings, as_json)
+    _finish(settings, drive.resume(_env(tree, settings), stay, log_path), bisect_text)
+
+
+@bisect.command("replay")
+@click.argument("log", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--stay", is_flag=True, help="Leave the tree on the first bad commit.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the new log.")
+@json_option
+@click.pass_obj
+def bisect_replay(settings, log, tree, stay, log_path, as_json):
+    """Replay LOG (written by 'bisect run'; edit it to change verdicts) and go on.
+
+    \b
+    The options come from LOG's header line; steps already in LOG are not
+    measured again.
+    \b
+    Example:
+      vnuma-sched bisect replay /var/cache/vnuma_sched/bisect/logs/X.log --tree ~/linux
+    """
+    from vnuma_sched.bisect import drive
+    from vnuma_sched.render import bisect_text
+
+    settings = merge_json(settings, as_json)
+    _finish(settings, drive.replay(_env(tree, settings), log, stay, log_path), bisect_text)
