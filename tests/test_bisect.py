@@ -412,3 +412,24 @@ def test_step_too_noisy_is_a_skip_after_max_runs(history, tmp_path):
     entry = json.loads(res.stdout)
     assert entry["n"] == 7 and entry["reason"] == "too noisy after 7 runs"
     assert "more run(s)" in res.stderr
+
+
+def test_replaying_a_finished_log_reports_the_same_result(history, tmp_path):
+    tree, c = history
+    first = json.loads(bisect(tree, "run", "--good", c[0], "--bad", c[8],
+                              extra=["--json"]).stdout)
+    done = measured(tmp_path)
+    res = bisect(tree, "replay", first["log_file"])
+    assert res.exit_code == 0, res.stderr
+    assert f"first bad commit: {c[6]} sched/fair: move wake-ups across nodes" in res.stdout
+    assert measured(tmp_path) == done
+    untouched(tree, c[8])
+
+
+def test_stay_leaves_the_tree_on_the_first_bad_commit(history):
+    tree, c = history
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8], extra=["--stay"])
+    assert res.exit_code == 0, res.stderr
+    assert git(tree, "rev-parse", "HEAD") == c[6]
+    assert not (tree / ".git" / "BISECT_START").exists()
+    git(tree, "checkout", "-q", "main")

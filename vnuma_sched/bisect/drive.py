@@ -168,11 +168,21 @@ def _drive(env, git_dir, doc, stay, log_path):
         doc.update(status="done" if finished else "interrupted", log=str(saved),
                    git_log=log)
         if not finished:
-            env.progress(f"interrupted; go on with: vnuma-sched bisect replay {saved}")
-        if not stay:
-            _git(env, "bisect", "reset", check=False)
+            env.progress(f"interrupted; go on with: vnuma-sched bisect replay {saved} "
+                         f"--tree {env.tree}")
+        _end(env, log, stay)
         state.save(git_dir, doc)
     return report(doc, log, code, stay, env)
+
+
+def _end(env, log, stay):
+    """Reset the bisect: back to the start branch, or with --stay to the first bad
+    commit (no first bad commit: the bisect is left in progress for the user)."""
+    found = FIRST_BAD.search(log)
+    if not stay or found:
+        _git(env, "bisect", "reset", check=False)
+    if stay and found:
+        _git(env, "checkout", "-q", "--detach", found.group(1))
 
 
 def _save_log(env, doc, log, log_path):
