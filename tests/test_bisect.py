@@ -81,7 +81,7 @@ def test_unknown_metric_is_refused_with_suggestions():
 
 
 def test_step_command_line_reproduces_the_options(tmp_path):
-    opts = options.Options(metric="workload_score", runs=4, threshold=12.5, bad_above=False,
+    opts = options.Options(metric="workload_score", runs=4, threshold=1234567.125, bad_above=False,
                            fragments=[str(frag(tmp_path))], carry_patches=True,
                            append=["x=1"],
                            measure_cmd="lab-measure --fast")
@@ -433,3 +433,25 @@ def test_stay_leaves_the_tree_on_the_first_bad_commit(history):
     assert git(tree, "rev-parse", "HEAD") == c[6]
     assert not (tree / ".git" / "BISECT_START").exists()
     git(tree, "checkout", "-q", "main")
+
+
+def test_guest_measurement_loads_only_the_probe_the_metric_needs():
+    from vnuma_sched.bisect.measure import Guest
+
+    def probes(metric):
+        return Guest({}, None, metric, None, "tcg", 10, [], None).probes
+
+    assert probes("cross_node_migrations.wake") == ["migrate"]
+    assert probes("idle_rejected_preempted") == ["preempt"]
+    assert probes("workload_score") == ["steal"]   # no eBPF compile in the guest
+
+
+def test_bisect_in_a_linked_worktree(history, tmp_path):
+    tree, c = history
+    wt = tmp_path / "wt"
+    git(tree, "worktree", "add", "-q", "-b", "topic", str(wt), c[8])
+    res = bisect(wt, "run", "--good", c[0], "--bad", c[8], extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["first_bad"]["commit"] == c[6]
+    assert git(wt, "symbolic-ref", "--short", "HEAD") == "topic"
+    untouched(tree, c[8])

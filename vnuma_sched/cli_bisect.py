@@ -194,10 +194,11 @@ def bisect_step(settings, threshold, bad_when, as_json, **kw):
     from vnuma_sched.errors import VnumaError
 
     settings = merge_json(settings, as_json)
+    step.without_git_repo_vars(os.environ)  # the tree is the current directory
     try:
         opts = _options(kw, threshold, bad_when)
         env = _env(".", settings)
-        entry = step.run(opts, env, source.git_common_dir(env.tree, env.runner))
+        entry = step.run(opts, env, source.git_dir(env.tree, env.runner))
     except (VnumaError, KeyboardInterrupt) as err:
         click.echo(f"vnuma-sched: error: {err or 'interrupted'} (aborting the bisect)",
                    err=True)

@@ -27,7 +27,7 @@ def check_tree(env):
     """The tree's git dir, after refusing what must not be touched."""
     if _git(env, "rev-parse", "--git-dir", check=False).returncode != 0:
         raise BadInput(f"--tree {env.tree}: not a git repository")
-    git_dir = source.git_common_dir(env.tree, env.runner)
+    git_dir = source.git_dir(env.tree, env.runner)
     if _git(env, "status", "--porcelain", "--untracked-files=no").stdout.strip():
         raise BadInput(f"--tree {env.tree}: uncommitted changes; commit or stash them first")
     if state.in_progress(git_dir):
@@ -116,7 +116,7 @@ def run(opts, env, good_rev, bad_rev, stay=False, log_path=None):
 
 def resume(env, stay=False, log_path=None):
     """Go on with the tree's interrupted vnuma-sched bisect (or replay its saved log)."""
-    git_dir = source.git_common_dir(env.tree, env.runner)
+    git_dir = source.git_dir(env.tree, env.runner)
     doc = state.load(git_dir)
     if state.ours(git_dir, doc):
         env.progress(f"resuming the bisect in progress ({len(doc['steps'])} steps done)")

@@ -62,7 +62,7 @@ class Options:
 
     def step_args(self):
         """The 'bisect step' options that reproduce these settings (threshold required)."""
-        args = ["--metric", self.metric, "--threshold", f"{self.threshold:g}",
+        args = ["--metric", self.metric, "--threshold", repr(float(self.threshold)),
                 "--bad-when", "above" if self.worse_above() else "below",
                 "--runs", str(self.runs), "--max-runs", str(self.max_runs),
                 "--workload", self.workload, "--threads", str(self.threads),

@@ -27,9 +27,9 @@ class SkipCommit(VnumaError):
     """This commit cannot be tested (build or boot failure, series does not apply, noise)."""
 
 
-def git_common_dir(tree, runner):
-    path = runner.output(["git", "rev-parse", "--git-common-dir"], cwd=tree)
-    return (Path(tree) / path).resolve()
+def git_dir(tree, runner):
+    """The tree's own git directory (a linked worktree has its own bisect)."""
+    return Path(runner.output(["git", "rev-parse", "--absolute-git-dir"], cwd=tree))
 
 
 def config_key(fragments):

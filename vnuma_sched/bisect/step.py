@@ -39,6 +39,19 @@ class Env:
         return self.work / "src" / hashlib.sha256(str(git_dir).encode()).hexdigest()[:16]
 
 
+# git exports these to 'git bisect run' commands (GIT_DIR in a linked worktree): left
+# in place they would point every git command of the step, including those in the
+# private clone, at the user's repository.
+GIT_REPO_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
+                 "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
+
+
+def without_git_repo_vars(environ):
+    """Drop the variables that pin git to one repository (from the process env)."""
+    for name in GIT_REPO_VARS:
+        environ.pop(name, None)
+
+
 def commit_under_test(tree, runner):
     """BISECT_HEAD in a --no-checkout bisect, else HEAD."""
     res = runner.run(["git", "rev-parse", "-q", "--verify", "BISECT_HEAD"], cwd=tree,
