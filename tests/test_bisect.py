@@ -423,6 +423,8 @@ def test_replaying_a_finished_log_reports_the_same_result(history, tmp_path):
     assert res.exit_code == 0, res.stderr
     assert f"first bad commit: {c[6]} sched/fair: move wake-ups across nodes" in res.stdout
     assert measured(tmp_path) == done
+    assert "the log already names the first bad commit" in res.stderr
+    assert res.stdout.count("# first bad commit:") == 1 and "running" not in res.stderr
     untouched(tree, c[8])
 
 

@@ -7,6 +7,7 @@ patch 5 (damping off) and patch 7 must name that commit."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def test_bisect_names_the_commit_that_turned_damping_on(history, tmp_path):
     good = shas[series.patches[4].subject]          # patch 5: damping there, off
     bad = git(repo, "rev-parse", "HEAD")             # patch 7
     head = bad
+    # builds stay cached; the measurements must be made by this run, not reused
+    shutil.rmtree(CACHE / "bisect" / "results", ignore_errors=True)
     res = subprocess.run(
         [VNUMA, "bisect", "run", "--tree", str(repo), "--good", good, "--bad", bad,
          "--metric", "cross_node_migrations", "--workload", "omp-barrier",

@@ -156,10 +156,13 @@ def step_argv(opts):
 def _drive(env, git_dir, doc, stay, log_path):
     opts = Options.from_dict(doc["options"])
     argv = ["git", "bisect", "run", *step_argv(opts)]
-    env.progress(f"git bisect run {opts.step_command()}")
-    finished = False
+    finished, code = False, 0
     try:
-        code = stream(argv, env.run_log(), env.echo, cwd=env.tree)
+        if FIRST_BAD.search(_git(env, "bisect", "log", check=False).stdout):
+            env.progress("the log already names the first bad commit")
+        else:  # git bisect run would test the current commit even then
+            env.progress(f"git bisect run {opts.step_command()}")
+            code = stream(argv, env.run_log(), env.echo, cwd=env.tree)
         finished = True
     finally:
         log = _git(env, "bisect", "log", check=False).stdout
