@@ -457,3 +457,35 @@ def test_bisect_in_a_linked_worktree(history, tmp_path):
     assert json.loads(res.stdout)["first_bad"]["commit"] == c[6]
     assert git(wt, "symbolic-ref", "--short", "HEAD") == "topic"
     untouched(tree, c[8])
+
+
+def test_only_skipped_commits_left_lists_the_candidates(tmp_path, monkeypatch):
+    t = tmp_path / "linux"
+    shutil.copytree(DATA / "fakekernel", t)
+    git(t, "init", "-q", "-b", "main")
+    c = [commit(t, "base", metric="value=100\n"),
+         commit(t, "sched: break the build", BROKEN="1\n"),
+         commit(t, "sched: fix it, and regress", BROKEN=None, metric="value=150\n")]
+    monkeypatch.setenv("VNUMA_SCHED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAKE_MEASURE_LOG", str(tmp_path / "measured"))
+    res = bisect(t, "run", "--good", c[0], "--bad", c[2], extra=["--json"])
+    assert res.exit_code == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert "first_bad" not in doc
+    assert doc["error"] == "only skipped commits are left"
+    assert sorted(doc["candidates"]) == sorted(c[1:])
+    untouched(t, c[2])
+
+
+def test_replay_into_a_tree_without_those_commits(history, tmp_path):
+    tree, c = history
+    first = json.loads(bisect(tree, "run", "--good", c[0], "--bad", c[8],
+                              extra=["--json"]).stdout)
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q", "-b", "main")
+    commit(other, "unrelated", README="x\n")
+    res = bisect(other, "replay", first["log_file"])
+    assert res.exit_code == 2
+    assert f"good commit {c[0][:12]}: no such commit in {other}" in res.stderr
+    assert not (other / ".git" / "BISECT_START").exists()

@@ -39,10 +39,10 @@ def check_tree(env):
     return git_dir
 
 
-def resolve(env, rev, what):
+def resolve(env, rev, label):
     res = _git(env, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
     if res.returncode != 0:
-        raise BadInput(f"--{what} {rev}: no such commit in {env.tree}")
+        raise BadInput(f"{label}: no such commit in {env.tree}")
     return res.stdout.strip()
 
 
@@ -94,7 +94,8 @@ def endpoints(opts, env, git_dir, good, bad):
 def run(opts, env, good_rev, bad_rev, stay=False, log_path=None):
     opts.check()
     git_dir = check_tree(env)
-    good, bad = resolve(env, good_rev, "good"), resolve(env, bad_rev, "bad")
+    good = resolve(env, good_rev, f"--good {good_rev}")
+    bad = resolve(env, bad_rev, f"--bad {bad_rev}")
     candidates = check_range(env, good, bad, (good_rev, bad_rev))
     if opts.carry_patches:
         from vnuma_sched import patches  # noqa: PLC0415
@@ -131,13 +132,14 @@ def replay(env, log, stay=False, log_path=None):
     header, _ = state.read_log(log)
     git_dir = check_tree(env)
     opts = Options.from_dict(header["options"]).check()
-    good, bad = resolve(env, header["good"], "good"), resolve(env, header["bad"], "bad")
+    good = resolve(env, header["good"], f"{log}: good commit {header['good'][:12]}")
+    bad = resolve(env, header["bad"], f"{log}: bad commit {header['bad'][:12]}")
     candidates = check_range(env, good, bad, (good, bad))
     res = _git(env, "bisect", "replay", str(Path(log).resolve()), check=False)
     if res.returncode != 0:
         _git(env, "bisect", "reset", check=False)
-        raise BadInput(f"{log}: git bisect replay failed: "
-                       + (res.stderr or res.stdout).strip().splitlines()[-1:][0])
+        why = (res.stderr or res.stdout).strip().splitlines() or [f"exit {res.returncode}"]
+        raise BadInput(f"{log}: git bisect replay failed: {why[-1]}")
     old = state.load(git_dir) or {}
     doc = {"status": "bisecting", "tree": str(env.tree), "start": start_point(env),
            "good": good, "bad": bad, "candidates": candidates,
