@@ -83,7 +83,7 @@ def test_bisect_names_the_commit_that_turned_damping_on(history, tmp_path):
     res = subprocess.run(
         [VNUMA, "bisect", "run", "--tree", str(repo), "--good", good, "--bad", bad,
          "--metric", "cross_node_migrations", "--workload", "omp-barrier",
-         "--threads", "8", "--iterations", "30000", "--runs", "4", "--max-runs", "8",
+         "--threads", "8", "--iterations", "30000", "--runs", "5", "--max-runs", "10",
          "--topology", "2x2", "--log", str(tmp_path / "bisect.log"), "--json"],
         capture_output=True, text=True, timeout=3600)
     print(res.stderr[-6000:])
