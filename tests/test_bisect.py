@@ -489,3 +489,15 @@ def test_replay_into_a_tree_without_those_commits(history, tmp_path):
     assert res.exit_code == 2
     assert f"good commit {c[0][:12]}: no such commit in {other}" in res.stderr
     assert not (other / ".git" / "BISECT_START").exists()
+
+
+def test_help_lists_every_metric():
+    import re
+
+    from vnuma_sched.cli_bisect import METRICS_HELP
+    from vnuma_sched.probes.report import METRIC_PROBE
+
+    words = {w.strip(".") for w in re.findall(r"[\w.]+", METRICS_HELP)}
+    for name in METRIC_PROBE:
+        kind, _, cause = name.partition(".")
+        assert (f"{kind}.CAUSE" in words and cause in words) if cause else name in words, name
