@@ -5,7 +5,7 @@ import os
 import sys
 import tempfile
 
-NOOP_PROGRAM = "int vnuma_sched_noop(void *ctx) { return 0; }"
+NOOP_PROGRAM = b"int vnuma_sched_noop(void *ctx) { return 0; }"
 
 
 @contextlib.contextmanager
@@ -47,7 +47,7 @@ def compile_check():
     try:
         with captured_output() as errors:
             bpf = BPF(text=NOOP_PROGRAM)
-            bpf.load_func("vnuma_sched_noop", BPF.TRACEPOINT)
+            bpf.load_func(b"vnuma_sched_noop", BPF.TRACEPOINT)
             bpf.cleanup()
     except Exception as err:  # bcc raises bare Exception on compile/load failure
         return "missing", "bcc cannot compile/load: " + _first_error(errors, str(err))
