@@ -9,6 +9,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No timing in tests: hypothesis' per-example deadline fails on a loaded 2-core
+# machine (a 2,000,000-CPU list took 268 ms once), not on a broken parser.
+settings.register_profile("vnuma", deadline=None)
+settings.load_profile("vnuma")
 
 REQUIRE_ALL = os.environ.get("VNUMA_SCHED_REQUIRE_ALL") == "1"
 TIERS = ("kernel", "root", "bpf", "vm")
