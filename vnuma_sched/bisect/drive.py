@@ -67,7 +67,7 @@ def endpoints(opts, env, git_dir, good, bad):
     for name, sha in (("good", good), ("bad", bad)):
         env.progress(f"endpoint {name}: {sha[:12]} {step.subject(env.tree, sha, env.runner)}")
         try:
-            vals[name] = step.sample(opts, env, meas, sha, git_dir, opts.runs)[0]
+            vals[name] = step.sample(opts, env, meas, sha, git_dir, opts.runs)
         except source.SkipCommit as err:
             raise BisectFailed(f"the {name} endpoint {sha[:12]} cannot be tested: {err}") \
                 from err

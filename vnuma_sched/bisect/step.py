@@ -3,6 +3,7 @@ sha256 -> runs (reused when that image was measured) -> verdict, with extra
 runs while the verdict is undecided, up to a bound. Exit codes follow
 'git bisect run': 0 good, 1 bad, 125 skip, 128 abort."""
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,6 @@ class Env:
         return Path(self.cache) / "bisect"
 
     def source_dir(self, git_dir):
-        import hashlib  # noqa: PLC0415
-
         return self.work / "src" / hashlib.sha256(str(git_dir).encode()).hexdigest()[:16]
 
 
@@ -87,22 +86,24 @@ def kernel(opts, env, sha, git_dir):
 
 
 def sample(opts, env, meas, sha, git_dir, n):
-    """(values, built?, reused from): at least n values of the metric at ``sha``."""
-    image, image_sha, built = kernel(opts, env, sha, git_dir)
+    """At least n values of the metric at ``sha`` (built and measured, or reused)."""
+    image, image_sha, _ = kernel(opts, env, sha, git_dir)
     results = measure.Results(env.work / "results", meas)
-    vals, reused = measure.measure(meas, results, image, image_sha, sha, n, opts.metric,
-                                   env.progress)
-    return vals, built, reused, image_sha
+    return measure.measure(meas, results, image, image_sha, sha, n, opts.metric,
+                           env.progress)[0]
 
 
-def evaluate(opts, env, meas, sha, git_dir):
+def evaluate(opts, env, meas, sha, title, git_dir):
     """The step's entry (a dict) with its verdict: good, bad or skip (and why)."""
     t0 = time.monotonic()
-    entry = {"commit": sha, "subject": subject(env.tree, sha, env.runner)}
+    entry = {"commit": sha, "subject": title}
     try:
+        image, image_sha, built = kernel(opts, env, sha, git_dir)
+        results = measure.Results(env.work / "results", meas)
         n = opts.runs
         while True:
-            vals, built, reused, image_sha = sample(opts, env, meas, sha, git_dir, n)
+            vals, reused = measure.measure(meas, results, image, image_sha, sha, n,
+                                           opts.metric, env.progress)
             v = V.decide(vals, opts.threshold, opts.worse_above())
             if v.verdict != V.UNDECIDED or len(vals) >= opts.max_runs:
                 break
@@ -133,17 +134,18 @@ def describe(entry, metric):
 def run(opts, env, git_dir):
     """Evaluate the commit under test, record it in the bisect's state; return the entry."""
     sha = commit_under_test(env.tree, env.runner)
+    title = subject(env.tree, sha, env.runner)
     doc = state.load(git_dir)
     mine = doc if state.ours(git_dir, doc) else None
     where = (f"step {len(mine.get('steps', [])) + 1} of about {mine['estimate']}"
              if mine else "step")
-    env.progress(f"{where}: {sha[:12]} {subject(env.tree, sha, env.runner)}")
+    env.progress(f"{where}: {sha[:12]} {title}")
     try:
-        entry = evaluate(opts, env, backend(opts, env), sha, git_dir)
+        entry = evaluate(opts, env, backend(opts, env), sha, title, git_dir)
     except Exception as err:
         if mine:
-            state.add_step(git_dir, {"commit": sha, "subject": subject(env.tree, sha, env.runner),
-                                     "verdict": "abort", "reason": str(err)})
+            state.add_step(git_dir, {"commit": sha, "subject": title, "verdict": "abort",
+                                     "reason": str(err)})
         raise
     if mine:
         state.add_step(git_dir, entry)
