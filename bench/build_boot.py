@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vnuma_sched import kbuild, ktree, vm  # noqa: E402
+from vnuma_sched.kernel import kbuild, ktree, vm  # noqa: E402
 from vnuma_sched.runner import Runner  # noqa: E402
 
 GOALS = {"cold build": 480.0, "no-op rebuild": 30.0, "boot to command": 15.0}

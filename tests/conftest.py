@@ -127,7 +127,7 @@ def repo_fragment():
 
 
 def _fetch(series):
-    from vnuma_sched.ktree import fetch_debian
+    from vnuma_sched.kernel.ktree import fetch_debian
     from vnuma_sched.runner import Runner
 
     return fetch_debian(series, CACHE / "trees", Runner(), print, os.geteuid())
@@ -146,7 +146,7 @@ def tree_61():
 @pytest.fixture(scope="session")
 def guest_build(tree_612, repo_fragment):
     """The project's 6.12 guest kernel, built once (incremental after the first run)."""
-    from vnuma_sched import kbuild
+    from vnuma_sched.kernel import kbuild
     from vnuma_sched.runner import Runner
 
     out = CACHE / "builds" / "test-linux-6.12"
@@ -157,7 +157,7 @@ def guest_build(tree_612, repo_fragment):
 
 def _patched(tree, series_version):
     """A worktree of the fetched tree with the series applied (reused between runs)."""
-    from vnuma_sched import patches as P
+    from vnuma_sched.kernel import patches as P
     from vnuma_sched.runner import Runner
 
     series = P.load_series(series_version)
@@ -178,7 +178,7 @@ def patched_61(tree_61):
 @pytest.fixture(scope="session")
 def patched_build_612(patched_612, repo_fragment):
     """The patched 6.12 guest with the emulation test aid and lockdep."""
-    from vnuma_sched import kbuild
+    from vnuma_sched.kernel import kbuild
     from vnuma_sched.runner import Runner
 
     tree, _ = patched_612

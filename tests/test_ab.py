@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vnuma_sched import ab, arms, compare
-from vnuma_sched.cli import main
+from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, DataError
+from vnuma_sched.experiments import ab, arms, compare
 from vnuma_sched.tunables import profile as P
 
 DATA = Path(__file__).parent / "data" / "ab"

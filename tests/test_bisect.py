@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vnuma_sched.bisect import options, state, verdict as V
-from vnuma_sched.cli import main
+from vnuma_sched.bisect import options, state
+from vnuma_sched.bisect import verdict as V
+from vnuma_sched.cli.main import main
 
 DATA = Path(__file__).parent / "data"
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -85,7 +86,7 @@ def test_step_command_line_reproduces_the_options(tmp_path):
                            fragments=[str(frag(tmp_path))], carry_patches=True,
                            append=["x=1"],
                            measure_cmd="lab-measure --fast")
-    from vnuma_sched.cli_bisect import _options, bisect_step
+    from vnuma_sched.cli.bisect import _options, bisect_step
 
     ctx = bisect_step.make_context("step", opts.step_args())
     kw = dict(ctx.params)
@@ -494,7 +495,7 @@ def test_replay_into_a_tree_without_those_commits(history, tmp_path):
 def test_help_lists_every_metric():
     import re
 
-    from vnuma_sched.cli_bisect import METRICS_HELP
+    from vnuma_sched.cli.bisect import METRICS_HELP
     from vnuma_sched.probes.report import METRIC_PROBE
 
     words = {w.strip(".") for w in re.findall(r"[\w.]+", METRICS_HELP)}

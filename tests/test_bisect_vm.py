@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vnuma_sched import patches as P
+from vnuma_sched.kernel import patches as P
 
 pytestmark = pytest.mark.vm
 

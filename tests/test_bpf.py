@@ -5,7 +5,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from vnuma_sched.cli import main
+from vnuma_sched.cli.main import main
 from vnuma_sched.probes.loader import compile_check
 
 pytestmark = pytest.mark.bpf

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vnuma_sched.cli import main
+from vnuma_sched.cli.main import main
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
@@ -91,7 +91,7 @@ def test_verbose_shows_traceback(tmp_path, fixture_root):
 
 
 def test_help_works_without_bcc():
-    code = ("import sys; sys.modules['bcc'] = None; from vnuma_sched.cli import main; "
+    code = ("import sys; sys.modules['bcc'] = None; from vnuma_sched.cli.main import main; "
             "main(['doctor', '--help'])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and "Example" in res.stdout

@@ -3,9 +3,9 @@ import struct
 
 import pytest
 
-from vnuma_sched import cpuid as cpuid_mod
-from vnuma_sched.doctor import DoctorEnv, run_checks, verdict
-from vnuma_sched.sysroot import SysRoot
+from vnuma_sched.system import cpuid as cpuid_mod
+from vnuma_sched.system.doctor import DoctorEnv, run_checks, verdict
+from vnuma_sched.system.sysroot import SysRoot
 
 
 def fake_cpuid(eax_features, edx_hints=0, base=0x40000000, hypervisor=True):
@@ -155,6 +155,6 @@ def test_uniform_distance_20_is_flagged(tmp_path, fixture_root):
 
 def test_not_root_bcc_warns():
     env = DoctorEnv(sysroot=SysRoot("/"), euid=1000, bcc_check=lambda: ("ok", "x"))
-    from vnuma_sched.doctor import check_bcc
+    from vnuma_sched.system.doctor import check_bcc
 
     assert check_bcc(env).status == "warn"

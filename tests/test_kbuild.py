@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vnuma_sched import kbuild, kconfig
 from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import kbuild, kconfig
 from vnuma_sched.runner import Runner
 
 FAKE = Path(__file__).parent / "data" / "fakekernel"

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from vnuma_sched import kconfig
-from vnuma_sched.ktree import tree_version
+from vnuma_sched.kernel import kconfig
+from vnuma_sched.kernel.ktree import tree_version
 
 pytestmark = pytest.mark.kernel
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vnuma_sched.errors import BadInput, NeedsRoot
-from vnuma_sched.ktree import fetch_debian, tree_version
+from vnuma_sched.kernel.ktree import fetch_debian, tree_version
 from vnuma_sched.runner import Runner
 
 FAKE = Path(__file__).parent / "data" / "fakekernel"
@@ -80,7 +80,7 @@ def test_not_a_kernel_tree(tmp_path):
 
 
 def test_fetch_git_clones_and_checks_out_ref(tmp_path):
-    from vnuma_sched.ktree import fetch_git
+    from vnuma_sched.kernel.ktree import fetch_git
 
     src = tmp_path / "linux.git"
     shutil.copytree(FAKE, src)

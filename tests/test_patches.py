@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vnuma_sched import patches as P
 from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import patches as P
 from vnuma_sched.runner import Runner
 
 ENV = {"GIT_AUTHOR_NAME": "A U Thor", "GIT_AUTHOR_EMAIL": "a@example.org",
@@ -189,7 +189,7 @@ def test_check_whole_series_applied_even_when_later_patches_change_context(repo_
 def test_check_cli_exit_code_on_conflict(repo_and_series, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from vnuma_sched.cli import main
+    from vnuma_sched.cli.main import main
 
     repo, series = repo_and_series
     (repo / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\n")

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vnuma_sched.cli import main
-from vnuma_sched.cli_probes import _split_record_args, _split_top_args
+from vnuma_sched.cli.main import main
+from vnuma_sched.cli.probes import _split_record_args, _split_top_args
 from vnuma_sched.errors import BadInput, DataError
-from vnuma_sched.probes import catalog, classify, events as E, recording, report
+from vnuma_sched.probes import catalog, classify, recording, report
+from vnuma_sched.probes import events as E
 from vnuma_sched.render import report_text, top_text
-from vnuma_sched.sysroot import SysRoot
-from vnuma_sched.topology import read_topology
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.system.topology import read_topology
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vnuma_sched import cpuid
-from vnuma_sched.doctor import DoctorEnv, run_checks
-from vnuma_sched.sysroot import SysRoot
+from vnuma_sched.system import cpuid
+from vnuma_sched.system.doctor import DoctorEnv, run_checks
+from vnuma_sched.system.sysroot import SysRoot
 
 pytestmark = pytest.mark.root
 

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from vnuma_sched import kbuild, patches as P
+from vnuma_sched.kernel import kbuild
+from vnuma_sched.kernel import patches as P
 from vnuma_sched.runner import Runner
 
 pytestmark = pytest.mark.kernel

@@ -1,6 +1,6 @@
 import pytest
 
-from vnuma_sched import stats
+from vnuma_sched.experiments import stats
 
 
 def test_medians_and_ratio():

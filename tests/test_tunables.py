@@ -10,13 +10,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings as hsettings, strategies as st
-
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from tunables_trees import build, snapshot
-from vnuma_sched.cli import main
+
+from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
-from vnuma_sched.sysroot import SysRoot
-from vnuma_sched.tunables import engine, journal, knobs as K, profile as P
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.tunables import engine, journal
+from vnuma_sched.tunables import knobs as K
+from vnuma_sched.tunables import profile as P
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,7 +212,7 @@ def test_killed_between_writes_then_revert(tmp_path):
     before = snapshot(root)
     code = f"""
 import os, signal
-from vnuma_sched.sysroot import SysRoot
+from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.tunables import engine, profile as P
 p = P.load("vnuma-guest-dedicated", P.search_path())
 r = SysRoot({str(root)!r})

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vnuma_sched.cli import main
+from vnuma_sched.cli.main import main
 
 pytestmark = pytest.mark.root
 

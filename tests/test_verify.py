@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vnuma_sched import verify as V
-from vnuma_sched.patches import Series
+from vnuma_sched.kernel import verify as V
+from vnuma_sched.kernel.patches import Series
 from vnuma_sched.runner import Runner
 
 FAKE = Path(__file__).parent / "data" / "fakekernel"

@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from vnuma_sched import vm
 from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import vm
 from vnuma_sched.runner import Runner
-from vnuma_sched.sysroot import SysRoot
-from vnuma_sched.topology import read_topology
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.system.topology import read_topology
 
 
 def test_grid_2x2():

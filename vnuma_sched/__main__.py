@@ -1,5 +1,5 @@
 """Allow ``python -m vnuma_sched``."""
 
-from vnuma_sched.cli import main
+from vnuma_sched.cli.main import main
 
 main()

@@ -4,7 +4,7 @@ import json
 
 from tabulate import tabulate
 
-from vnuma_sched.topology import format_cpulist
+from vnuma_sched.system.topology import format_cpulist
 
 
 def table(rows, headers, title=None, widths=None):
@@ -193,7 +193,7 @@ def report_text(doc):
 
 
 def ab_text(doc):
-    from vnuma_sched.compare import table_rows
+    from vnuma_sched.experiments.compare import table_rows
 
     arms = doc.get("arms", {})
     head = [f"A: {arms.get('a', {}).get('spec', '?')}   B: {arms.get('b', {}).get('spec', '?')}",

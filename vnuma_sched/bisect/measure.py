@@ -18,9 +18,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vnuma_sched import ab, vm
 from vnuma_sched.bisect.source import SkipCommit
 from vnuma_sched.errors import VnumaError
+from vnuma_sched.experiments import ab
+from vnuma_sched.kernel import vm
 from vnuma_sched.probes.report import METRIC_PROBE
 
 

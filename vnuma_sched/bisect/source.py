@@ -11,9 +11,9 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from vnuma_sched import kbuild, patches
 from vnuma_sched.errors import VnumaError
-from vnuma_sched.ktree import tree_version
+from vnuma_sched.kernel import kbuild, patches
+from vnuma_sched.kernel.ktree import tree_version
 
 # Every step builds with the same stamp and build number, so commits whose
 # sources compile to the same kernel give byte-identical images.

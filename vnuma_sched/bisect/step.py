@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vnuma_sched import ab, kbuild, vm
-from vnuma_sched.bisect import measure, source, state, verdict as V
+from vnuma_sched.bisect import measure, source, state
+from vnuma_sched.bisect import verdict as V
 from vnuma_sched.bisect.source import SkipCommit
+from vnuma_sched.experiments import ab
+from vnuma_sched.kernel import kbuild, vm
 
 EXIT = {V.GOOD: 0, V.BAD: 1, "skip": 125, "abort": 128}
 

@@ -12,7 +12,7 @@ bound, and skips the commit if it is still undecided.
 import math
 from dataclasses import dataclass
 
-from vnuma_sched import stats
+from vnuma_sched.experiments import stats
 
 GOOD, BAD, UNDECIDED = "good", "bad", "undecided"
 LEVEL = 0.9      # wanted coverage of a step's median interval

@@ -5,7 +5,9 @@ import ctypes
 import re
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+from vnuma_sched import resources
+
+BPF_DIR = resources.bpf_dir()
 
 IPI_RESCHED, IPI_CALL_SINGLE, IPI_CALL_FUNC, IPI_IDLE_NO_IPI = range(4)
 NR_IPI = 4

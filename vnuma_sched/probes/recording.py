@@ -8,9 +8,9 @@ lines (individual migrations), and an "end" line (lost events, exit code).
 import json
 import time
 
-from vnuma_sched.doctor import PATCH_GATES
 from vnuma_sched.errors import DataError
 from vnuma_sched.probes import classify
+from vnuma_sched.system.doctor import PATCH_GATES
 
 VERSION = 1
 

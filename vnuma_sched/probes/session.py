@@ -7,7 +7,7 @@ import os
 
 from vnuma_sched.probes import catalog
 from vnuma_sched.probes.events import BPF_DIR, MigrateEvent
-from vnuma_sched.topology import llc_of_cpus
+from vnuma_sched.system.topology import llc_of_cpus
 
 
 def steal_ms(sysroot):

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 from vnuma_sched.errors import BadInput, DataError, VnumaError
-from vnuma_sched.tunables import journal as J, knobs as K
+from vnuma_sched.tunables import journal as J
+from vnuma_sched.tunables import knobs as K
 
 SET, UNCHANGED, UNSUPPORTED, BOOT_ONLY = "set", "unchanged", "unsupported", "boot"
 SYSCTL_D = "/etc/sysctl.d/90-vnuma_sched.conf"

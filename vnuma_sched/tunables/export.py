@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from vnuma_sched.tunables import engine, knobs as K
+from vnuma_sched.tunables import engine
+from vnuma_sched.tunables import knobs as K
 
 
 def tuned_conf(profile, rows):

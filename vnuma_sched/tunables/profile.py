@@ -9,10 +9,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vnuma_sched import resources
 from vnuma_sched.errors import BadInput
 from vnuma_sched.tunables import knobs
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
+BUILTIN_DIR = resources.profiles_dir()
 SECTIONS = {"sysctl": "", "sched": "sched.", "features": "feature.", "domains": "domain.",
             "modules": "", "boot": "boot."}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

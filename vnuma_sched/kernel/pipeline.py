@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vnuma_sched import kbuild, ktree, patches, vm
+from vnuma_sched import resources
+from vnuma_sched.kernel import kbuild, ktree, patches, vm
 
-KCONFIG = Path(__file__).resolve().parent.parent / "kconfig"
+KCONFIG = resources.kconfig_dir()
 
 
 @dataclass

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import click
 
+from vnuma_sched import resources
 from vnuma_sched.errors import BadInput
 
 
@@ -17,7 +18,7 @@ class Settings:
     profiles_dir: str = None
 
     def sysroot(self):
-        from vnuma_sched.sysroot import SysRoot
+        from vnuma_sched.system.sysroot import SysRoot
 
         return SysRoot(self.root)
 
@@ -53,7 +54,7 @@ def cache_dir():
 def default_fragment():
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent.parent / "kconfig" / "vnuma-guest.config"
+    here = resources.guest_fragment()
     if not here.is_file():
         raise BadInput("kconfig/vnuma-guest.config not found: give --fragment")
     return here

@@ -7,10 +7,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vnuma_sched import kbuild, kconfig
+from vnuma_sched import resources
 from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import kbuild, kconfig
 
-VARIANT_DIR = Path(__file__).resolve().parent.parent / "kconfig" / "variants"
+VARIANT_DIR = resources.kconfig_dir() / "variants"
 _WARN = re.compile(r"^(?:\S*/)?(\S+?):\d+:\d+: warning: (.*)$")
 
 

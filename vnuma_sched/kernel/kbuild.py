@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vnuma_sched import kconfig
 from vnuma_sched.errors import VnumaError
-from vnuma_sched.ktree import tree_version
+from vnuma_sched.kernel import kconfig
+from vnuma_sched.kernel.ktree import tree_version
 from vnuma_sched.runner import stream
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from vnuma_sched.cli_common import (cache_dir, emit, json_option, merge_json, progress)
+from vnuma_sched.cli.common import cache_dir, emit, json_option, merge_json, progress
 
 
 @click.command("ab")
@@ -44,8 +44,10 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
     """
     from pathlib import Path
 
-    from vnuma_sched import ab as abmod, arms, vm
-    from vnuma_sched.cli_tune import _profile_dirs
+    from vnuma_sched.cli.tune import _profile_dirs
+    from vnuma_sched.experiments import ab as abmod
+    from vnuma_sched.experiments import arms
+    from vnuma_sched.kernel import vm
     from vnuma_sched.render import ab_text
     from vnuma_sched.runner import Runner
 
@@ -83,8 +85,9 @@ def compare_cmd(settings, paths, plot_path, as_json):
     """
     from pathlib import Path
 
-    from vnuma_sched import ab as abmod, compare
     from vnuma_sched.errors import BadInput
+    from vnuma_sched.experiments import ab as abmod
+    from vnuma_sched.experiments import compare
     from vnuma_sched.render import ab_text
 
     settings = merge_json(settings, as_json)

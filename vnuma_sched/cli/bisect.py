@@ -4,8 +4,15 @@ import os
 
 import click
 
-from vnuma_sched.cli_common import (cache_dir, default_fragment, emit, json_option, merge_json,
-                                    progress, settings_exit)
+from vnuma_sched.cli.common import (
+    cache_dir,
+    default_fragment,
+    emit,
+    json_option,
+    merge_json,
+    progress,
+    settings_exit,
+)
 
 _D = {"runs": 5, "max_runs": 10, "workload": "omp-barrier", "threads": 8, "spincount": "0",
       "iterations": 3000, "kib": 256, "topology": "2x2", "mem": "2G", "timeout": 300}

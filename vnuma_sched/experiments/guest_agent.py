@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 
+from vnuma_sched.experiments.workloads.build import score
 from vnuma_sched.probes import report
 from vnuma_sched.probes.classify import delta, matrix_total
 from vnuma_sched.probes.session import Session
-from vnuma_sched.sysroot import SysRoot
-from vnuma_sched.topology import read_topology
-from vnuma_sched.tunables import engine, profile as P
-from vnuma_sched.workloads.build import score
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.system.topology import read_topology
+from vnuma_sched.tunables import engine
+from vnuma_sched.tunables import profile as P
 
 
 def _emit(rec):

@@ -182,7 +182,7 @@ def classify(io_dir, console, timed_out, accel, seconds):
 
 def kernel_image(path):
     """A bzImage, or the one inside a build directory; BadInput if there is none."""
-    from vnuma_sched.kbuild import IMAGE  # noqa: PLC0415 - avoids a module cycle
+    from vnuma_sched.kernel.kbuild import IMAGE  # noqa: PLC0415 - avoids a module cycle
 
     image = Path(path)
     if image.is_dir():

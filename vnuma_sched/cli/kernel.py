@@ -5,8 +5,16 @@ import sys
 
 import click
 
+from vnuma_sched.cli.common import (
+    cache_dir,
+    default_fragment,
+    emit,
+    json_option,
+    merge_json,
+    progress,
+    settings_exit,
+)
 from vnuma_sched.errors import BadInput
-from vnuma_sched.cli_common import (cache_dir, default_fragment, emit, json_option, merge_json, progress, settings_exit)
 
 
 @click.group()
@@ -34,7 +42,7 @@ def kernel_fetch(settings, series, dest, git_source, ref):
       vnuma-sched kernel fetch --version 6.12
       vnuma-sched kernel fetch --git ~/src/linux --ref v6.12
     """
-    from vnuma_sched.ktree import fetch_debian, fetch_git
+    from vnuma_sched.kernel.ktree import fetch_debian, fetch_git
     from vnuma_sched.runner import Runner
 
     dest = dest or os.path.join(cache_dir(), "trees")
@@ -73,8 +81,8 @@ def build(settings, tree, fragments, out, jobs, allow_dropped, targets, as_json)
     """
     from pathlib import Path
 
-    from vnuma_sched import kbuild
-    from vnuma_sched.ktree import tree_version
+    from vnuma_sched.kernel import kbuild
+    from vnuma_sched.kernel.ktree import tree_version
     from vnuma_sched.render import build_text
     from vnuma_sched.runner import Runner
 
@@ -120,9 +128,9 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json)
       vnuma-sched vm run --kernel /var/cache/vnuma_sched/builds/linux-source-6.12 \\
           --topology 2x2 -- cat /sys/devices/system/node/node1/cpulist
     """
-    from vnuma_sched import vm as vmod
+    from vnuma_sched.kernel import vm as vmod
     from vnuma_sched.runner import Runner
-    from vnuma_sched.topology import read_topology
+    from vnuma_sched.system.topology import read_topology
 
     settings = merge_json(settings, as_json)
     kernel_image = vmod.kernel_image(image)
@@ -166,7 +174,7 @@ def patches_list(settings, series_version, as_json):
     Example:
       vnuma-sched patches list --version 6.12
     """
-    from vnuma_sched import patches as P
+    from vnuma_sched.kernel import patches as P
     from vnuma_sched.render import patches_text
 
     settings = merge_json(settings, as_json)
@@ -177,8 +185,8 @@ def patches_list(settings, series_version, as_json):
 
 
 def _tree_series(tree):
-    from vnuma_sched import patches as P
-    from vnuma_sched.ktree import tree_version
+    from vnuma_sched.kernel import patches as P
+    from vnuma_sched.kernel.ktree import tree_version
 
     return P.load_series(tree_version(tree).series)
 
@@ -197,7 +205,7 @@ def patches_check(settings, tree, as_json):
     Example:
       vnuma-sched patches check --tree /var/cache/vnuma_sched/trees/linux-source-6.12
     """
-    from vnuma_sched import patches as P
+    from vnuma_sched.kernel import patches as P
     from vnuma_sched.render import status_text
     from vnuma_sched.runner import Runner
 
@@ -226,7 +234,7 @@ def patches_apply(settings, tree, branch):
     Example:
       vnuma-sched patches apply --tree ~/linux --branch vnuma
     """
-    from vnuma_sched import patches as P
+    from vnuma_sched.kernel import patches as P
     from vnuma_sched.runner import Runner
 
     series = _tree_series(tree)
@@ -258,7 +266,7 @@ def patches_verify(settings, tree, fragments, workdir, w1, as_json):
     """
     from pathlib import Path
 
-    from vnuma_sched import verify as V
+    from vnuma_sched.kernel import verify as V
     from vnuma_sched.render import matrix_text
     from vnuma_sched.runner import Runner
 
@@ -305,7 +313,8 @@ def pipeline(settings, series_version, spec, mem, timeout, command):
     Example:
       vnuma-sched pipeline --version 6.12 --topology 2x2
     """
-    from vnuma_sched import pipeline as pl, vm as vmod
+    from vnuma_sched.kernel import pipeline as pl
+    from vnuma_sched.kernel import vm as vmod
     from vnuma_sched.render import pipeline_text
     from vnuma_sched.runner import Runner
 

@@ -5,7 +5,8 @@ import re
 from dataclasses import dataclass, field
 
 from vnuma_sched.errors import BadInput
-from vnuma_sched.tunables import knobs as K, profile as P
+from vnuma_sched.tunables import knobs as K
+from vnuma_sched.tunables import profile as P
 
 RUNTIME_PREFIXES = ("/proc/sys/", "/sys/module/")
 _BOOT = re.compile(r"^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:-]*)?$")

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from vnuma_sched import stats
 from vnuma_sched.errors import DataError
+from vnuma_sched.experiments import stats
 from vnuma_sched.probes.recording import iter_jsonl
 
 PRIMARY = ("workload_score", "cross_node_migrations", "idle_rejected_preempted",

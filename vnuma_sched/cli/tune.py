@@ -4,8 +4,15 @@ import os
 
 import click
 
+from vnuma_sched.cli.common import (
+    emit,
+    json_option,
+    merge_json,
+    need_root,
+    progress,
+    settings_exit,
+)
 from vnuma_sched.errors import BadInput
-from vnuma_sched.cli_common import (emit, json_option, merge_json, need_root, progress, settings_exit)
 
 
 @click.group()

@@ -1,8 +1,7 @@
 """vnuma-sched command line: parse -> call core -> render -> exit code. No logic here.
 
-Heavy modules (bcc, git, doctor checks) are imported inside the commands so
-that --help works on machines without them. Command groups live in
-cli_kernel, cli_probes and cli_tune; shared helpers in cli_common.
+Command groups live beside this module (kernel, probes, tune, experiments,
+bisect); shared helpers in cli.common.
 """
 
 import os
@@ -11,8 +10,9 @@ import traceback
 
 import click
 
-from vnuma_sched import __version__, cli_ab, cli_bisect, cli_kernel, cli_probes, cli_tune
-from vnuma_sched.cli_common import Settings, emit, json_option, merge_json
+from vnuma_sched import __version__
+from vnuma_sched.cli import bisect, experiments, kernel, probes, tune
+from vnuma_sched.cli.common import Settings, emit, json_option, merge_json
 from vnuma_sched.errors import BadInput, VnumaError
 
 EPILOG = """\b
@@ -86,7 +86,7 @@ def topology(settings, as_json):
       vnuma-sched topology --json
     """
     from vnuma_sched.render import topology_text
-    from vnuma_sched.topology import read_topology
+    from vnuma_sched.system.topology import read_topology
 
     settings = merge_json(settings, as_json)
     topo = read_topology(settings.sysroot())
@@ -109,9 +109,10 @@ def doctor(settings, as_json):
     Example:
       sudo vnuma-sched doctor --json
     """
-    from vnuma_sched import cpuid, doctor as doc
     from vnuma_sched.probes.loader import compile_check
     from vnuma_sched.render import doctor_text
+    from vnuma_sched.system import cpuid
+    from vnuma_sched.system import doctor as doc
 
     settings = merge_json(settings, as_json)
     sysroot = settings.sysroot()
@@ -122,10 +123,9 @@ def doctor(settings, as_json):
     emit(settings, {"checks": [c.to_dict() for c in checks], "verdict": verdict},
          doctor_text(checks, verdict))
 
-for _command in (cli_kernel.kernel, cli_kernel.build, cli_kernel.vm, cli_kernel.patches,
-                 cli_kernel.pipeline, cli_probes.probes_cmd, cli_probes.top_cmd,
-                 cli_probes.record_cmd, cli_probes.report_cmd, cli_tune.tune, cli_ab.ab,
-                 cli_ab.compare_cmd, cli_bisect.bisect):
+for _command in (kernel.kernel, kernel.build, kernel.vm, kernel.patches, kernel.pipeline,
+                 probes.probes_cmd, probes.top_cmd, probes.record_cmd, probes.report_cmd,
+                 tune.tune, experiments.ab, experiments.compare_cmd, bisect.bisect):
     main.add_command(_command)
 
 

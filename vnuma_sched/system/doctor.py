@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from vnuma_sched import cpuid as cpuid_mod
 from vnuma_sched.errors import VnumaError
-from vnuma_sched.topology import read_topology
+from vnuma_sched.system import cpuid as cpuid_mod
+from vnuma_sched.system.topology import read_topology
 
 OK, WARN, MISSING, NA = "ok", "warn", "missing", "n/a"
 

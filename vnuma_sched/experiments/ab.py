@@ -7,9 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from vnuma_sched import arms as A, compare, vm
 from vnuma_sched.errors import BadInput, VnumaError
-from vnuma_sched.workloads import build
+from vnuma_sched.experiments import arms as A
+from vnuma_sched.experiments import compare
+from vnuma_sched.experiments.workloads import build
+from vnuma_sched.kernel import vm
 
 PROBES = ["migrate", "ipi", "halt", "preempt"]
 
@@ -53,7 +55,7 @@ def order(runs):
 
 def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
     plan_path.write_text(json.dumps(plan))
-    cmd = [sys.executable, "-c", "import sys; from vnuma_sched.abguest import main; "
+    cmd = [sys.executable, "-c", "import sys; from vnuma_sched.experiments.guest_agent import main; "
            "main(sys.argv[1])", str(plan_path)]
     res = vm.run(image, topo, cmd, runner, accel, timeout, append)
     if res.status != "exited" or res.exit_code != 0:

@@ -5,14 +5,13 @@ import re
 import shutil
 from pathlib import Path
 
+from vnuma_sched import resources
 from vnuma_sched.errors import BadInput, Missing
-
-HERE = Path(__file__).resolve().parent
 
 
 def omp_barrier(cache, runner):
     """Path of the omp-barrier binary, rebuilt only when its source changes."""
-    src = HERE / "omp_barrier.c"
+    src = resources.workload_source("omp_barrier.c")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
     out = Path(cache) / "workloads" / f"omp-barrier-{digest}"
     if out.exists():

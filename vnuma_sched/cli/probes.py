@@ -4,13 +4,20 @@ import os
 
 import click
 
+from vnuma_sched.cli.common import (
+    emit,
+    json_option,
+    merge_json,
+    need_root,
+    progress,
+    settings_exit,
+)
 from vnuma_sched.errors import BadInput
-from vnuma_sched.cli_common import (emit, json_option, merge_json, need_root, progress, settings_exit)
 
 
 def _probe_session(settings, names, with_events=False):
     from vnuma_sched.probes.session import Session
-    from vnuma_sched.topology import read_topology
+    from vnuma_sched.system.topology import read_topology
 
     sysroot = settings.sysroot()
     return Session(names, sysroot, os.geteuid(), read_topology(sysroot), with_events,
@@ -182,7 +189,8 @@ def report_cmd(settings, recording, as_json):
     Example:
       vnuma-sched report run.jsonl
     """
-    from vnuma_sched.probes import recording as rec, report
+    from vnuma_sched.probes import recording as rec
+    from vnuma_sched.probes import report
     from vnuma_sched.render import report_text
 
     settings = merge_json(settings, as_json)

@@ -13,8 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vnuma_sched import resources
 from vnuma_sched.errors import BadInput, VnumaError
-from vnuma_sched.ktree import SUPPORTED, check_supported
+from vnuma_sched.kernel.ktree import SUPPORTED, check_supported
 
 CLEAN, APPLIED, CONFLICT = "clean", "already-applied", "conflict"
 PROBLEMS = {"1": "halted vCPU reported preempted", "2": "idle-time cross-node migration",
@@ -50,7 +51,7 @@ class Series:
 
 
 def default_dir():
-    return Path(__file__).resolve().parent.parent / "patches"
+    return resources.patches_dir()
 
 
 def _subject(path):

@@ -1,0 +1,1 @@
+"""Command line: click commands, one module per command group."""

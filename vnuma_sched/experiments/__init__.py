@@ -1,0 +1,1 @@
+"""A/B experiments: arms, the guest agent, statistics, comparison, workloads."""

@@ -1,0 +1,1 @@
+"""Kernel trees, the patch series, kconfig, builds, verification and guests."""

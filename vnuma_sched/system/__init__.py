@@ -1,0 +1,1 @@
+"""The system seen through a SysRoot: topology, CPUID, kernel facts, doctor."""
