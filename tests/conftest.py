@@ -9,7 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import CACHE, DATA, REPO
 from hypothesis import settings
+
+from vnuma_sched.kernel import kbuild
+from vnuma_sched.kernel import patches as P
+from vnuma_sched.kernel.ktree import fetch_debian, source_tarball
+from vnuma_sched.runner import Runner
 
 # No timing in tests: hypothesis' per-example deadline fails on a loaded 2-core
 # machine (a 2,000,000-CPU list took 268 ms once), not on a broken parser.
@@ -18,9 +24,6 @@ settings.load_profile("vnuma")
 
 REQUIRE_ALL = os.environ.get("VNUMA_SCHED_REQUIRE_ALL") == "1"
 TIERS = ("kernel", "root", "bpf", "vm")
-DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched"))
 
 
 def _is_root():
@@ -31,7 +34,7 @@ def _bpf_unmet():
     if os.geteuid() != 0:
         return "not root"
     try:
-        import bcc  # noqa: F401
+        import bcc  # noqa: F401, PLC0415 - optional: the tier says why it cannot run
     except ImportError:
         return "bcc not importable (python3-bpfcc)"
     return None
@@ -41,7 +44,7 @@ def _kernel_unmet():
     for tool in ("make", "gcc", "flex", "bison", "git", "tar"):
         if not shutil.which(tool):
             return f"{tool} not installed"
-    if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
+    if not source_tarball("6.12").exists():
         return "linux-source-6.12 not installed"
     return None
 
@@ -127,9 +130,6 @@ def repo_fragment():
 
 
 def _fetch(series):
-    from vnuma_sched.kernel.ktree import fetch_debian
-    from vnuma_sched.runner import Runner
-
     return fetch_debian(series, CACHE / "trees", Runner(), print, os.geteuid())
 
 
@@ -146,8 +146,6 @@ def tree_61():
 @pytest.fixture(scope="session")
 def guest_build(tree_612, repo_fragment):
     """The project's 6.12 guest kernel, built once (incremental after the first run)."""
-    from vnuma_sched.kernel import kbuild
-    from vnuma_sched.runner import Runner
 
     out = CACHE / "builds" / "test-linux-6.12"
     req = kbuild.BuildRequest(tree_612, out, [repo_fragment], jobs=os.cpu_count() or 2)
@@ -157,8 +155,6 @@ def guest_build(tree_612, repo_fragment):
 
 def _patched(tree, series_version):
     """A worktree of the fetched tree with the series applied (reused between runs)."""
-    from vnuma_sched.kernel import patches as P
-    from vnuma_sched.runner import Runner
 
     series = P.load_series(series_version)
     work = CACHE / "series-test" / series_version / "linux"
@@ -178,8 +174,6 @@ def patched_61(tree_61):
 @pytest.fixture(scope="session")
 def patched_build_612(patched_612, repo_fragment):
     """The patched 6.12 guest with the emulation test aid and lockdep."""
-    from vnuma_sched.kernel import kbuild
-    from vnuma_sched.runner import Runner
 
     tree, _ = patched_612
     frags = [repo_fragment, repo_fragment.parent / "series-test.config",

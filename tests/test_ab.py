@@ -2,17 +2,17 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import DATA, interval, write_recording
 
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.experiments import ab, arms, compare
 from vnuma_sched.tunables import profile as P
 
-DATA = Path(__file__).parent / "data" / "ab"
+AB_DATA = DATA / "ab"
 
 
 def parse(spec, name="a"):
@@ -67,7 +67,7 @@ def test_workload_kinds(tmp_path):
 
 def test_results_from_recorded_runs(tmp_path):
     out = tmp_path / "ab"
-    shutil.copytree(DATA, out)
+    shutil.copytree(AB_DATA, out)
     doc = ab.results(out)
     assert set(doc) >= {"arms", "metrics", "kernel", "topology", "workload"}
     m = doc["metrics"]["cross_node_migrations"]
@@ -78,7 +78,7 @@ def test_results_from_recorded_runs(tmp_path):
 
 def test_compare_cli_writes_plot(tmp_path):
     out = tmp_path / "ab"
-    shutil.copytree(DATA, out)
+    shutil.copytree(AB_DATA, out)
     png = tmp_path / "c.png"
     res = CliRunner().invoke(main, ["compare", str(out), "--plot", str(png)])
     assert res.exit_code == 0, res.output
@@ -97,8 +97,6 @@ def test_runs_file_errors_name_the_line(tmp_path):
 
 
 def _recording(path, cross, exit_ok=True):
-    from test_probes import interval, write_recording
-
     rec = interval(2)
     rec["probes"]["migrate"]["matrix"]["wake"]["busy"][0][1] = cross
     write_recording(path, [rec], meta={"type": "meta", "version": 1, "kernel": "6.12.117",

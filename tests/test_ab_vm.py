@@ -2,14 +2,11 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import VNUMA
 
 pytestmark = pytest.mark.vm
-
-VNUMA = str(Path(sys.executable).parent / "vnuma-sched")
 
 
 def test_short_ab_writes_documented_files(patched_build_612, tmp_path):

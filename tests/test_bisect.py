@@ -3,6 +3,7 @@ whose 'kernel' is the fake Makefile and whose metric comes from a file."""
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -10,16 +11,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import DATA, FAKE_KERNEL, git
 
-from vnuma_sched.bisect import options, state
+from vnuma_sched.bisect import drive, options, state
 from vnuma_sched.bisect import verdict as V
+from vnuma_sched.bisect.measure import Guest
+from vnuma_sched.cli.bisect import METRICS_HELP, _options, bisect_step
 from vnuma_sched.cli.main import main
-
-DATA = Path(__file__).parent / "data"
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "@1700000000 +0000",
-           "GIT_COMMITTER_DATE": "@1700000000 +0000", "PATH": "/usr/bin:/bin"}
-
+from vnuma_sched.probes.spec import METRICS
 
 # --- the verdict function ------------------------------------------------------------
 
@@ -86,7 +85,6 @@ def test_step_command_line_reproduces_the_options(tmp_path):
                            fragments=[str(frag(tmp_path))], carry_patches=True,
                            append=["x=1"],
                            measure_cmd="lab-measure --fast")
-    from vnuma_sched.cli.bisect import _options, bisect_step
 
     ctx = bisect_step.make_context("step", opts.step_args())
     kw = dict(ctx.params)
@@ -95,11 +93,6 @@ def test_step_command_line_reproduces_the_options(tmp_path):
 
 
 # --- a synthetic kernel history ------------------------------------------------------
-
-def git(tree, *args):
-    return subprocess.run(["git", *args], cwd=tree, check=True, capture_output=True,
-                          text=True, env=GIT_ENV).stdout.strip()
-
 
 def commit(tree, message, **files):
     for name, text in files.items():
@@ -118,7 +111,7 @@ def history(tmp_path, monkeypatch):
     not build (fixed in c5, same tree as c3), c6 raises the metric to 150 (the first bad
     commit); README-only commits give images identical to their parents'."""
     t = tmp_path / "linux"
-    shutil.copytree(DATA / "fakekernel", t)
+    shutil.copytree(FAKE_KERNEL, t)
     git(t, "init", "-q", "-b", "main")
     c = [commit(t, "base", metric="value=100\n")]
     c.append(commit(t, "docs: one", README="1\n"))
@@ -180,7 +173,11 @@ def test_bisect_run_names_the_first_bad_commit(history, tmp_path):
     # README-only commits give the same image: measured once per distinct image
     calls = measured(tmp_path)
     assert len(calls) == len(set(calls))
-    assert any(s.get("reused_from") for s in doc["steps"]) or len(doc["steps"]) <= 2
+    # c7 and c8 only touch the README: c6 (always tested, it is the answer) has the bad
+    # endpoint's image and reuses its runs, measured before git bisect started
+    assert by_commit[c[6]]["reused_from"] == c[8] and c[6] not in calls
+    assert calls[:2] == [c[0], c[8]]
+    assert not {s["commit"] for s in doc["steps"] if s.get("reused_from")} & set(calls)
     assert f"first bad commit: [{c[6]}]" in doc["git_log"]
     log = Path(doc["log_file"]).read_text()
     assert log.startswith(state.HEADER) and "git bisect start" in log
@@ -319,7 +316,6 @@ def test_resume_without_a_bisect(history):
 
 def test_interrupted_bisect_resumes(history, tmp_path, monkeypatch):
     """Ctrl-C during git bisect run: the tree is reset, the log kept; resume replays it."""
-    from vnuma_sched.bisect import drive
 
     tree, c = history
     real_stream = drive.stream
@@ -439,8 +435,6 @@ def test_stay_leaves_the_tree_on_the_first_bad_commit(history):
 
 
 def test_guest_measurement_loads_only_the_probe_the_metric_needs():
-    from vnuma_sched.bisect.measure import Guest
-
     def probes(metric):
         return Guest({}, None, metric, None, "tcg", 10, [], None).probes
 
@@ -462,7 +456,7 @@ def test_bisect_in_a_linked_worktree(history, tmp_path):
 
 def test_only_skipped_commits_left_lists_the_candidates(tmp_path, monkeypatch):
     t = tmp_path / "linux"
-    shutil.copytree(DATA / "fakekernel", t)
+    shutil.copytree(FAKE_KERNEL, t)
     git(t, "init", "-q", "-b", "main")
     c = [commit(t, "base", metric="value=100\n"),
          commit(t, "sched: break the build", BROKEN="1\n"),
@@ -493,12 +487,7 @@ def test_replay_into_a_tree_without_those_commits(history, tmp_path):
 
 
 def test_help_lists_every_metric():
-    import re
-
-    from vnuma_sched.cli.bisect import METRICS_HELP
-    from vnuma_sched.probes.report import METRIC_PROBE
-
     words = {w.strip(".") for w in re.findall(r"[\w.]+", METRICS_HELP)}
-    for name in METRIC_PROBE:
+    for name in METRICS:
         kind, _, cause = name.partition(".")
         assert (f"{kind}.CAUSE" in words and cause in words) if cause else name in words, name

@@ -9,17 +9,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import CACHE, VNUMA
 
 from vnuma_sched.kernel import patches as P
 
 pytestmark = pytest.mark.vm
 
-VNUMA = str(Path(sys.executable).parent / "vnuma-sched")
-CACHE = Path(os.environ.get("VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched"))
 DEFAULT_ON = "sched/fair: Damp NUMA idle balancing by default"
 FIXED = {"GIT_AUTHOR_NAME": "vnuma-sched test", "GIT_AUTHOR_EMAIL": "test@vnuma-sched",
          "GIT_COMMITTER_NAME": "vnuma-sched test", "GIT_COMMITTER_EMAIL": "test@vnuma-sched",

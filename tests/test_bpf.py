@@ -1,6 +1,6 @@
 """bpf tier: bcc compiles and loads programs on the live kernel."""
 
-import os
+import json
 
 import pytest
 from click.testing import CliRunner
@@ -18,9 +18,8 @@ def test_bcc_compiles_and_loads():
 
 
 def test_doctor_reports_bcc_ok():
-    import json
-
     res = CliRunner().invoke(main, ["--json", "doctor"])
     assert res.exit_code == 0
     bcc = [c for c in json.loads(res.output)["checks"] if c["name"] == "bcc"][0]
-    assert bcc["status"] == "ok" and os.geteuid() == 0
+    # the tier runs as root (conftest): doctor must have really compiled and loaded
+    assert bcc["status"] == "ok" and "compiled and loaded" in bcc["detail"], bcc

@@ -1,28 +1,18 @@
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import VNUMA, golden
 
 from vnuma_sched.cli.main import main
-
-GOLDEN = Path(__file__).parent / "data" / "golden"
 
 
 def invoke(*args, env=None):
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-
-
-def golden(name, text):
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-    assert text == path.read_text(), f"differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
 
 
 @pytest.mark.parametrize("name", ["qemu-2node", "xeon-8160-2s", "tr-2990wx", "kvm-guest-1node"])
@@ -105,6 +95,5 @@ def test_doctor_without_bcc_reports_it(fixture_root):
 
 
 def test_entry_point_installed():
-    exe = Path(sys.executable).parent / "vnuma-sched"
-    res = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    res = subprocess.run([VNUMA, "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and "vnuma-sched" in res.stdout

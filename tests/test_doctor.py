@@ -2,9 +2,10 @@ import shutil
 import struct
 
 import pytest
+from helpers import write
 
 from vnuma_sched.system import cpuid as cpuid_mod
-from vnuma_sched.system.doctor import DoctorEnv, run_checks, verdict
+from vnuma_sched.system.doctor import DoctorEnv, check_bcc, run_checks, verdict
 from vnuma_sched.system.sysroot import SysRoot
 
 
@@ -93,12 +94,6 @@ def tree(tmp_path, fixture_root):
     return root
 
 
-def write(root, path, text):
-    p = root / path.lstrip("/")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-
-
 @pytest.mark.parametrize("mode,status,needle", [
     ("[none] integrity confidentiality", "ok", "none"),
     ("none [integrity] confidentiality", "warn", "debugfs writes denied"),
@@ -155,6 +150,5 @@ def test_uniform_distance_20_is_flagged(tmp_path, fixture_root):
 
 def test_not_root_bcc_warns():
     env = DoctorEnv(sysroot=SysRoot("/"), euid=1000, bcc_check=lambda: ("ok", "x"))
-    from vnuma_sched.system.doctor import check_bcc
 
     assert check_bcc(env).status == "warn"

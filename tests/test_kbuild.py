@@ -2,30 +2,21 @@
 
 import json
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from helpers import FAKE_KERNEL, FAKE_VERSION, REPO, git
 
+from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
 from vnuma_sched.kernel import kbuild, kconfig
 from vnuma_sched.runner import Runner
-
-FAKE = Path(__file__).parent / "data" / "fakekernel"
-
-
-def git(tree, *args):
-    subprocess.run(["git", *args], cwd=tree, check=True, capture_output=True,
-                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-                        "GIT_AUTHOR_DATE": "@1700000000 +0000",
-                        "GIT_COMMITTER_DATE": "@1700000000 +0000", "PATH": "/usr/bin:/bin"})
 
 
 @pytest.fixture
 def tree(tmp_path):
     t = tmp_path / "linux"
-    shutil.copytree(FAKE, t)
+    shutil.copytree(FAKE_KERNEL, t)
     git(t, "init", "-q")
     git(t, "add", "-A")
     git(t, "commit", "-q", "-m", "base")
@@ -54,7 +45,7 @@ def test_build_writes_image_and_metadata(tree, tmp_path):
     cfg = kconfig.parse((tmp_path / "out/.config").read_text(), strict=False)
     assert cfg["CONFIG_SMP"] == "y" and cfg["CONFIG_KVM_GUEST"] == "y"
     meta = json.loads((tmp_path / "out/metadata.json").read_text())
-    assert meta["kernel_version"] == "6.12.117"
+    assert meta["kernel_version"] == FAKE_VERSION
     assert meta["base_commit"] != meta["head_commit"]
     assert [p["subject"] for p in meta["patches"]] == ["sched/fair: a patch"]
     assert len(meta["patches"][0]["patch_id"]) == 40
@@ -69,6 +60,10 @@ def test_dropped_option_fails_and_names_it(tree, tmp_path):
     with pytest.raises(kbuild.BuildFailed) as err:
         kbuild.build(request(tree, tmp_path, [frag]), Runner(), lambda m: None)
     assert "CONFIG_DROPME: requested y, got n" in str(err.value)
+    e = err.value
+    assert (e.step, e.returncode, e.log, e.exit_code) == ("configure", None, None, 1)
+    assert e.errors == ["CONFIG_DROPME: requested y, got n"]
+    assert [(s.name, s.status) for s in e.result.steps] == [("configure", "FAIL")]
     assert not (tmp_path / "out/arch/x86/boot/bzImage").exists()
 
 
@@ -89,6 +84,30 @@ def test_compile_error_shows_compiler_line_not_whole_log(tree, tmp_path, monkeyp
     assert "kernel/sched/fair.c:42:7: error: 'sd_numa' undeclared" in msg
     assert "kernel/file3.o" not in msg
     assert "build.log" in msg
+    e = err.value  # the same facts as fields, for callers (no message parsing)
+    assert e.step == "bzImage" and e.returncode == 2  # the fake Makefile's "exit 2"
+    assert e.exit_code == 1  # the CLI's exit code stays the family's "operation failed"
+    assert e.errors[0] == ("kernel/sched/fair.c:42:7: error: 'sd_numa' undeclared "
+                           "(first use in this function)")
+    assert e.errors[1].startswith("make[4]: *** ")
+    assert e.log == tmp_path / "out/build.log" and e.log.is_file()
+    assert e.errors[0] in e.log.read_text()
+    assert [(s.name, s.status) for s in e.result.steps] == [("configure", "PASS"),
+                                                           ("bzImage", "FAIL")]
+
+
+@pytest.mark.parametrize("fail,text", [
+    (True, "CONFIG_SMP=y\n"),      # make fails
+    (False, "CONFIG_DROPME=y\n"),  # configure fails, no command did
+])
+def test_cli_build_failure_exits_1_with_the_message(tree, tmp_path, monkeypatch, fail, text):
+    if fail:
+        monkeypatch.setenv("FAIL", "1")
+    res = CliRunner().invoke(main, ["build", "--tree", str(tree), "--out", str(tmp_path / "out"),
+                                    "--fragment", str(fragment(tmp_path, text))])
+    assert res.exit_code == 1, res.output
+    assert ("bzImage: make exited 2; first errors:" if fail else
+            "configure: requested options did not survive olddefconfig") in res.stderr
 
 
 def test_unchanged_rebuild_keeps_config_and_image(tree, tmp_path):
@@ -138,7 +157,7 @@ def test_kconfig_merge_and_render_roundtrip():
 
 
 def test_shipped_fragment_parses_with_one_why_per_group():
-    path = Path(__file__).resolve().parent.parent / "kconfig" / "vnuma-guest.config"
+    path = REPO / "kconfig" / "vnuma-guest.config"
     frag = kconfig.read_fragment(path)
     assert frag["CONFIG_NR_CPUS"] == "64" and frag["CONFIG_KVM_GUEST"] == "y"
     groups = path.read_text().split("\n\n")[1:]

@@ -2,21 +2,19 @@
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from helpers import FAKE_KERNEL, FAKE_VERSION, git
 
 from vnuma_sched.errors import BadInput, NeedsRoot
-from vnuma_sched.kernel.ktree import fetch_debian, tree_version
+from vnuma_sched.kernel.ktree import fetch_debian, fetch_git, tree_version
 from vnuma_sched.runner import Runner
-
-FAKE = Path(__file__).parent / "data" / "fakekernel"
 
 
 @pytest.fixture
 def tarball(tmp_path):
     src = tmp_path / "src" / "linux-source-6.12"
-    shutil.copytree(FAKE, src)
+    shutil.copytree(FAKE_KERNEL, src)
     (src / ".gitignore").write_text("/*\n")  # Debian's rule: ignores everything
     out = tmp_path / "linux-source-6.12.tar.xz"
     subprocess.run(["tar", "-cJf", str(out), "-C", str(tmp_path / "src"), "linux-source-6.12"],
@@ -43,7 +41,7 @@ def test_fetch_makes_clean_repo_with_every_file(tmp_path, tarball):
     status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=tree,
                             capture_output=True, text=True).stdout
     assert status == ""
-    assert str(tree_version(tree)) == "6.12.117"
+    assert str(tree_version(tree)) == FAKE_VERSION
 
 
 def test_fetch_is_idempotent_and_base_is_deterministic(tmp_path, tarball):
@@ -80,20 +78,16 @@ def test_not_a_kernel_tree(tmp_path):
 
 
 def test_fetch_git_clones_and_checks_out_ref(tmp_path):
-    from vnuma_sched.kernel.ktree import fetch_git
-
     src = tmp_path / "linux.git"
-    shutil.copytree(FAKE, src)
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    shutil.copytree(FAKE_KERNEL, src)
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "v1"], ["tag", "v1"]):
-        subprocess.run(["git", *args], cwd=src, check=True, env=env)
+        git(src, *args)
     (src / "extra").write_text("x\n")
     for args in (["add", "-A"], ["commit", "-q", "-m", "v2"]):
-        subprocess.run(["git", *args], cwd=src, check=True, env=env)
+        git(src, *args)
     tree = fetch_git(str(src), "v1", tmp_path / "dest", Runner(), print)
     assert tree == tmp_path / "dest" / "linux" and not (tree / "extra").exists()
-    assert str(tree_version(tree)) == "6.12.117"
+    assert str(tree_version(tree)) == FAKE_VERSION
     again = fetch_git(str(src), "HEAD", tmp_path / "dest", Runner(), print)
     assert again == tree
     with pytest.raises(BadInput, match="--ref nope"):

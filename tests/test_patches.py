@@ -1,27 +1,16 @@
 """Series model, status check and apply against small synthetic git repositories."""
 
-import subprocess
+import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from helpers import git, write
 
+from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
 from vnuma_sched.kernel import patches as P
 from vnuma_sched.runner import Runner
-
-ENV = {"GIT_AUTHOR_NAME": "A U Thor", "GIT_AUTHOR_EMAIL": "a@example.org",
-       "GIT_COMMITTER_NAME": "C O Mitter", "GIT_COMMITTER_EMAIL": "c@example.org",
-       "GIT_AUTHOR_DATE": "@1700000000 +0000", "GIT_COMMITTER_DATE": "@1700000000 +0000",
-       "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
-
-
-def git(repo, *args):
-    return subprocess.run(["git", "-c", "init.defaultBranch=main", *args], cwd=repo,
-                          check=True, capture_output=True, text=True, env=ENV).stdout.strip()
-
-
-def write(repo, name, text):
-    (repo / name).write_text(text)
 
 
 @pytest.fixture
@@ -187,10 +176,6 @@ def test_check_whole_series_applied_even_when_later_patches_change_context(repo_
 
 
 def test_check_cli_exit_code_on_conflict(repo_and_series, tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from vnuma_sched.cli.main import main
-
     repo, series = repo_and_series
     (repo / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\n")
     write(repo, "fair.c", (repo / "fair.c").read_text().replace("line 30\n", "line XXX\n"))
@@ -199,7 +184,6 @@ def test_check_cli_exit_code_on_conflict(repo_and_series, tmp_path, monkeypatch)
     monkeypatch.setattr(P, "default_dir", lambda: tmp_path / "patches")
     res = CliRunner().invoke(main, ["--json", "patches", "check", "--tree", str(repo)])
     assert res.exit_code == 1
-    import json
 
     doc = json.loads(res.output)
     assert [p["status"] for p in doc["patches"]] == [P.CLEAN, P.CLEAN, P.CONFLICT]

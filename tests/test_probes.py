@@ -2,30 +2,19 @@
 classification (6.1 and 6.12 enum layouts), interval math, recordings, renderers."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import golden, interval, write_recording
 
 from vnuma_sched.cli.main import main
 from vnuma_sched.cli.probes import _split_record_args, _split_top_args
 from vnuma_sched.errors import BadInput, DataError
-from vnuma_sched.probes import catalog, classify, recording, report
+from vnuma_sched.probes import catalog, classify, recording, report, spec
 from vnuma_sched.probes import events as E
-from vnuma_sched.render import report_text, top_text
+from vnuma_sched.render import log2_hist_lines, report_text, top_text
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
-
-DATA = Path(__file__).parent / "data"
-GOLDEN = DATA / "golden"
-
-
-def golden(name, text):
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-    assert text == path.read_text()
 
 
 def test_python_mirror_matches_c_header():
@@ -169,51 +158,31 @@ def test_unflatten_matrix_layout():
     assert classify.by_cause(mx)["newidle"] == {"cross": 7, "same": 0, "to_idle": 7}
 
 
-def interval(topo_nodes, dt=1.0):
-    mx = {c: {"busy": [[0] * topo_nodes for _ in range(topo_nodes)],
-              "idle": [[0] * topo_nodes for _ in range(topo_nodes)]} for c in E.CAUSE_NAMES}
-    mx["wake"]["busy"][0][1] = 5
-    mx["newidle"]["idle"][1][1] = 2
-    return {"type": "interval", "t": 0.0, "dt": dt, "probes": {
-        "ipi": {"per_cpu": [[3, 4, 0, 1], [1, 0, 0, 0], [0, 2, 0, 0], [5, 5, 1, 0]]},
-        "halt": {"count": [[2] + [0] * 7] * 4, "ns": [[3_000_000] + [0] * 7] * 4,
-                 "hist": [0, 1, 4, 2] + [0] * 28, "pvspin": [[0, 0]] * 4},
-        "migrate": {"matrix": mx, "wake_place": [20, 3]},
-        "preempt": {"checked": [4, 4, 0, 0], "rejected": [1, 2, 0, 0]},
-        "steal": {"ms": [0, 1, 0, 2]}}}
-
-
 def topo2x2(fixture_root):
     return read_topology(SysRoot(fixture_root / "qemu-2node"))
 
 
 def test_every_reported_metric_names_its_probe():
-    names = set(report.metrics(report.totals([interval(2)])))
+    tot = report.totals([interval(2)])
+    names = set(report.metrics(tot))
     assert {"cross_node_migrations.wake", "idle_rejected_preempted", "wake_ipis"} <= names
-    assert names <= set(report.METRIC_PROBE)
-    assert report.METRIC_PROBE["cross_node_migrations"] == "migrate"
+    assert names <= set(spec.METRICS)
+    assert spec.metric_probe("cross_node_migrations") == "migrate"
+    for name in tot:  # each probe yields exactly the metrics its spec entry declares
+        probe = spec.PROBES[name]
+        assert set(probe.derive(tot[name])) == {m.name for m in probe.metrics}, name
+        assert {spec.metric_probe(m.name) for m in probe.metrics} == {name}
 
 
 def test_top_text_golden(fixture_root):
-    text = top_text(interval(2), topo2x2(fixture_root))
+    text = top_text(report.top_view(interval(2), topo2x2(fixture_root)))
     assert max(len(line) for line in text.splitlines()) < 80
     golden("top-2node.txt", text.split("\n", 1)[1])
 
 
 def test_top_per_cpu(fixture_root):
-    text = top_text(interval(2), topo2x2(fixture_root), per_cpu=True)
+    text = top_text(report.top_view(interval(2), topo2x2(fixture_root), per_cpu=True))
     assert "cpu3" in text and "migin" not in text
-
-
-def write_recording(path, intervals, end=True, meta=None):
-    lines = [json.dumps(meta or {"type": "meta", "version": 1, "kernel": "6.12.117",
-                                 "probes": {"preempt": {"available": False,
-                                                        "reason": "no kprobes"}}})]
-    lines += [json.dumps(i) for i in intervals]
-    if end:
-        lines.append(json.dumps({"type": "end", "lost": 3, "exit_code": 0}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_report_metrics_and_golden(tmp_path):
@@ -266,6 +235,6 @@ def test_argument_splitting():
 
 
 def test_log2_hist_labels():
-    lines = classify.log2_hist_lines([1, 2, 4])
+    lines = log2_hist_lines([1, 2, 4])
     assert lines[1].split(":")[0].split() == ["0", "->", "0"]
     assert lines[3].split(":")[0].split() == ["2", "->", "3"]

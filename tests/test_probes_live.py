@@ -6,21 +6,42 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import VNUMA
 
 pytestmark = pytest.mark.bpf
 
-VNUMA = str(Path(sys.executable).parent / "vnuma-sched")
 WORKLOAD = [sys.executable, str(Path(__file__).parent / "workloads" / "sleepwake.py")]
+
+
+# The functions that implement vcpu_is_preempted() in a guest the preempt probe can
+# hook: the series' emulation (patch 7) and KVM's steal-time one.
+PREEMPTED_FNS = ("__vnuma_emul_vcpu_is_preempted", "__raw_callee_save___kvm_vcpu_is_preempted",
+                 "__kvm_vcpu_is_preempted")
+
+
+def kernel_symbols():
+    return {line.split()[2] for line in Path("/proc/kallsyms").read_text().splitlines()}
 
 
 def test_probes_report_availability_consistently(tracefs):
     res = subprocess.run([VNUMA, "probes", "--json"], capture_output=True, text=True)
     rows = {r["probe"]: r for r in json.loads(res.stdout)["probes"]}
     assert rows["ipi"]["available"] and rows["migrate"]["available"]
-    has_kprobes = (tracefs / "kprobe_events").exists()
-    assert rows["preempt"]["available"] or (not has_kprobes and "kprobes" in
-                                            rows["preempt"]["reason"]) or \
-        "vcpu_is_preempted" in rows["preempt"]["reason"]
+    # what the preempt probe needs, read here from tracefs and kallsyms, decides the one
+    # outcome (and reason) to expect
+    preempt, symbols = rows["preempt"], kernel_symbols()
+    if not (tracefs / "kprobe_events").exists():
+        expected = "no kprobes"
+    elif "available_idle_cpu" not in symbols:
+        expected = "no kernel symbol available_idle_cpu"
+    elif not symbols.intersection(PREEMPTED_FNS):
+        expected = "no vcpu_is_preempted implementation"
+    else:
+        expected = None
+    if expected is None:
+        assert preempt["available"], preempt
+    else:
+        assert not preempt["available"] and expected in preempt["reason"], preempt
 
 
 def test_top_json_counts_wake_ipis_and_migrations(tracefs):

@@ -2,14 +2,13 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import VNUMA
 
 pytestmark = pytest.mark.vm
 
-VNUMA = str(Path(sys.executable).parent / "vnuma-sched")
 SCRIPT = Path(__file__).parent / "guest" / "probes_check.py"
 
 

@@ -8,17 +8,21 @@ from pathlib import Path
 import pytest
 
 from vnuma_sched.system import cpuid
-from vnuma_sched.system.doctor import DoctorEnv, run_checks
+from vnuma_sched.system.doctor import DoctorEnv, check_steal, run_checks
 from vnuma_sched.system.sysroot import SysRoot
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
-def live(tracefs):
+def live_env(tracefs):
     root = SysRoot("/")
-    env = DoctorEnv(sysroot=root, euid=os.geteuid(), cpuid=cpuid.device_reader(root))
-    return {c.name: c for c in run_checks(env)}
+    return DoctorEnv(sysroot=root, euid=os.geteuid(), cpuid=cpuid.device_reader(root))
+
+
+@pytest.fixture(scope="module")
+def live(live_env):
+    return {c.name: c for c in run_checks(live_env)}
 
 
 def raw_cpuid(leaf):
@@ -31,6 +35,13 @@ def raw_cpuid(leaf):
 
 def kernel_log():
     return "\n".join(SysRoot("/").kernel_log())
+
+
+def proc_stat_steal():
+    """Steal ticks of all CPUs since boot: the 8th value of /proc/stat's "cpu" line."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    assert fields[0] == "cpu", fields
+    return int(fields[8])
 
 
 def test_hypervisor_and_pv_bits_match_raw_cpuid(live):
@@ -67,9 +78,16 @@ def test_cpuidle_btf_kprobes_match_the_system(live):
     assert live["tracefs"].status == "ok" and live["debugfs"].status == "ok"
 
 
-def test_steal_matches_proc_stat(live):
-    steal = int(Path("/proc/stat").read_text().splitlines()[0].split()[8])
-    assert (live["steal_time"].status == "ok") == (steal > 0 or live["steal_time"].data["ticks"] > 0)
+def test_steal_matches_proc_stat(live_env):
+    before = proc_stat_steal()
+    check = check_steal(live_env)
+    after = proc_stat_steal()
+    ticks = check.data["ticks"]
+    assert before <= ticks <= after  # steal only grows: the check read it in between
+    if before > 0:
+        assert check.status == "ok" and f"{ticks} ticks" in check.detail
+    if after == 0:
+        assert check.status == "warn" and ticks == 0
 
 
 def test_topology_matches_sysfs(live):

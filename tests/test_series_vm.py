@@ -6,14 +6,13 @@ idle CPUs as preempted with the hint off but not with it on."""
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import VNUMA
 
 pytestmark = pytest.mark.vm
 
-VNUMA = str(Path(sys.executable).parent / "vnuma-sched")
 SCRIPT = Path(__file__).parent / "guest" / "gates_check.py"
 SPLAT = re.compile(r"WARNING:|BUG:|possible circular locking|inconsistent lock state|"
                    r"sleeping function called from invalid context|Call Trace:")

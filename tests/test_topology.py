@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.system.sysroot import SysRoot
-from vnuma_sched.system.topology import format_cpulist, parse_cpulist, read_topology
+from vnuma_sched.system.topology import format_cpulist, llc_of_cpus, parse_cpulist, read_topology
 
 
 @pytest.mark.parametrize("text,cpus", [
@@ -114,8 +114,6 @@ def test_sysroot_refuses_escapes(tmp_path):
 
 
 def test_llc_from_cache_topology_or_node(tmp_path, fixture_root):
-    from vnuma_sched.system.topology import llc_of_cpus
-
     root = tmp_path / "r"
     shutil.copytree(fixture_root / "qemu-2node", root)
     for cpu in range(4):

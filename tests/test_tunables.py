@@ -6,23 +6,21 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import REPO
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from tunables_trees import build, snapshot
 
 from vnuma_sched.cli.main import main
-from vnuma_sched.errors import BadInput
+from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.tunables import engine, journal
 from vnuma_sched.tunables import knobs as K
 from vnuma_sched.tunables import profile as P
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def tree(tmp_path, layout):
@@ -190,8 +188,6 @@ class FailingRoot(SysRoot):
     def write(self, path, value):
         self.n += 1
         if self.n == self.fail_at:
-            from vnuma_sched.errors import DataError
-
             raise DataError(path, "write failed: Invalid argument")
         super().write(path, value)
 

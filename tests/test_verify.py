@@ -1,28 +1,19 @@
 """patches verify against the fake kernel Makefile: every patch x every variant."""
 
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
+from helpers import FAKE_KERNEL, git
 
 from vnuma_sched.kernel import verify as V
 from vnuma_sched.kernel.patches import Series
 from vnuma_sched.runner import Runner
 
-FAKE = Path(__file__).parent / "data" / "fakekernel"
-ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
-
-
-def git(tree, *args):
-    subprocess.run(["git", *args], cwd=tree, check=True, capture_output=True, env=ENV)
-
 
 @pytest.fixture
 def tree(tmp_path):
     t = tmp_path / "linux"
-    shutil.copytree(FAKE, t)
+    shutil.copytree(FAKE_KERNEL, t)
     (t / "kernel").mkdir(exist_ok=True)
     (t / "kernel" / "a.c").write_text("int a;\n")
     git(t, "init", "-q")

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from vnuma_sched.errors import BadInput
+from vnuma_sched.errors import BadInput, Missing
 from vnuma_sched.kernel import vm
 from vnuma_sched.runner import Runner
 from vnuma_sched.system.sysroot import SysRoot
@@ -121,8 +121,6 @@ def alive(pid):
 
 
 def test_runner_missing_tool():
-    from vnuma_sched.errors import Missing
-
     with pytest.raises(Missing, match="no-such-tool-xyz: command not found"):
         Runner().run(["no-such-tool-xyz"])
 

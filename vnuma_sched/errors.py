@@ -29,10 +29,11 @@ class DataError(VnumaError):
 
     exit_code = 3
 
-    def __init__(self, path, reason):
+    def __init__(self, path, reason, errno=None):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.errno = errno
 
 
 class NeedsRoot(VnumaError):

@@ -1,14 +1,53 @@
-"""Rows -> text tables (tabulate) or JSON. Pure: returns strings."""
+"""Rows -> text tables (tabulate) or JSON. A leaf: it imports no domain module;
+callers hand it plain rows, dicts and objects with plain attributes.
+
+Tables never split an identifier (a knob name, a path, a metric): only the
+columns named as prose wrap, and only to fit the terminal; piped output is
+never wrapped.
+"""
 
 import json
+import shutil
+import sys
+import time
 
 from tabulate import tabulate
 
-from vnuma_sched.system.topology import format_cpulist
+MIN_PROSE = 20      # a prose column never gets narrower than this
+GAP = 2             # tabulate's "simple" format puts two spaces between columns
 
 
-def table(rows, headers, title=None, widths=None):
-    """A plain table; ``widths`` wraps long columns to stay within 80 columns."""
+def terminal_width(stream=None):
+    """Columns of the terminal ``stream`` writes to; None when it is not a terminal."""
+    stream = stream or sys.stdout
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def _cell_width(value):
+    return max((len(line) for line in str(value).split("\n")), default=0)
+
+
+def _prose_widths(rows, headers, prose, width):
+    """maxcolwidths for tabulate: None (never wrap) except for prose columns, which
+    share what the other columns leave of ``width``."""
+    ncols = len(headers)
+    natural = [max([_cell_width(h) for h in headers[i:i + 1]] +
+                   [_cell_width(r[i]) for r in rows if i < len(r)]) for i in range(ncols)]
+    fixed = sum(natural[i] for i in range(ncols) if i not in prose) + GAP * (ncols - 1)
+    share = max(MIN_PROSE, (width - fixed) // max(len(prose), 1))
+    return [min(natural[i], share) if i in prose else None for i in range(ncols)]
+
+
+def table(rows, headers, title=None, prose=(), width=None):
+    """A plain table. Columns whose index is in ``prose`` wrap to fit ``width``
+    (default: the terminal's; no wrapping when output is not a terminal)."""
+    width = width if width is not None else terminal_width()
+    widths = _prose_widths(rows, headers, set(prose), width) if prose and width else None
     text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
                     maxcolwidths=widths)
     return f"{title}\n{text}" if title else text
@@ -33,7 +72,7 @@ def human_kb(kb):
 def topology_text(topo):
     rows = []
     for n in topo.nodes:
-        cpus = format_cpulist(n.cpus) if n.cpus else "(no CPUs)"
+        cpus = n.cpulist if n.cpus else "(no CPUs)"
         mem = "(memoryless)" if n.memoryless else human_kb(n.mem_kb)
         rows.append([f"node{n.id}", cpus, len(n.cpus), mem])
     out = [table(rows, ["node", "cpus", "ncpu", "memory"])]
@@ -48,16 +87,16 @@ def topology_text(topo):
 
 def doctor_text(checks, verdict):
     rows = [[c.name, c.status, c.detail] for c in checks]
-    out = [table(rows, ["check", "status", "detail"], widths=[None, None, 54])]
+    out = [table(rows, ["check", "status", "detail"], prose=[2])]
     vrows = [[v["problem"], v["exposure"], "\n".join(v["mitigations"])] for v in verdict]
     out.append(table(vrows, ["problem", "exposure", "mitigations available"],
-                     title="Verdict", widths=[18, 28, 28]))
+                     title="Verdict", prose=[0, 1, 2]))
     return "\n\n".join(out)
 
 
 def build_text(result):
     rows = [[s.name, s.status, f"{s.seconds:.1f}s", s.detail] for s in result.steps]
-    out = [table(rows, ["step", "status", "time", "detail"], widths=[None, None, None, 50])]
+    out = [table(rows, ["step", "status", "time", "detail"], prose=[3])]
     if result.metadata:
         out.append(f"image: {result.image}\nreproducer: {result.metadata['reproducer']}")
     return "\n".join(out)
@@ -70,13 +109,13 @@ def patches_text(all_series):
                 for p in series.patches]
         title = f"Series {series.version} (base {series.base_commit[:12] or 'unknown'})"
         out.append(table(rows, ["#", "subject", "problem", "gates"], title=title,
-                         widths=[None, 44, None, 30]))
+                         prose=[1]))
     return "\n\n".join(out)
 
 
 def status_text(statuses):
     rows = [[s.patch.number, s.patch.subject, s.state, s.detail] for s in statuses]
-    return table(rows, ["#", "subject", "status", "detail"], widths=[None, 40, None, 30])
+    return table(rows, ["#", "subject", "status", "detail"], prose=[1, 3])
 
 
 def matrix_text(cells, w1_new):
@@ -96,7 +135,7 @@ def matrix_text(cells, w1_new):
 
 def pipeline_text(res):
     rows = [[name, f"{secs:.0f} s", detail] for name, secs, detail in res.steps]
-    out = [table(rows, ["step", "time", "what"], widths=[None, None, 60])]
+    out = [table(rows, ["step", "time", "what"], prose=[2])]
     if res.vm is not None:
         out.append("--- guest output ---\n" + res.vm.stdout.rstrip())
         if res.vm.stderr.strip():
@@ -115,61 +154,38 @@ def plan_text(rows):
 
     data = [[r.knob, shown(r.paths), r.current, r.target, r.action +
              (f": {r.reason}" if r.reason else "")] for r in rows]
-    return table(data, ["knob", "path", "current", "target", "action"],
-                 widths=[30, 30, 10, 10, 28])
+    return table(data, ["knob", "path", "current", "target", "action"], prose=[4])
 
 
-def _col(per_cpu, index):
-    return [row[index] for row in per_cpu]
-
-
-def top_columns(probes):
-    """{column: [value per cpu]} from one interval's probe deltas."""
-    cols = {}
-    if "ipi" in probes:
-        cols["resch"] = _col(probes["ipi"]["per_cpu"], 0)
-        cols["csq"] = _col(probes["ipi"]["per_cpu"], 1)
-        cols["noipi"] = _col(probes["ipi"]["per_cpu"], 3)
-    if "halt" in probes:
-        cols["idle"] = [sum(r) for r in probes["halt"]["count"]]
-        cols["idlems"] = [sum(r) // 1_000_000 for r in probes["halt"]["ns"]]
-    if "preempt" in probes:
-        cols["rejpre"] = probes["preempt"]["rejected"]
-    if "steal" in probes:
-        cols["stealms"] = probes["steal"]["ms"]
-    return cols
-
-
-def top_text(rec, topology, per_cpu=False):
-    from vnuma_sched.probes import classify
-
-    probes = rec["probes"]
-    cols, rows = classify.node_rows(topology, top_columns(probes), per_cpu)
-    if "migrate" in probes and not per_cpu:
-        mx = classify.matrix_total(probes["migrate"]["matrix"])
-        cols += ["migin", "xnodein"]
-        for i, row in enumerate(rows):
-            row += [sum(mx[s][i] for s in range(len(mx))),
-                    sum(mx[s][i] for s in range(len(mx)) if s != i)]
-    import time as _t
-
-    head = ["node" if not per_cpu else "cpu", *cols]
-    out = [f"{_t.strftime('%H:%M:%S', _t.localtime(rec['t']))}  "
-           f"interval {rec['dt']:.2f} s",
+def top_text(view):
+    """One interval of `top`: a row per node or CPU, then migrations by cause."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(view["t"]))
+    head = [view["label"], *view["columns"]]
+    out = [f"{stamp}  interval {view['dt']:.2f} s",
            " ".join(f"{h:<6}" if i == 0 else f"{h:>7}" for i, h in enumerate(head))]
     out += [" ".join(f"{v:<6}" if i == 0 else f"{v:>7}" for i, v in enumerate(row))
-            for row in rows]
-    if "migrate" in probes:
-        by = classify.by_cause(probes["migrate"]["matrix"])
-        parts = [f"{c} {v['cross']}/{v['cross'] + v['same']}" for c, v in by.items()
-                 if v["cross"] + v["same"]]
+            for row in view["rows"]]
+    if view["causes"] is not None:
+        parts = [f"{c} {cross}/{total}" for c, cross, total in view["causes"]]
         out.append("migrations cross-node/all: " + (", ".join(parts) or "none"))
     return "\n".join(out)
 
 
-def report_text(doc):
-    from vnuma_sched.probes import classify
+def log2_hist_lines(slots, unit="us", width=30):
+    """bcc-style log2 histogram text."""
+    last = max((i for i, v in enumerate(slots) if v), default=-1)
+    if last < 0:
+        return ["(no samples)"]
+    peak = max(slots)
+    lines = [f"{unit + ' range':>21} : count     distribution"]
+    for i in range(last + 1):
+        lo, hi = (0, 0) if i == 0 else (1 << (i - 1), (1 << i) - 1)
+        bar = "*" * (slots[i] * width // peak if peak else 0)
+        lines.append(f"{lo:>10} -> {hi:<10}: {slots[i]:<9} |{bar:<{width}}|")
+    return lines
 
+
+def report_text(doc):
     head = (f"kernel {doc['kernel']}, {doc['seconds']} s in {doc['intervals']} intervals, "
             f"lost events {doc['lost_events']}"
             + ("" if doc["complete"] else " (no end record: recording was interrupted)"))
@@ -184,7 +200,7 @@ def report_text(doc):
                              [f"{cause} migrations", *[f"to {i}" for i in ids]]))
     if "idle_hist_us" in doc:
         out.append("idle residency (log2 us)\n" +
-                   "\n".join(classify.log2_hist_lines(doc["idle_hist_us"])))
+                   "\n".join(log2_hist_lines(doc["idle_hist_us"])))
     skipped = [f"{n}: {p['reason']}" for n, p in doc.get("probes", {}).items()
                if not p.get("available")]
     if skipped:
@@ -192,15 +208,30 @@ def report_text(doc):
     return "\n\n".join(out)
 
 
-def ab_text(doc):
-    from vnuma_sched.experiments.compare import table_rows
+def _num(x):
+    return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
 
+
+def compare_rows(mets, first=()):
+    """Rows of B-against-A statistics: the ``first`` metrics in their order, then the
+    rest (without the per-cause migrations_to_idle counts)."""
+    names = [n for n in first if n in mets] + [n for n in mets if n not in first
+                                               and not n.startswith("migrations_to")]
+    rows = []
+    for name in names:
+        m = mets[name]
+        ci = "-" if not m["ci95"] else f"{m['ci95'][0]:.2f}..{m['ci95'][1]:.2f}"
+        rows.append([name, _num(m["a_median"]), _num(m["b_median"]), _num(m["ratio"]), ci,
+                     f"{m['p']:.3g}", "noisy" if m["inconclusive"] else ""])
+    return rows
+
+
+def ab_text(doc, first=()):
     arms = doc.get("arms", {})
     head = [f"A: {arms.get('a', {}).get('spec', '?')}   B: {arms.get('b', {}).get('spec', '?')}",
             f"kernel {doc.get('kernel')}, {doc.get('runs')} runs, {doc.get('mode') or ''}"]
-    rows = table_rows(doc["metrics"])
-    head.append(table(rows, ["metric", "A med", "B med", "B/A", "95% CI", "p", ""],
-                      widths=[30, None, None, None, None, None, None]))
+    rows = compare_rows(doc["metrics"], first)
+    head.append(table(rows, ["metric", "A med", "B med", "B/A", "95% CI", "p", ""]))
     head.append(doc.get("note", ""))
     return "\n".join(head)
 
@@ -212,20 +243,29 @@ def _at(entry):
     return f"median {entry['median']:g} [{lo:g}, {hi:g}] (n={entry['n']})"
 
 
+def bisect_step_line(entry, metric):
+    """One line: a bisect step's metric summary and verdict."""
+    if "median" not in entry:
+        return f"{entry['verdict']} ({entry.get('reason', '')})"
+    lo, hi = entry["interval"]
+    note = f", same image as {entry['reused_from'][:12]}" if entry.get("reused_from") else ""
+    why = f" ({entry['reason']})" if entry.get("reason") else ""
+    return (f"{metric} median {entry['median']:g} [{lo:g}, {hi:g}] "
+            f"n={entry['n']}{note} -> {entry['verdict']}{why}")
+
+
 def bisect_text(doc):
     """Steps, the first bad commit with the metric at it and at its parent, the log."""
-    from vnuma_sched.bisect.step import describe
-
     ep = doc.get("endpoints") or {}
     out = [f"{doc['metric']}: good {doc['good'][:12]} median {ep.get('good_median', '?'):g}, "
            f"bad {doc['bad'][:12]} median {ep.get('bad_median', '?'):g}; bad when "
            f"{doc['bad_when']} {doc['threshold']:g}" if ep else
            f"{doc['metric']}: bad when {doc['bad_when']} {doc['threshold']:g}"]
     rows = [[i + 1, s["commit"][:12], (s.get("subject") or "")[:38],
-             describe(s, "").strip()] for i, s in enumerate(doc["steps"])]
+             bisect_step_line(s, "").strip()] for i, s in enumerate(doc["steps"])]
     if rows:
         out.append(table(rows, ["step", "commit", "subject", "median [interval] -> verdict"],
-                         widths=[None, None, 38, 44]))
+                         prose=[2, 3]))
     fb = doc.get("first_bad")
     if fb:
         out += [f"first bad commit: {fb['commit']} {fb['subject']}",

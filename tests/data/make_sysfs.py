@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from vnuma_sched.system.topology import parse_cpulist
+
 HERE = Path(__file__).resolve().parent / "sysfs"
 GIB_KB = 1024 * 1024
 
@@ -46,8 +48,6 @@ def write(root, path, text):
 
 
 def ncpus(nodes):
-    from vnuma_sched.system.topology import parse_cpulist
-
     return sum(len(parse_cpulist(c)) for c, _ in nodes)
 
 
@@ -90,7 +90,7 @@ KEEP_LOG = ("Hypervisor detected", "kvm-guest", "PV spinlocks", "kvm-clock", "ha
 def record(name):
     """Copy what the toolkit reads from the live machine (kallsyms reduced to kprobe symbols)."""
     sys.path.insert(0, str(HERE.parent.parent.parent))
-    from vnuma_sched.system.sysroot import SysRoot
+    from vnuma_sched.system.sysroot import SysRoot  # noqa: PLC0415 - after the sys.path insert
 
     live, root = SysRoot("/"), HERE / name
     shutil.rmtree(root, ignore_errors=True)

@@ -13,6 +13,8 @@ from vnuma_sched.bisect import source, state, step
 from vnuma_sched.bisect import verdict as V
 from vnuma_sched.bisect.options import Options
 from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.kernel import patches
+from vnuma_sched.kernel.ktree import tree_version
 from vnuma_sched.runner import stream
 
 
@@ -99,9 +101,6 @@ def run(opts, env, good_rev, bad_rev, stay=False, log_path=None):
     bad = resolve(env, bad_rev, f"--bad {bad_rev}")
     candidates = check_range(env, good, bad, (good_rev, bad_rev))
     if opts.carry_patches:
-        from vnuma_sched.kernel import patches  # noqa: PLC0415
-        from vnuma_sched.kernel.ktree import tree_version  # noqa: PLC0415
-
         patches.load_series(tree_version(env.tree).series)  # BadInput if none is carried
     doc = {"status": "measuring", "tree": str(env.tree), "start": start_point(env),
            "good": good, "bad": bad, "candidates": candidates,

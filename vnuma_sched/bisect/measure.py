@@ -22,7 +22,7 @@ from vnuma_sched.bisect.source import SkipCommit
 from vnuma_sched.errors import VnumaError
 from vnuma_sched.experiments import ab
 from vnuma_sched.kernel import vm
-from vnuma_sched.probes.report import METRIC_PROBE
+from vnuma_sched.probes.spec import metric_probe
 
 
 class Abort(VnumaError):
@@ -48,7 +48,7 @@ class Guest:
         self.accel_cache = accel_cache
         # workload_score needs no eBPF probe: 'steal' (read from /proc/stat) keeps the
         # guest from compiling every probe.
-        self.probes = [METRIC_PROBE[metric] or "steal"]
+        self.probes = [metric_probe(metric) or "steal"]
 
     def key(self):
         return {"backend": "guest", "workload": self.wl, "topology": ab.topo_dict(self.topo),

@@ -3,11 +3,12 @@
 'git bisect run' runs is complete and can be copied into a CI job), the state
 file and the log header."""
 
+import os
 import shlex
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from vnuma_sched.errors import BadInput
-from vnuma_sched.probes.report import LOWER_IS_WORSE, METRIC_PROBE
+from vnuma_sched.probes.spec import METRICS
 
 
 @dataclass
@@ -31,11 +32,11 @@ class Options:
     workdir: str = None              # where --measure-cmd runs [default: the tree]
     accel: str = "auto"
     timeout: int = 300               # seconds per workload run
-    jobs: int = 2
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)    # make -j per build
 
     def check(self):
-        if self.metric not in METRIC_PROBE:
-            near = [m for m in METRIC_PROBE if self.metric.split(".")[0] in m][:6]
+        if self.metric not in METRICS:
+            near = [m for m in METRICS if self.metric.split(".")[0] in m][:6]
             raise BadInput(f"--metric {self.metric!r}: unknown metric; "
                            + (f"did you mean {', '.join(near)}?" if near else
                               "see 'vnuma-sched bisect run --help' for the list"))
@@ -47,7 +48,18 @@ class Options:
         """The direction of a regression: given, or the metric's default."""
         if self.bad_above is not None:
             return self.bad_above
-        return self.metric not in LOWER_IS_WORSE
+        return not METRICS[self.metric].lower_is_worse
+
+    @classmethod
+    def defaults(cls):
+        """Field name -> default of every field that has one (the CLI's option defaults)."""
+        out = {}
+        for f in fields(cls):
+            if f.default_factory is not MISSING:
+                out[f.name] = f.default_factory()
+            elif f.default is not MISSING:
+                out[f.name] = f.default
+        return out
 
     def to_dict(self):
         return asdict(self)

@@ -95,6 +95,16 @@ def _touch_changed(src, out, tree_id, runner):
             os.utime(path)
 
 
+def _failure_summary(err):
+    """One line for the skip reason: the failed step, its first error, else the log."""
+    if err.log is None:
+        return str(err)
+    parts = [f"{err.step}: {err.reason}:"]
+    parts += [e.strip() for e in err.errors if e.strip()]
+    parts.append(f"full log: {err.log}")
+    return "; ".join(parts[:3])
+
+
 def build(src, tree_id, fragments, builds, jobs, runner, progress):
     """(kept directory, reused?) for this source tree: its bzImage, metadata.json, .config."""
     kept = Path(builds) / "by-tree" / tree_id
@@ -108,9 +118,7 @@ def build(src, tree_id, fragments, builds, jobs, runner, progress):
         try:
             kbuild.build(req, runner, progress)
         except kbuild.BuildFailed as err:
-            text = str(err).replace("; first errors:", ":")
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-            raise SkipCommit("build failed: " + "; ".join(lines[:3])) from err
+            raise SkipCommit("build failed: " + _failure_summary(err)) from err
         (out / ".vnuma-tree").write_text(tree_id + "\n")
         tmp = kept.with_name(kept.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ from vnuma_sched.bisect import verdict as V
 from vnuma_sched.bisect.source import SkipCommit
 from vnuma_sched.experiments import ab
 from vnuma_sched.kernel import kbuild, vm
+from vnuma_sched.render import bisect_step_line
 
 EXIT = {V.GOOD: 0, V.BAD: 1, "skip": 125, "abort": 128}
 
@@ -122,17 +123,6 @@ def evaluate(opts, env, meas, sha, title, git_dir):
     return entry
 
 
-def describe(entry, metric):
-    """One line: the step's metric summary and verdict."""
-    if "median" not in entry:
-        return f"{entry['verdict']} ({entry.get('reason', '')})"
-    lo, hi = entry["interval"]
-    note = f", same image as {entry['reused_from'][:12]}" if entry.get("reused_from") else ""
-    why = f" ({entry['reason']})" if entry.get("reason") else ""
-    return (f"{metric} median {entry['median']:g} [{lo:g}, {hi:g}] "
-            f"n={entry['n']}{note} -> {entry['verdict']}{why}")
-
-
 def run(opts, env, git_dir):
     """Evaluate the commit under test, record it in the bisect's state; return the entry."""
     sha = commit_under_test(env.tree, env.runner)
@@ -151,5 +141,5 @@ def run(opts, env, git_dir):
         raise
     if mine:
         state.add_step(git_dir, entry)
-    env.progress(f"{where}: {sha[:12]}: {describe(entry, opts.metric)}")
+    env.progress(f"{where}: {sha[:12]}: {bisect_step_line(entry, opts.metric)}")
     return entry

@@ -1,9 +1,13 @@
 """The bisect commands: run, step, resume, replay."""
 
 import os
+from pathlib import Path
 
 import click
 
+from vnuma_sched.bisect import drive, source, step
+from vnuma_sched.bisect.options import Options
+from vnuma_sched.bisect.step import Env
 from vnuma_sched.cli.common import (
     cache_dir,
     default_fragment,
@@ -13,19 +17,14 @@ from vnuma_sched.cli.common import (
     progress,
     settings_exit,
 )
+from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.probes.spec import metrics_help
+from vnuma_sched.render import bisect_text
+from vnuma_sched.runner import Runner
 
-_D = {"runs": 5, "max_runs": 10, "workload": "omp-barrier", "threads": 8, "spincount": "0",
-      "iterations": 3000, "kib": 256, "topology": "2x2", "mem": "2G", "timeout": 300}
+_D = Options.defaults()
 
-METRICS_HELP = """\b
-Metrics: workload_score (lower is worse), cross_node_migrations,
-same_node_migrations, migrations.CAUSE, cross_node_migrations.CAUSE,
-migrations_to_idle.CAUSE (CAUSE: wake newidle periodic nohz numa other),
-wakeups, wakeups_busy_idle_llc, idle_rejected_preempted, idle_checked,
-wake_ipis, ipi_resched, ipi_call_single, ipi_call_func, wake_without_ipi,
-halts, idle_ms, pv_spin_halts, pv_kicks, steal_ms, hlt_exits_polled,
-hlt_exits_blocked, pv_kick_hypercalls.
-"""
+METRICS_HELP = metrics_help()
 
 
 def measure_options(func):
@@ -60,10 +59,10 @@ def measure_options(func):
         click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=None,
                      help="Where --measure-cmd runs [run: the current directory; step: "
                           "the tree]."),
-        click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto"),
+        click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default=_D["accel"]),
         click.option("--timeout", type=click.IntRange(10), default=_D["timeout"],
                      show_default=True, help="Seconds per workload run (plus boot)."),
-        click.option("--jobs", "-j", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+        click.option("--jobs", "-j", type=click.IntRange(1, 256), default=_D["jobs"],
                      show_default=True),
     ]
     for opt in reversed(opts):
@@ -72,8 +71,6 @@ def measure_options(func):
 
 
 def _options(kw, threshold=None, bad_when=None):
-    from vnuma_sched.bisect.options import Options
-
     return Options(metric=kw["metric"], runs=kw["runs"], max_runs=kw["max_runs"],
                    threshold=threshold,
                    bad_above=None if bad_when is None else bad_when == "above",
@@ -87,11 +84,6 @@ def _options(kw, threshold=None, bad_when=None):
 
 
 def _env(tree, settings, echo=None):
-    from pathlib import Path
-
-    from vnuma_sched.bisect.step import Env
-    from vnuma_sched.runner import Runner
-
     say = progress(settings)
     return Env(Path(tree).resolve(), Path(cache_dir()), Runner(), say,
                [default_fragment()], echo or _echo)
@@ -146,9 +138,6 @@ def bisect_run(settings, tree, good, bad, threshold, auto_threshold, stay, log_p
       vnuma-sched bisect run --tree ~/linux --good A --bad B --metric workload_score \\
           --workload perf-messaging --runs 7 --carry-patches
     """
-    from vnuma_sched.bisect import drive
-    from vnuma_sched.errors import BadInput
-    from vnuma_sched.render import bisect_text
 
     settings = merge_json(settings, as_json)
     if threshold is not None and auto_threshold:
@@ -197,8 +186,6 @@ def bisect_step(settings, threshold, bad_when, as_json, **kw):
       git bisect run vnuma-sched bisect step --metric cross_node_migrations \\
           --threshold 90 --runs 5
     """
-    from vnuma_sched.bisect import source, step
-    from vnuma_sched.errors import VnumaError
 
     settings = merge_json(settings, as_json)
     step.without_git_repo_vars(os.environ)  # the tree is the current directory
@@ -228,8 +215,6 @@ def bisect_resume(settings, tree, stay, log_path, as_json):
     Example:
       vnuma-sched bisect resume --tree ~/linux
     """
-    from vnuma_sched.bisect import drive
-    from vnuma_sched.render import bisect_text
 
     settings = merge_json(settings, as_json)
     _finish(settings, drive.resume(_env(tree, settings), stay, log_path), bisect_text)
@@ -253,8 +238,6 @@ def bisect_replay(settings, log, tree, stay, log_path, as_json):
     Example:
       vnuma-sched bisect replay /var/cache/vnuma_sched/bisect/logs/X.log --tree ~/linux
     """
-    from vnuma_sched.bisect import drive
-    from vnuma_sched.render import bisect_text
 
     settings = merge_json(settings, as_json)
     _finish(settings, drive.replay(_env(tree, settings), log, stay, log_path), bisect_text)

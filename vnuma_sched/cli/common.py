@@ -6,7 +6,10 @@ from dataclasses import dataclass
 import click
 
 from vnuma_sched import resources
-from vnuma_sched.errors import BadInput
+from vnuma_sched.errors import BadInput, NeedsRoot
+from vnuma_sched.kernel.ktree import default_cache
+from vnuma_sched.render import to_json
+from vnuma_sched.system.sysroot import SysRoot
 
 
 @dataclass
@@ -18,16 +21,12 @@ class Settings:
     profiles_dir: str = None
 
     def sysroot(self):
-        from vnuma_sched.system.sysroot import SysRoot
-
         return SysRoot(self.root)
 
 
 def emit(settings, obj, text):
     """Print ``obj`` as JSON with --json, else the rendered ``text``."""
     if settings.json:
-        from vnuma_sched.render import to_json
-
         click.echo(to_json(obj))
     else:
         click.echo(text)
@@ -48,12 +47,10 @@ def progress(settings):
 
 
 def cache_dir():
-    return os.environ.get("VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched")
+    return default_cache(os.environ)
 
 
 def default_fragment():
-    from pathlib import Path
-
     here = resources.guest_fragment()
     if not here.is_file():
         raise BadInput("kconfig/vnuma-guest.config not found: give --fragment")
@@ -61,8 +58,6 @@ def default_fragment():
 
 
 def need_root(settings, what):
-    from vnuma_sched.errors import NeedsRoot
-
     if settings.sysroot().is_live and os.geteuid() != 0:
         raise NeedsRoot(what)
 

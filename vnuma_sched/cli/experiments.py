@@ -1,10 +1,19 @@
 """The A/B commands: ab (run an experiment in a guest) and compare (statistics, plot)."""
 
 import os
+from pathlib import Path
 
 import click
 
 from vnuma_sched.cli.common import cache_dir, emit, json_option, merge_json, progress
+from vnuma_sched.cli.tune import _profile_dirs
+from vnuma_sched.errors import BadInput
+from vnuma_sched.experiments import ab as abmod
+from vnuma_sched.experiments import arms, compare
+from vnuma_sched.kernel import vm
+from vnuma_sched.probes.spec import PRIMARY
+from vnuma_sched.render import ab_text
+from vnuma_sched.runner import Runner
 
 
 @click.command("ab")
@@ -42,14 +51,6 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
       vnuma-sched ab --kernel /var/cache/vnuma_sched/builds/series-6.12 \\
           --a kernel.sched_numa_idle_damp=0 --b kernel.sched_numa_idle_damp=3
     """
-    from pathlib import Path
-
-    from vnuma_sched.cli.tune import _profile_dirs
-    from vnuma_sched.experiments import ab as abmod
-    from vnuma_sched.experiments import arms
-    from vnuma_sched.kernel import vm
-    from vnuma_sched.render import ab_text
-    from vnuma_sched.runner import Runner
 
     dirs = _profile_dirs(settings)
     arm_a, arm_b = arms.parse_arm("a", spec_a, dirs), arms.parse_arm("b", spec_b, dirs)
@@ -62,7 +63,7 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
     progress(settings)(f"guest {spec} under {chosen} ({why}); workload {' '.join(wl['argv'])}")
     doc = abmod.run(kernel_image, topo, wl, arm_a, arm_b, runs, out, runner,
                     progress(settings), chosen, timeout, list(append))
-    click.echo(ab_text(doc))
+    click.echo(ab_text(doc, PRIMARY))
     click.echo(f"results: {Path(out) / 'results.json'}")
 
 
@@ -83,12 +84,6 @@ def compare_cmd(settings, paths, plot_path, as_json):
       vnuma-sched compare ab-out --plot ab-out/compare.png
       vnuma-sched compare runs-off/ runs-on/
     """
-    from pathlib import Path
-
-    from vnuma_sched.errors import BadInput
-    from vnuma_sched.experiments import ab as abmod
-    from vnuma_sched.experiments import compare
-    from vnuma_sched.render import ab_text
 
     settings = merge_json(settings, as_json)
     if len(paths) == 1 and (Path(paths[0]) / "runs.jsonl").exists():
@@ -105,4 +100,4 @@ def compare_cmd(settings, paths, plot_path, as_json):
         raise BadInput("compare takes an 'ab' directory, or two recording sets (A B)")
     if plot_path:
         compare.plot(doc["metrics"], compare.matrices(runs), plot_path, title)
-    emit(settings, doc, ab_text(doc) + (f"\nplot: {plot_path}" if plot_path else ""))
+    emit(settings, doc, ab_text(doc, PRIMARY) + (f"\nplot: {plot_path}" if plot_path else ""))

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,22 @@ from vnuma_sched.cli.common import (
     settings_exit,
 )
 from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import kbuild
+from vnuma_sched.kernel import patches as P
+from vnuma_sched.kernel import pipeline as pl
+from vnuma_sched.kernel import verify as V
+from vnuma_sched.kernel import vm as vmod
+from vnuma_sched.kernel.ktree import fetch_debian, fetch_git, tree_version
+from vnuma_sched.render import (
+    build_text,
+    matrix_text,
+    patches_text,
+    pipeline_text,
+    status_text,
+)
+from vnuma_sched.runner import Runner
+from vnuma_sched.system import facts
+from vnuma_sched.system.topology import read_topology
 
 
 @click.group()
@@ -42,8 +59,6 @@ def kernel_fetch(settings, series, dest, git_source, ref):
       vnuma-sched kernel fetch --version 6.12
       vnuma-sched kernel fetch --git ~/src/linux --ref v6.12
     """
-    from vnuma_sched.kernel.ktree import fetch_debian, fetch_git
-    from vnuma_sched.runner import Runner
 
     dest = dest or os.path.join(cache_dir(), "trees")
     if git_source:
@@ -79,12 +94,6 @@ def build(settings, tree, fragments, out, jobs, allow_dropped, targets, as_json)
     Example:
       vnuma-sched build --tree /var/cache/vnuma_sched/trees/linux-source-6.12
     """
-    from pathlib import Path
-
-    from vnuma_sched.kernel import kbuild
-    from vnuma_sched.kernel.ktree import tree_version
-    from vnuma_sched.render import build_text
-    from vnuma_sched.runner import Runner
 
     settings = merge_json(settings, as_json)
     tree = Path(tree).resolve()
@@ -128,9 +137,6 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json)
       vnuma-sched vm run --kernel /var/cache/vnuma_sched/builds/linux-source-6.12 \\
           --topology 2x2 -- cat /sys/devices/system/node/node1/cpulist
     """
-    from vnuma_sched.kernel import vm as vmod
-    from vnuma_sched.runner import Runner
-    from vnuma_sched.system.topology import read_topology
 
     settings = merge_json(settings, as_json)
     kernel_image = vmod.kernel_image(image)
@@ -174,8 +180,6 @@ def patches_list(settings, series_version, as_json):
     Example:
       vnuma-sched patches list --version 6.12
     """
-    from vnuma_sched.kernel import patches as P
-    from vnuma_sched.render import patches_text
 
     settings = merge_json(settings, as_json)
     all_series = [P.load_series(series_version)] if series_version else P.all_series()
@@ -185,9 +189,6 @@ def patches_list(settings, series_version, as_json):
 
 
 def _tree_series(tree):
-    from vnuma_sched.kernel import patches as P
-    from vnuma_sched.kernel.ktree import tree_version
-
     return P.load_series(tree_version(tree).series)
 
 
@@ -205,9 +206,6 @@ def patches_check(settings, tree, as_json):
     Example:
       vnuma-sched patches check --tree /var/cache/vnuma_sched/trees/linux-source-6.12
     """
-    from vnuma_sched.kernel import patches as P
-    from vnuma_sched.render import status_text
-    from vnuma_sched.runner import Runner
 
     settings = merge_json(settings, as_json)
     series = _tree_series(tree)
@@ -234,8 +232,6 @@ def patches_apply(settings, tree, branch):
     Example:
       vnuma-sched patches apply --tree ~/linux --branch vnuma
     """
-    from vnuma_sched.kernel import patches as P
-    from vnuma_sched.runner import Runner
 
     series = _tree_series(tree)
     P.apply(tree, series, branch, Runner(), progress(settings))
@@ -264,11 +260,6 @@ def patches_verify(settings, tree, fragments, workdir, w1, as_json):
     Example:
       vnuma-sched patches verify --tree /var/cache/vnuma_sched/series/linux-6.12
     """
-    from pathlib import Path
-
-    from vnuma_sched.kernel import verify as V
-    from vnuma_sched.render import matrix_text
-    from vnuma_sched.runner import Runner
 
     settings = merge_json(settings, as_json)
     series = _tree_series(tree)
@@ -289,10 +280,12 @@ def patches_verify(settings, tree, fragments, workdir, w1, as_json):
 def gates_command():
     """The default guest command of 'pipeline': topology and the series' gates."""
     exe = os.path.join(os.path.dirname(sys.executable), "vnuma-sched")
+    gates = facts.PATCH_GATES.values()
+    sysctls = [p for p in gates if p.startswith("/proc/sys/")]
+    params = sorted({os.path.dirname(p) for p in gates if p.startswith("/sys/module/")}
+                    | {facts.DEBUG_PARAMS_DIR})
     return ["sh", "-c", f"{exe} topology && echo && grep -H . "
-            "/proc/sys/kernel/sched_numa_idle_damp /proc/sys/kernel/sched_numa_newidle_min_ns "
-            "/proc/sys/kernel/sched_steal_idle_nocap /sys/module/kvm_guest/parameters/* "
-            "/sys/module/vnuma_debug/parameters/*"]
+            + " ".join(sysctls + [f"{d}/*" for d in params])]
 
 
 @click.command()
@@ -313,10 +306,6 @@ def pipeline(settings, series_version, spec, mem, timeout, command):
     Example:
       vnuma-sched pipeline --version 6.12 --topology 2x2
     """
-    from vnuma_sched.kernel import pipeline as pl
-    from vnuma_sched.kernel import vm as vmod
-    from vnuma_sched.render import pipeline_text
-    from vnuma_sched.runner import Runner
 
     res = pl.run(series_version, cache_dir(), spec, vmod.parse_size_mb(mem),
                  list(command) or gates_command(), Runner(), progress(settings),

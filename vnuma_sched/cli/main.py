@@ -14,6 +14,11 @@ from vnuma_sched import __version__
 from vnuma_sched.cli import bisect, experiments, kernel, probes, tune
 from vnuma_sched.cli.common import Settings, emit, json_option, merge_json
 from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.probes.loader import compile_check
+from vnuma_sched.render import doctor_text, topology_text
+from vnuma_sched.system import cpuid
+from vnuma_sched.system import doctor as doc
+from vnuma_sched.system.topology import read_topology
 
 EPILOG = """\b
 Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 unreadable or malformed
@@ -85,8 +90,6 @@ def topology(settings, as_json):
     Example:
       vnuma-sched topology --json
     """
-    from vnuma_sched.render import topology_text
-    from vnuma_sched.system.topology import read_topology
 
     settings = merge_json(settings, as_json)
     topo = read_topology(settings.sysroot())
@@ -109,10 +112,6 @@ def doctor(settings, as_json):
     Example:
       sudo vnuma-sched doctor --json
     """
-    from vnuma_sched.probes.loader import compile_check
-    from vnuma_sched.render import doctor_text
-    from vnuma_sched.system import cpuid
-    from vnuma_sched.system import doctor as doc
 
     settings = merge_json(settings, as_json)
     sysroot = settings.sysroot()

@@ -1,6 +1,9 @@
 """The eBPF probe commands: probes, top, record, report."""
 
+import json as _json
 import os
+import signal
+import time
 
 import click
 
@@ -13,12 +16,17 @@ from vnuma_sched.cli.common import (
     settings_exit,
 )
 from vnuma_sched.errors import BadInput
+from vnuma_sched.probes import catalog, recorder, report
+from vnuma_sched.probes import recording as rec
+from vnuma_sched.probes.catalog import PROBES
+from vnuma_sched.probes.recording import Sampler
+from vnuma_sched.probes.report import top_view
+from vnuma_sched.probes.session import Session
+from vnuma_sched.render import report_text, table, top_text
+from vnuma_sched.system.topology import read_topology
 
 
 def _probe_session(settings, names, with_events=False):
-    from vnuma_sched.probes.session import Session
-    from vnuma_sched.system.topology import read_topology
-
     sysroot = settings.sysroot()
     return Session(names, sysroot, os.geteuid(), read_topology(sysroot), with_events,
                    progress(settings))
@@ -34,8 +42,6 @@ def probes_cmd(settings, as_json):
     Example:
       sudo vnuma-sched probes
     """
-    from vnuma_sched.probes import catalog
-    from vnuma_sched.render import table
 
     settings = merge_json(settings, as_json)
     facts = catalog.KernelFacts(settings.sysroot(), os.geteuid())
@@ -47,7 +53,7 @@ def probes_cmd(settings, as_json):
     emit(settings, {"probes": rows}, table(
         [[r["probe"], r["side"], "yes" if r["available"] else "no",
           r["reason"] or "; ".join(r["notes"]) or r["doc"]] for r in rows],
-        ["probe", "side", "ok", "detail"], widths=[None, None, None, 56]))
+        ["probe", "side", "ok", "detail"], prose=[3]))
 
 
 def _split_top_args(args):
@@ -83,11 +89,6 @@ def top_cmd(settings, args, per_cpu, as_json):
       sudo vnuma-sched top                 all probes, every second
       sudo vnuma-sched top migrate ipi 2 5
     """
-    import json as _json
-    import time
-
-    from vnuma_sched.probes.recording import Sampler
-    from vnuma_sched.render import top_text
 
     settings = merge_json(settings, as_json)
     names, interval, count = _split_top_args(args)
@@ -106,11 +107,11 @@ def top_cmd(settings, args, per_cpu, as_json):
                 rec = sampler.interval()
                 n += 1
                 click.echo(_json.dumps(rec) if settings.json else
-                           top_text(rec, session.topology, per_cpu) + "\n")
+                           top_text(top_view(rec, session.topology, per_cpu)) + "\n")
         except KeyboardInterrupt:
             rec = sampler.interval()
             click.echo(_json.dumps(rec) if settings.json else
-                       top_text(rec, session.topology, per_cpu))
+                       top_text(top_view(rec, session.topology, per_cpu)))
         finally:
             session.close()
 
@@ -119,8 +120,6 @@ class _sigterm_as_interrupt:
     """SIGTERM detaches like Ctrl-C."""
 
     def __enter__(self):
-        import signal
-
         def raise_interrupt(signum, frame):
             raise KeyboardInterrupt
 
@@ -128,8 +127,6 @@ class _sigterm_as_interrupt:
         return self
 
     def __exit__(self, *exc):
-        import signal
-
         signal.signal(signal.SIGTERM, self.old)
         return False
 
@@ -153,7 +150,6 @@ def record_cmd(settings, output, duration, interval, with_events, args):
       sudo vnuma-sched record -o run.jsonl --duration 30
       sudo vnuma-sched record -o run.jsonl migrate ipi -- ./omp-barrier
     """
-    from vnuma_sched.probes import recorder
 
     names, command = _split_record_args(args)
     need_root(settings, "loading BPF probes")
@@ -166,7 +162,6 @@ def record_cmd(settings, output, duration, interval, with_events, args):
 
 def _split_record_args(args):
     """Leading probe names, then the command (click has already taken the '--')."""
-    from vnuma_sched.probes.catalog import PROBES
 
     args = list(args)
     i = 0
@@ -189,9 +184,6 @@ def report_cmd(settings, recording, as_json):
     Example:
       vnuma-sched report run.jsonl
     """
-    from vnuma_sched.probes import recording as rec
-    from vnuma_sched.probes import report
-    from vnuma_sched.render import report_text
 
     settings = merge_json(settings, as_json)
     doc = report.summarize(*rec.read(recording))

@@ -13,6 +13,10 @@ from vnuma_sched.cli.common import (
     settings_exit,
 )
 from vnuma_sched.errors import BadInput
+from vnuma_sched.render import plan_text, table
+from vnuma_sched.tunables import engine, export, journal
+from vnuma_sched.tunables import profile as prof
+from vnuma_sched.tunables.knobs import REGISTRY
 
 
 @click.group()
@@ -31,15 +35,11 @@ def tune(settings, profiles_dir):
 
 
 def _profile_dirs(settings):
-    from vnuma_sched.tunables import profile as prof
-
     home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return prof.search_path(getattr(settings, "profiles_dir", None), home)
 
 
 def _load_profile(settings, name):
-    from vnuma_sched.tunables import profile as prof
-
     return prof.load(name, _profile_dirs(settings))
 
 
@@ -48,8 +48,6 @@ def _load_profile(settings, name):
 @click.pass_obj
 def tune_list(settings, as_json):
     """Profiles that can be applied, with their summaries."""
-    from vnuma_sched.render import table
-    from vnuma_sched.tunables import profile as prof
 
     settings = merge_json(settings, as_json)
     found = prof.available(_profile_dirs(settings))
@@ -57,7 +55,7 @@ def tune_list(settings, as_json):
               "file": str(p)} for n, p in found.items()]
     emit(settings, {"profiles": items},
          table([[i["name"], i["summary"]] for i in items], ["profile", "summary"],
-               widths=[None, 56]))
+               prose=[1]))
 
 
 @tune.command("knobs")
@@ -65,15 +63,13 @@ def tune_list(settings, as_json):
 @click.pass_obj
 def tune_knobs(settings, as_json):
     """Every knob a profile may name, with its type and what it does."""
-    from vnuma_sched.render import table
-    from vnuma_sched.tunables.knobs import REGISTRY
 
     settings = merge_json(settings, as_json)
     rows = [{"knob": k.name, "kind": k.kind, "type": k.vtype, "series_only": k.patch_gate,
              "decays": k.decays, "doc": k.doc} for k in REGISTRY.values()]
     emit(settings, {"knobs": rows}, table(
         [[r["knob"], r["kind"], r["type"], r["doc"]] for r in rows],
-        ["knob", "kind", "type", "notes"], widths=[34, None, None, 30]))
+        ["knob", "kind", "type", "notes"], prose=[3]))
 
 
 @tune.command("show")
@@ -82,7 +78,6 @@ def tune_knobs(settings, as_json):
 @click.pass_obj
 def tune_show(settings, profile, as_json):
     """The profile's settings with includes merged, and where each comes from."""
-    from vnuma_sched.render import table
 
     settings = merge_json(settings, as_json)
     prof = _load_profile(settings, profile)
@@ -90,12 +85,10 @@ def tune_show(settings, profile, as_json):
                     "settings": prof.settings},
          f"{prof.name}: {prof.summary}\n" + table(
              [[k, v, prof.origin[k]] for k, v in prof.settings.items()],
-             ["knob", "value", "from"], widths=[None, None, 40]))
+             ["knob", "value", "from"]))
 
 
 def _plan_rows(settings, profile):
-    from vnuma_sched.tunables import engine
-
     prof = _load_profile(settings, profile)
     return prof, engine.plan(prof, settings.sysroot())
 
@@ -106,7 +99,6 @@ def _plan_rows(settings, profile):
 @click.pass_obj
 def tune_plan(settings, profile, as_json):
     """What apply would do, knob by knob (reads only)."""
-    from vnuma_sched.render import plan_text
 
     settings = merge_json(settings, as_json)
     prof, rows = _plan_rows(settings, profile)
@@ -124,7 +116,6 @@ def tune_plan(settings, profile, as_json):
 @click.pass_obj
 def tune_apply(settings, profile, replace, persist, persist_boot):
     """Apply PROFILE: journal first, restore everything if any write fails."""
-    from vnuma_sched.tunables import engine
 
     need_root(settings, "writing scheduler tunables")
     prof, rows = _plan_rows(settings, profile)
@@ -138,7 +129,6 @@ def tune_apply(settings, profile, replace, persist, persist_boot):
 @click.pass_obj
 def tune_revert(settings):
     """Restore every value the applied profile changed, newest first."""
-    from vnuma_sched.tunables import engine
 
     need_root(settings, "restoring scheduler tunables")
     doc = engine.revert(settings.sysroot())
@@ -151,8 +141,6 @@ def tune_revert(settings):
 @click.pass_obj
 def tune_verify(settings, profile, as_json):
     """OK / DIFF / MISSING per knob (default: the applied profile). Exit 1 on DIFF."""
-    from vnuma_sched.render import table
-    from vnuma_sched.tunables import engine, journal
 
     settings = merge_json(settings, as_json)
     if profile is None:
@@ -175,8 +163,6 @@ def tune_verify(settings, profile, as_json):
 @click.pass_obj
 def tune_status(settings, as_json):
     """The applied profile (from the journal) and what it changed."""
-    from vnuma_sched.render import table
-    from vnuma_sched.tunables import journal
 
     settings = merge_json(settings, as_json)
     doc = journal.load(settings.sysroot())
@@ -186,7 +172,7 @@ def tune_status(settings, as_json):
     emit(settings, {"applied": doc}, f"applied: {doc['profile']} on {doc['kernel']} "
          f"at {doc['created']}\n" + table(
              [[e["knob"], e["path"], e["old"], e["new"], e["state"]] for e in doc["entries"]],
-             ["knob", "path", "was", "now", "state"], widths=[None, 34, None, None, None]))
+             ["knob", "path", "was", "now", "state"]))
 
 
 @tune.command("export")
@@ -198,7 +184,6 @@ def tune_status(settings, as_json):
 @click.pass_obj
 def tune_export(settings, profile, fmt, out):
     """Write PROFILE as a tuned profile directory, for machines that run tuned."""
-    from vnuma_sched.tunables import export
 
     prof = _load_profile(settings, profile)
     path = export.write_tuned(prof, settings.sysroot(), out)
@@ -213,7 +198,6 @@ def tune_export(settings, profile, fmt, out):
 @click.pass_obj
 def tune_hold(settings, profile, interval, count):
     """Re-assert PROFILE's knobs that the kernel decays (max_newidle_lb_cost)."""
-    from vnuma_sched.tunables import engine
 
     need_root(settings, "writing scheduler tunables")
     prof = _load_profile(settings, profile)

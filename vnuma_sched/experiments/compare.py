@@ -4,12 +4,10 @@ from pathlib import Path
 
 from vnuma_sched.errors import DataError
 from vnuma_sched.experiments import stats
+from vnuma_sched.probes import recording, report
+from vnuma_sched.probes.classify import matrix_total
 from vnuma_sched.probes.recording import iter_jsonl
-
-PRIMARY = ("workload_score", "cross_node_migrations", "idle_rejected_preempted",
-           "wakeups_busy_idle_llc", "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
-           "migrations.periodic", "migrations.nohz", "cross_node_migrations.wake",
-           "cross_node_migrations.newidle", "cross_node_migrations.periodic")
+from vnuma_sched.probes.spec import PRIMARY
 
 
 def read_runs(path):
@@ -62,20 +60,6 @@ def matrices(runs):
             for d, v in enumerate(row):
                 acc[s][d] += v
     return out
-
-
-def table_rows(mets, names=PRIMARY):
-    def f(x):
-        return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
-
-    rows = []
-    for name in [n for n in names if n in mets] + [n for n in mets if n not in names
-                                                  and not n.startswith("migrations_to")]:
-        m = mets[name]
-        ci = "-" if not m["ci95"] else f"{m['ci95'][0]:.2f}..{m['ci95'][1]:.2f}"
-        rows.append([name, f(m["a_median"]), f(m["b_median"]), f(m["ratio"]), ci,
-                     f"{m['p']:.3g}", "noisy" if m["inconclusive"] else ""])
-    return rows
 
 
 def plot(mets, mats, path, title):
@@ -131,7 +115,6 @@ def recording_files(path):
 def runs_from_recordings(paths_a, paths_b):
     """Run records from 'vnuma-sched record' files: each recording is one run; the
     workload score is 1/duration when the recording ran a command."""
-    from vnuma_sched.probes import recording, report  # noqa: PLC0415
 
     runs = []
     for arm, paths in (("a", paths_a), ("b", paths_b)):
@@ -143,8 +126,6 @@ def runs_from_recordings(paths_a, paths_b):
                    "score": (1.0 / duration) if meta.get("command") and duration else None,
                    "metrics": report.metrics(tot)}
             if "migrate" in tot:
-                from vnuma_sched.probes.classify import matrix_total  # noqa: PLC0415
-
                 rec["matrix"] = matrix_total(tot["migrate"]["matrix"])
             runs.append(rec)
     return runs

@@ -12,6 +12,7 @@ from vnuma_sched.experiments.workloads.build import score
 from vnuma_sched.probes import report
 from vnuma_sched.probes.classify import delta, matrix_total
 from vnuma_sched.probes.session import Session
+from vnuma_sched.system import facts
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
 from vnuma_sched.tunables import engine
@@ -42,7 +43,7 @@ def run_plan(plan, sysroot):
             subprocess.run(["mount", "-t", fs, "nodev", where], stderr=subprocess.DEVNULL)
     topo = read_topology(sysroot)
     session = Session(plan["probes"], sysroot, os.geteuid(), topo).start()
-    _emit({"type": "guest", "kernel": sysroot.read("/proc/sys/kernel/osrelease"),
+    _emit({"type": "guest", "kernel": facts.release(sysroot),
            "cmdline": sysroot.read("/proc/cmdline"), "topology": topo.to_dict(),
            "probes": {n: {"available": a.ok, "reason": a.reason}
                       for n, a in session.status.items()}})

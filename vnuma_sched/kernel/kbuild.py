@@ -23,7 +23,30 @@ _ERROR = re.compile(r"(^\S+:\d+:\d+: (fatal )?error: .*|^make(\[\d+\])?: \*\*\* 
 
 
 class BuildFailed(VnumaError):
-    pass
+    """A build step ended FAIL. ``str(err)`` is the message users see; callers use the fields.
+
+    step: the failed step's name ("configure", "bzImage", "objects").
+    returncode: make's exit status, or None when no command failed (options dropped);
+        not ``exit_code``, which is the CLI's exit code for the whole error family.
+    errors: the first compiler error lines, or the dropped options (as text).
+    log: the build log's path, or None when the step has none.
+    result: the BuildResult so far, its last step the FAIL one.
+    """
+
+    def __init__(self, step, reason, returncode=None, errors=(), log=None, result=None):
+        self.step = step
+        self.reason = reason
+        self.returncode = returncode
+        self.errors = list(errors)
+        self.log = log
+        self.result = result
+        super().__init__(self._message())
+
+    def _message(self):
+        if self.log is None:
+            return f"{self.step}: {self.reason}"
+        return (f"{self.step}: {self.reason}; first errors:\n  " + "\n  ".join(self.errors)
+                + f"\nfull log: {self.log}")
 
 
 @dataclass
@@ -200,8 +223,9 @@ def build(req, runner, progress):
     if lost and not req.allow_dropped:
         result.steps.append(Step("configure", FAIL, time.monotonic() - t0,
                                  "; ".join(map(str, lost))))
-        raise BuildFailed("configure: requested options did not survive olddefconfig: "
-                          + "; ".join(map(str, lost)) + " (use --allow-dropped to go on)")
+        raise BuildFailed("configure", "requested options did not survive olddefconfig: "
+                          + "; ".join(map(str, lost)) + " (use --allow-dropped to go on)",
+                          errors=map(str, lost), result=result)
     result.steps.append(Step("configure", PASS, time.monotonic() - t0,
                              f"{len(lost)} dropped" if lost else ""))
     t1 = time.monotonic()
@@ -211,8 +235,7 @@ def build(req, runner, progress):
     step = "bzImage" if req.image_build else "objects"
     if code != 0:
         result.steps.append(Step(step, FAIL, time.monotonic() - t1))
-        raise BuildFailed(f"{step}: make exited {code}; first errors:\n  "
-                          + "\n  ".join(first_errors(log)) + f"\nfull log: {log}")
+        raise BuildFailed(step, f"make exited {code}", code, first_errors(log), log, result)
     result.steps.append(Step(step, PASS, time.monotonic() - t1, first_warnings(log)))
     if not req.image_build:
         return result

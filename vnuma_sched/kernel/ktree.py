@@ -9,7 +9,7 @@ from pathlib import Path
 from vnuma_sched.errors import BadInput, NeedsRoot
 
 SUPPORTED = ("6.1", "6.12")
-DEFAULT_CACHE = "/var/cache/vnuma_sched"
+CACHE_ENV, CACHE_DEFAULT = "VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched"
 BASE_NAME, BASE_EMAIL = "vnuma_sched base", "vnuma_sched@localhost"
 
 
@@ -26,6 +26,12 @@ class KernelVersion:
 
     def __str__(self):
         return f"{self.version}.{self.patchlevel}.{self.sublevel}"
+
+
+def default_cache(environ):
+    """The cache of trees, builds and bisect state: $VNUMA_SCHED_CACHE in ``environ``,
+    else /var/cache/vnuma_sched."""
+    return environ.get(CACHE_ENV, CACHE_DEFAULT)
 
 
 def tree_version(tree):

@@ -83,6 +83,13 @@ def objects_so_far(tree, runner, revs):
     return out
 
 
+def _fail_detail(err):
+    """A FAIL cell's detail: the compiler's first error when make failed, else the message."""
+    if err.log is None:
+        return str(err)
+    return err.errors[0].strip() if err.errors else ""
+
+
 def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
     """Build, for each patch and variant, every object the series has touched so far."""
     workdir = Path(workdir)
@@ -111,8 +118,7 @@ def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
                 res = kbuild.build(req, runner, lambda m: None)
                 cells.append(Cell(i + 1, name, kbuild.PASS, res.steps[-1].detail))
             except kbuild.BuildFailed as err:
-                cells.append(Cell(i + 1, name, kbuild.FAIL, str(err).splitlines()[1].strip()
-                                  if "\n" in str(err) else str(err)))
+                cells.append(Cell(i + 1, name, kbuild.FAIL, _fail_detail(err)))
     return cells
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vnuma_sched.errors import BadInput, Missing
+from vnuma_sched.kernel.kbuild import IMAGE
 
 DEFAULT_DISTANCE = 21
 PANIC = re.compile(r"Kernel panic - not syncing.*")
@@ -182,7 +183,6 @@ def classify(io_dir, console, timed_out, accel, seconds):
 
 def kernel_image(path):
     """A bzImage, or the one inside a build directory; BadInput if there is none."""
-    from vnuma_sched.kernel.kbuild import IMAGE  # noqa: PLC0415 - avoids a module cycle
 
     image = Path(path)
     if image.is_dir():

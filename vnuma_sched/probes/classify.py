@@ -1,5 +1,5 @@
 """Pure functions over probe data: the migration cause decision (mirror of
-bpf/migrate.bpf.c), interval deltas, matrices, per-node rows and histograms."""
+bpf/migrate.bpf.c), interval deltas, matrices and per-node rows."""
 
 from vnuma_sched.probes import events as E
 
@@ -77,20 +77,6 @@ def by_cause(matrix):
         out[cause] = {"cross": cross_node(matrix, [cause]), "same": same_node(matrix, [cause]),
                       "to_idle": sum(map(sum, idle))}
     return out
-
-
-def log2_hist_lines(slots, unit="us", width=30):
-    """bcc-style log2 histogram text."""
-    last = max((i for i, v in enumerate(slots) if v), default=-1)
-    if last < 0:
-        return ["(no samples)"]
-    peak = max(slots)
-    lines = [f"{unit + ' range':>21} : count     distribution"]
-    for i in range(last + 1):
-        lo, hi = (0, 0) if i == 0 else (1 << (i - 1), (1 << i) - 1)
-        bar = "*" * (slots[i] * width // peak if peak else 0)
-        lines.append(f"{lo:>10} -> {hi:<10}: {slots[i]:<9} |{bar:<{width}}|")
-    return lines
 
 
 def node_rows(topology, per_cpu_columns, per_cpu=False):

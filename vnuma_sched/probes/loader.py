@@ -3,7 +3,11 @@
 import contextlib
 import os
 import sys
+import tarfile
 import tempfile
+
+from vnuma_sched.probes import spec
+from vnuma_sched.probes.classify import unflatten_matrix
 
 NOOP_PROGRAM = b"int vnuma_sched_noop(void *ctx) { return 0; }"
 
@@ -67,8 +71,6 @@ def ensure_kernel_headers(release, log=None):
         return
     dest = os.path.join(tempfile.gettempdir(), f"vnuma-kheaders-{release}")
     if not os.path.exists(os.path.join(dest, "include")):
-        import tarfile  # noqa: PLC0415
-
         os.makedirs(dest, exist_ok=True)
         with tarfile.open(archive) as tar:
             if hasattr(tarfile, "data_filter"):  # Python with extraction filters
@@ -81,12 +83,13 @@ def ensure_kernel_headers(release, log=None):
 
 
 class LoadedProbe:
-    """One probe compiled and attached with bcc; snapshot() returns plain data."""
+    """One probe compiled and attached with bcc, as its spec entry says;
+    snapshot() returns plain data keyed like the spec's maps."""
 
-    def __init__(self, probe, avail, cflags, topology, bpf_dir, on_event=None, llc=None):
-        from bcc import BPF  # noqa: PLC0415
+    def __init__(self, probe, avail, cflags, context, bpf_dir, on_event=None):
+        from bcc import BPF  # noqa: PLC0415 - bcc is optional and heavy
 
-        self.probe, self.topology = probe, topology
+        self.probe, self.context = probe, context
         self.flags = {f[2:].split("=")[0]: int(f.split("=")[1]) for f in cflags}
         self.max_nodes, self.max_cpus = self.flags["MAX_NODES"], self.flags["MAX_CPUS"]
         self.lost = 0
@@ -100,12 +103,11 @@ class LoadedProbe:
         if failure is not None:  # the compiler's message is complete only now
             raise RuntimeError(_first_error(errors, str(failure))) from failure
         self._attach(avail)
-        if probe.name == "migrate":
-            self._fill("cpu_node", topology.cpu_node)
-            self._fill("cpu_llc", llc or {})
-            if on_event is not None and self.flags.get("WITH_EVENTS"):
-                self.bpf["events"].open_perf_buffer(on_event, page_cnt=64,
-                                                    lost_cb=self._lost)
+        for map_name, key in probe.fills:
+            self._fill(map_name, context.get(key) or {})
+        self.events = bool(probe.events and on_event is not None and self.flags.get("WITH_EVENTS"))
+        if self.events:
+            self.bpf[probe.events].open_perf_buffer(on_event, page_cnt=64, lost_cb=self._lost)
 
     def _fill(self, name, mapping):
         table = self.bpf[name]
@@ -117,17 +119,15 @@ class LoadedProbe:
         self.lost += count
 
     def _attach(self, avail):
-        b = self.bpf
-        if "balance" in avail.attach:
-            b.attach_kprobe(event=avail.attach["balance"], fn_name="on_balance_enter")
-            b.attach_kretprobe(event=avail.attach["balance"], fn_name="on_balance_return")
-        if self.probe.name == "preempt":
-            b.attach_kprobe(event="available_idle_cpu", fn_name="on_aic_enter")
-            b.attach_kretprobe(event="available_idle_cpu", fn_name="on_aic_return")
-            b.attach_kretprobe(event=avail.attach["preempted"], fn_name="on_preempted_return")
+        for a in self.probe.attach:
+            symbol = avail.attach.get(a.symbol[1:]) if a.symbol.startswith("@") else a.symbol
+            if symbol is None:  # a role this kernel does not offer (see the catalog's notes)
+                continue
+            attach = self.bpf.attach_kprobe if a.kind == "kprobe" else self.bpf.attach_kretprobe
+            attach(event=symbol, fn_name=a.fn)
 
     def poll(self, timeout_ms=0):
-        if self.probe.name == "migrate" and self.flags.get("WITH_EVENTS"):
+        if self.events:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
     def _percpu(self, name, size):
@@ -141,32 +141,30 @@ class LoadedProbe:
         rows = self._percpu(name, size)
         return [sum(r[i] for r in rows) for i in range(size)]
 
-    def snapshot(self):
-        name = self.probe.name
-        if name == "ipi":
-            out = {"per_cpu": self._percpu("ipi_recv", 4)}
-            if self.flags.get("HAVE_IPI_SEND_CPU"):
-                out["sent"] = sorted([int(k.src), int(k.dst), int(v.value)]
-                                     for k, v in self.bpf["ipi_sent"].items())
-            return out
-        if name == "halt":
-            return {"count": self._percpu("idle_count", 8), "ns": self._percpu("idle_ns", 8),
-                    "hist": self._summed("idle_hist", 32), "pvspin": self._percpu("pvspin", 2)}
-        if name == "migrate":
-            from vnuma_sched.probes.classify import unflatten_matrix  # noqa: PLC0415
+    def _pairs(self, m):
+        return sorted([*(int(getattr(k, f)) for f in m.keys), int(v.value)]
+                      for k, v in self.bpf[m.name].items())
 
-            size = 6 * 2 * self.max_nodes * self.max_nodes
-            return {"matrix": unflatten_matrix(self._summed("matrix", size), self.max_nodes,
-                                               len(self.topology.nodes)),
-                    "wake_place": self._summed("wake_place", 2)}
-        if name == "preempt":
-            return {"checked": self._summed("checked", self.max_cpus),
-                    "rejected": self._summed("rejected", self.max_cpus)}
-        if name == "hltexit":
-            return {"hlt": sorted([int(k.pid), int(k.vcpu), int(v.value)]
-                                  for k, v in self.bpf["hlt_exits"].items()),
-                    "wakeups": self._summed("wakeups", 2), "kicks": self._summed("kicks", 1)[0]}
-        return {}
+    def _read(self, m):
+        size = spec.map_size(m, self.max_cpus, self.max_nodes)
+        if m.shape == "percpu":
+            return self._percpu(m.name, size)
+        if m.shape == "sum":
+            return self._summed(m.name, size)
+        if m.shape == "scalar":
+            return self._summed(m.name, 1)[0]
+        return self._pairs(m)
+
+    def snapshot(self):
+        out = {}
+        for m in self.probe.maps:
+            if m.when_flag and not self.flags.get(m.when_flag):
+                continue
+            out[m.key] = self._read(m)
+            if m.matrix:
+                out[m.key] = unflatten_matrix(out[m.key], self.max_nodes,
+                                              len(self.context["topology"].nodes))
+        return out
 
     def close(self):
         self.bpf.cleanup()

@@ -10,17 +10,16 @@ import time
 
 from vnuma_sched.errors import DataError
 from vnuma_sched.probes import classify
-from vnuma_sched.system.doctor import PATCH_GATES
+from vnuma_sched.system import facts
 
 VERSION = 1
 
 
 def meta(session, sysroot, interval, command=None):
-    gates = {g: sysroot.read_optional(p) for g, p in PATCH_GATES.items()}
     return {"type": "meta", "version": VERSION,
-            "kernel": sysroot.read_optional("/proc/sys/kernel/osrelease", ""),
+            "kernel": facts.release(sysroot, ""),
             "cmdline": sysroot.read_optional("/proc/cmdline", ""),
-            "topology": session.topology.to_dict(), "gates": gates,
+            "topology": session.topology.to_dict(), "gates": facts.patch_gate_values(sysroot),
             "interval_s": interval, "command": command,
             "probes": {n: {"available": a.ok, "reason": a.reason, "notes": a.notes}
                        for n, a in session.status.items()},

@@ -3,23 +3,19 @@
 Only this module and loader.py touch bcc (loader imports it); everything it
 returns is plain data for classify/report/render."""
 
+import ctypes
 import os
 
 from vnuma_sched.probes import catalog
 from vnuma_sched.probes.events import BPF_DIR, MigrateEvent
+from vnuma_sched.system import facts
 from vnuma_sched.system.topology import llc_of_cpus
 
 
 def steal_ms(sysroot):
     """Steal time per CPU (ms since boot) from /proc/stat."""
     hz = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for line in sysroot.read("/proc/stat").splitlines():
-        parts = line.split()
-        if parts and parts[0].startswith("cpu") and parts[0] != "cpu":
-            cpu = int(parts[0][3:])
-            out[cpu] = int(parts[8]) * 1000 // hz if len(parts) > 8 else 0
-    return [out.get(c, 0) for c in range(max(out) + 1)] if out else []
+    return [ticks * 1000 // hz for ticks in facts.steal_ticks_per_cpu(sysroot)]
 
 
 class Session:
@@ -38,25 +34,23 @@ class Session:
         needs_bpf = [p for p in self.probes if p.bpf and self.status[p.name].ok]
         if needs_bpf:
             loader.ensure_kernel_headers(os.uname().release, self.log)
-        llc = llc_of_cpus(self.sysroot, self.topology)
+        context = {"topology": self.topology, "cpu_node": self.topology.cpu_node,
+                   "llc": llc_of_cpus(self.sysroot, self.topology)}
         max_cpus = max(self.topology.cpus, default=0) + 1
         max_nodes = max(len(self.topology.nodes), 1)
         for probe in needs_bpf:
             avail = self.status[probe.name]
-            flags = catalog.cflags(avail, max_cpus, max_nodes,
-                                   self.with_events and probe.name == "migrate")
+            events = self.with_events and bool(probe.events)
+            flags = catalog.cflags(avail, max_cpus, max_nodes, events)
             try:
                 self.loaded[probe.name] = loader.LoadedProbe(
-                    probe, avail, flags, self.topology, BPF_DIR,
-                    on_event=self._event if self.with_events else None,
-                    llc=llc)
+                    probe, avail, flags, context, BPF_DIR,
+                    on_event=self._event if events else None)
             except Exception as err:  # a compile or attach failure: this probe only
                 self.status[probe.name] = catalog.Availability(False, f"load failed: {err}")
         return self
 
     def _event(self, cpu, data, size):
-        import ctypes  # noqa: PLC0415
-
         ev = ctypes.cast(data, ctypes.POINTER(MigrateEvent)).contents
         self.events.append(ev.to_dict())
 

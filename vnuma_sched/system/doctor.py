@@ -11,16 +11,10 @@ from typing import Callable, Optional
 
 from vnuma_sched.errors import VnumaError
 from vnuma_sched.system import cpuid as cpuid_mod
+from vnuma_sched.system import facts
 from vnuma_sched.system.topology import read_topology
 
 OK, WARN, MISSING, NA = "ok", "warn", "missing", "n/a"
-
-PATCH_GATES = {
-    "kernel.sched_numa_idle_damp": "/proc/sys/kernel/sched_numa_idle_damp",
-    "kernel.sched_numa_newidle_min_ns": "/proc/sys/kernel/sched_numa_newidle_min_ns",
-    "kernel.sched_steal_idle_nocap": "/proc/sys/kernel/sched_steal_idle_nocap",
-    "kvm_guest.idle_halt_hint": "/sys/module/kvm_guest/parameters/idle_halt_hint",
-}
 
 # dmesg lines that prove (True) or disprove (False) a PV feature when CPUID is unreadable
 DMESG_EVIDENCE = {
@@ -65,10 +59,9 @@ class DoctorEnv:
 
 
 def check_kernel(env):
-    release = env.sysroot.read("/proc/sys/kernel/osrelease").strip()
-    m = re.match(r"(\d+)\.(\d+)", release)
-    status = OK if m else WARN
-    return Check("kernel", status, release, {"version": (int(m[1]), int(m[2])) if m else None})
+    release = facts.release(env.sysroot)
+    version = facts.parse_version(release)
+    return Check("kernel", OK if version else WARN, release, {"version": version})
 
 
 def _cpuid_pv(env):
@@ -110,14 +103,6 @@ def _dmesg_feature(env, name):
     return None, None
 
 
-def _steal_ticks(env):
-    for line in env.sysroot.read("/proc/stat").splitlines():
-        if line.startswith("cpu "):
-            fields = line.split()
-            return int(fields[8]) if len(fields) > 8 else 0
-    return 0
-
-
 def check_pv_features(env, hv):
     """One row per KVM PV feature and hint; CPUID first, then dmesg evidence."""
     checks = []
@@ -133,7 +118,7 @@ def check_pv_features(env, hv):
             exposed, src = feats[name], hv.data["source"]
         else:
             exposed, src = _dmesg_feature(env, name)
-            if exposed is None and name == "steal_time" and _steal_ticks(env) > 0:
+            if exposed is None and name == "steal_time" and facts.steal_ticks(env.sysroot) > 0:
                 exposed, src = True, "/proc/stat: steal accrued"
         if exposed is None:
             checks.append(Check(f"pv:{name}", WARN, f"{label}: unknown (CPUID unreadable, "
@@ -157,7 +142,7 @@ def check_pv_spinlocks(env):
 
 
 def check_steal(env):
-    ticks = _steal_ticks(env)
+    ticks = facts.steal_ticks(env.sysroot)
     if ticks > 0:
         return Check("steal_time", OK, f"accruing: {ticks} ticks since boot (/proc/stat)",
                      {"ticks": ticks})
@@ -208,39 +193,26 @@ def check_btf(env):
     return Check("btf", MISSING, "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=n)")
 
 
-def _mounts(env):
-    out = {}
-    for line in env.sysroot.read_optional("/proc/mounts", "").splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            out.setdefault(parts[2], parts[1])
-    return out
-
-
 def check_fs(env, fstype, hint):
-    where = _mounts(env).get(fstype)
+    where = facts.mounts(env.sysroot).get(fstype)
     if where:
         return Check(fstype, OK, f"mounted at {where}", {"path": where})
     return Check(fstype, MISSING, f"not mounted ({hint})")
 
 
 def check_kprobes(env):
-    tracefs = _mounts(env).get("tracefs")
-    if tracefs and env.sysroot.exists(f"{tracefs}/kprobe_events"):
-        return Check("kprobes", OK, f"{tracefs}/kprobe_events")
-    kallsyms = env.sysroot.read_optional("/proc/kallsyms", "")
-    if re.search(r" register_kprobe$", kallsyms, re.M):
-        return Check("kprobes", OK, "register_kprobe in /proc/kallsyms")
+    tracefs = facts.mounts(env.sysroot).get("tracefs")
+    evidence = facts.kprobes_evidence(env.sysroot, tracefs)
+    if evidence:
+        return Check("kprobes", OK, evidence)
     return Check("kprobes", MISSING, "kernel without CONFIG_KPROBES: kprobe-based probes "
                  "unsupported (tracepoints still work)")
 
 
 def check_lockdown(env):
-    text = env.sysroot.read_optional("/sys/kernel/security/lockdown")
-    if text is None:
-        return Check("lockdown", OK, "none (no /sys/kernel/security/lockdown)", {"mode": "none"})
-    m = re.search(r"\[(\w+)\]", text)
-    mode = m.group(1) if m else "unknown"
+    mode = facts.read_lockdown(env.sysroot)
+    if mode is None:
+        return Check("lockdown", OK, f"none (no {facts.LOCKDOWN})", {"mode": "none"})
     if mode == "none":
         return Check("lockdown", OK, "none", {"mode": mode})
     why = {"integrity": "debugfs writes denied: debugfs knobs unsupported",
@@ -249,13 +221,13 @@ def check_lockdown(env):
 
 
 def check_patches(env):
-    present = [g for g, p in PATCH_GATES.items() if env.sysroot.exists(p)]
-    if len(present) == len(PATCH_GATES):
+    present = facts.patch_gates_present(env.sysroot)
+    if len(present) == len(facts.PATCH_GATES):
         return Check("vnuma_patches", OK, "patched: " + ", ".join(present), {"gates": present})
     if not present:
         return Check("vnuma_patches", MISSING, "unpatched kernel (no vnuma_sched gates; "
                      "see 'vnuma-sched patches')", {"gates": []})
-    missing = [g for g in PATCH_GATES if g not in present]
+    missing = [g for g in facts.PATCH_GATES if g not in present]
     return Check("vnuma_patches", WARN, "partly patched, missing: " + ", ".join(missing),
                  {"gates": present})
 

@@ -34,6 +34,11 @@ class SysRoot:
     def exists(self, abspath):
         return self.path(abspath).exists()
 
+    def readable(self, abspath):
+        """Can this process read (and, for a directory, enter) the path?"""
+        path = self.path(abspath)
+        return os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0))
+
     def is_dir(self, abspath):
         return self.path(abspath).is_dir()
 
@@ -51,7 +56,7 @@ class SysRoot:
         try:
             return self.path(abspath).read_text(encoding="utf-8", errors="replace").rstrip("\n")
         except OSError as err:
-            raise DataError(abspath, err.strerror or str(err)) from err
+            raise DataError(abspath, err.strerror or str(err), err.errno) from err
 
     def read_optional(self, abspath, default=None):
         """Like read(), but ``default`` when the file is absent or unreadable."""

@@ -70,6 +70,11 @@ class Node:
     def cpuless(self):
         return not self.cpus
 
+    @property
+    def cpulist(self):
+        """The CPUs in the kernel's list format ("0-3,8")."""
+        return format_cpulist(self.cpus)
+
     def to_dict(self):
         return {"id": self.id, "cpus": list(self.cpus), "mem_kb": self.mem_kb,
                 "distances": list(self.distances)}

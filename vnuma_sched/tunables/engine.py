@@ -2,10 +2,11 @@
 writes through the journal and restores everything already written if any
 write fails; revert() walks the journal backwards."""
 
-import re
+import time
 from dataclasses import dataclass
 
 from vnuma_sched.errors import BadInput, DataError, VnumaError
+from vnuma_sched.system import facts
 from vnuma_sched.tunables import journal as J
 from vnuma_sched.tunables import knobs as K
 
@@ -34,13 +35,6 @@ class Row:
                 "target": self.target, "action": self.action, "reason": self.reason}
 
 
-def _norm(knob, text):
-    text = text.strip()
-    if knob.vtype == "bool":
-        return {"Y": "1", "N": "0", "y": "1", "n": "0"}.get(text, text)
-    return text
-
-
 def _feature_state(sysroot, path, name):
     tokens = sysroot.read(path).split()
     if name in tokens:
@@ -65,7 +59,7 @@ def read(knob, path, sysroot):
         return _feature_state(sysroot, path, knob.name.split(".", 1)[1])
     if knob.kind == K.BOOT:
         return _boot_value(knob, sysroot.read(path))
-    return _norm(knob, sysroot.read(path))
+    return knob.decode(sysroot.read(path).strip())
 
 
 def write(knob, path, value, sysroot):
@@ -73,23 +67,16 @@ def write(knob, path, value, sysroot):
     if knob.kind == K.FEATURE:
         name = knob.name.split(".", 1)[1]
         sysroot.write(path, name if value == "1" else f"NO_{name}")
-    elif knob.vtype == "bool" and knob.kind == K.MODULE:
-        sysroot.write(path, "Y\n" if value == "1" else "N\n")
     else:
-        sysroot.write(path, f"{value}\n")
+        sysroot.write(path, f"{knob.encode(value)}\n")
 
 
-def kernel_version(sysroot):
-    rel = sysroot.read("/proc/sys/kernel/osrelease")
-    m = re.match(r"(\d+)\.(\d+)", rel)
-    if not m:
-        raise DataError("/proc/sys/kernel/osrelease", f"cannot parse {rel!r}")
-    return (int(m[1]), int(m[2]))
+kernel_version = facts.version      # (major, minor); kept for callers of the engine
 
 
 def plan(profile, sysroot):
     """One row per knob of the profile: current, target, and what apply would do."""
-    version = kernel_version(sysroot)
+    version = facts.version(sysroot)
     rows = []
     for name, target in profile.settings.items():
         knob = K.REGISTRY[name]
@@ -100,8 +87,9 @@ def plan(profile, sysroot):
         try:
             values = [read(knob, p, sysroot) for p in res.paths]
         except DataError as err:
-            rows.append(Row(name, knob.kind, res.paths, "-", target, UNSUPPORTED,
-                            f"cannot read: {err.reason}"))
+            why = (K.debugfs_read_problem(sysroot, err) if err.path.startswith(K.DEBUGFS)
+                   else f"cannot read: {err.reason}")
+            rows.append(Row(name, knob.kind, res.paths, "-", target, UNSUPPORTED, why))
             continue
         if any(v is None for v in values):
             rows.append(Row(name, knob.kind, res.paths, "-", target, UNSUPPORTED,
@@ -140,7 +128,7 @@ def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=Fal
             raise BadInput(f"profile {existing['profile']!r} is applied (journal "
                            f"{J.JOURNAL}); revert it first or use --replace")
         revert(sysroot)
-    journal = J.Journal(sysroot, profile.name, sysroot.read("/proc/sys/kernel/osrelease"))
+    journal = J.Journal(sysroot, profile.name, facts.release(sysroot))
     count = 0
     try:
         for row in rows:
@@ -182,9 +170,7 @@ def _persist(rows, sysroot, journal):
     for r in rows:
         if r.kind == K.MODULE and r.action in (SET, UNCHANGED):
             mod, param = r.knob.split(".", 1)
-            value = ("Y" if r.target == "1" else "N") if K.REGISTRY[r.knob].vtype == "bool" \
-                else r.target
-            mods.setdefault(mod, []).append(f"{param}={value}")
+            mods.setdefault(mod, []).append(f"{param}={K.REGISTRY[r.knob].encode(r.target)}")
     if mods:
         journal.add_file(MODPROBE_D)
         sysroot.write_atomic(MODPROBE_D, "# written by vnuma-sched; removed by 'tune revert'\n"
@@ -242,7 +228,6 @@ def verify(profile, sysroot):
 
 def hold(profile, sysroot, interval, count, progress, sleep=None):
     """Re-assert the decaying knobs of an applied profile every ``interval`` seconds."""
-    import time
 
     doc = J.load(sysroot)
     if doc is None or doc["profile"] != profile.name:

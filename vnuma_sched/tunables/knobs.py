@@ -5,10 +5,12 @@ hard-codes the live system.
 A knob the kernel lacks resolves to "unsupported" with the reason, never an error.
 """
 
+import errno
 import re
 from dataclasses import dataclass, field
 
 from vnuma_sched.errors import BadInput
+from vnuma_sched.system import facts
 
 SYSCTL, SCHED, FEATURE, DOMAIN, MODULE, BOOT = (
     "sysctl", "sched", "feature", "domain", "module", "boot")
@@ -57,6 +59,18 @@ class Knob:
             raise BadInput(f"{where}: {self.name}: unexpected characters in {value!r}")
         return value
 
+    def encode(self, value):
+        """The text the kernel takes for a normalised value (bool module parameters: Y/N)."""
+        if self.kind == MODULE and self.vtype == "bool":
+            return "Y" if value == "1" else "N"
+        return value
+
+    def decode(self, text):
+        """The normalised value of the text the kernel prints (bools: Y/N -> 1/0)."""
+        if self.vtype == "bool":
+            return {"Y": "1", "N": "0", "y": "1", "n": "0"}.get(text, text)
+        return text
+
 
 def _sysctl(name, **kw):
     path = "/proc/sys/" + name.replace(".", "/")
@@ -73,6 +87,12 @@ def _module(mod, param, **kw):
                 paths=((None, None, f"/sys/module/{mod}/parameters/{param}"),), **kw)
 
 
+def _gate(name, kind, **kw):
+    """A knob that is one of the series' patch gates: its path is facts.PATCH_GATES'."""
+    return Knob(name, kind, patch_gate=True,
+                paths=((None, None, facts.PATCH_GATES[name]),), **kw)
+
+
 def _boot(name, **kw):
     return Knob(f"boot.{name}", BOOT, **kw)
 
@@ -81,12 +101,12 @@ REGISTRY = {k.name: k for k in [
     _sysctl("kernel.numa_balancing", lo=0, hi=3,
             doc="0 stops NUMA-balancing task and page moves"),
     _sysctl("kernel.sched_schedstats", vtype="bool", doc="scheduler statistics"),
-    _sysctl("kernel.sched_numa_idle_damp", lo=0, hi=3, patch_gate=True,
-            doc="series: bit 0 newidle, bit 1 wake_affine across NUMA nodes"),
-    _sysctl("kernel.sched_numa_newidle_min_ns", lo=0, hi=4_000_000_000, patch_gate=True,
-            doc="series: idle period from which newidle may cross nodes"),
-    _sysctl("kernel.sched_steal_idle_nocap", vtype="bool", patch_gate=True,
-            doc="series: idle-time steal does not lower capacity"),
+    _gate("kernel.sched_numa_idle_damp", SYSCTL, lo=0, hi=3,
+          doc="series: bit 0 newidle, bit 1 wake_affine across NUMA nodes"),
+    _gate("kernel.sched_numa_newidle_min_ns", SYSCTL, lo=0, hi=4_000_000_000,
+          doc="series: idle period from which newidle may cross nodes"),
+    _gate("kernel.sched_steal_idle_nocap", SYSCTL, vtype="bool",
+          doc="series: idle-time steal does not lower capacity"),
     _sched("migration_cost_ns", "/proc/sys/kernel/sched_migration_cost_ns",
            (((5, 13), None, f"{DEBUGFS}/sched/migration_cost_ns"),), lo=0, hi=10**9,
            doc="task_hot() threshold"),
@@ -112,8 +132,8 @@ REGISTRY = {k.name: k for k in [
     _module("haltpoll", "guest_halt_poll_grow", lo=0, hi=100),
     _module("haltpoll", "guest_halt_poll_shrink", lo=0, hi=100),
     _module("haltpoll", "guest_halt_poll_allow_shrink", vtype="bool"),
-    _module("kvm_guest", "idle_halt_hint", vtype="choice", choices=("auto", "on", "off"),
-            patch_gate=True, doc="series: halted-in-idle vCPUs are not preempted"),
+    _gate("kvm_guest.idle_halt_hint", MODULE, vtype="choice", choices=("auto", "on", "off"),
+          doc="series: halted-in-idle vCPUs are not preempted"),
     _module("kvm_guest", "wait_poll_ns", lo=0, hi=10**9, patch_gate=True,
             doc="series: poll a contended lock before halting"),
     _module("vnuma_debug", "emulate_halt_preempted", vtype="bool", patch_gate=True,
@@ -145,16 +165,41 @@ class Resolved:
     reason: str = ""      # why unsupported
 
 
-def _lockdown(sysroot):
-    text = sysroot.read_optional("/sys/kernel/security/lockdown", "")
-    m = re.search(r"\[(\w+)\]", text)
-    return m.group(1) if m else "none"
+DEBUGFS_MOUNT_HINT = f"mount -t debugfs nodev {DEBUGFS}"
+
+
+def _has_sched_files(sysroot):
+    return sysroot.exists(f"{DEBUGFS}/sched") or sysroot.exists(f"{DEBUGFS}/sched_features")
+
+
+def debugfs_problem(sysroot):
+    """Why debugfs cannot be read here ("" when it can): not mounted, or root only."""
+    if facts.mounts(sysroot).get("debugfs") is None and not _has_sched_files(sysroot):
+        return f"debugfs not mounted ({DEBUGFS_MOUNT_HINT})"
+    if not sysroot.readable(DEBUGFS):
+        return f"{DEBUGFS} is readable by root only (run as root)"
+    return ""
+
+
+def debugfs_read_problem(sysroot, err):
+    """A user's reason for a failed read of a debugfs file (a DataError)."""
+    why = debugfs_problem(sysroot)
+    if why:
+        return why
+    if err.errno == errno.EPERM:
+        return ("debugfs refuses reads (Operation not permitted): the kernel is locked "
+                "down (see /sys/kernel/security/lockdown; mount -t securityfs nodev "
+                "/sys/kernel/security if it is absent)")
+    return f"cannot read: {err.reason}"
 
 
 def _debugfs_ok(sysroot):
-    if not sysroot.exists(f"{DEBUGFS}/sched") and not sysroot.exists(f"{DEBUGFS}/sched_features"):
-        return "debugfs not mounted (mount -t debugfs nodev /sys/kernel/debug)"
-    mode = _lockdown(sysroot)
+    why = debugfs_problem(sysroot)
+    if why:
+        return why
+    if not _has_sched_files(sysroot):
+        return f"debugfs not mounted ({DEBUGFS_MOUNT_HINT})"
+    mode = facts.lockdown(sysroot)
     if mode != "none":
         return f"lockdown ({mode}): debugfs writes are denied"
     return ""

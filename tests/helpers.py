@@ -1,0 +1,87 @@
+"""Helpers shared by the test modules (fixtures stay in conftest.py)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from vnuma_sched.probes import events as E
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden"
+FAKE_KERNEL = DATA / "fakekernel"
+# The version in FAKE_KERNEL's Makefile: a fixture, not a Debian package version.
+FAKE_VERSION = "6.12.117"
+CACHE = Path(os.environ.get("VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched"))
+VNUMA = str(Path(sys.executable).parent / "vnuma-sched")
+
+# A fixed identity and date: the synthetic repositories get the same hashes every run.
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "GIT_AUTHOR_DATE": "@1700000000 +0000", "GIT_COMMITTER_DATE": "@1700000000 +0000",
+           "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+
+
+def git(repo, *args):
+    """Run git in repo with GIT_ENV; its stdout, stripped."""
+    return subprocess.run(["git", "-c", "init.defaultBranch=main", *args], cwd=repo,
+                          check=True, capture_output=True, text=True,
+                          env=GIT_ENV).stdout.strip()
+
+
+def write(root, path, text):
+    """Write root/path (a leading "/" is under root), making its directories."""
+    p = Path(root) / path.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+def golden(name, text):
+    """Compare text with tests/data/golden/<name>; UPDATE_GOLDEN=1 rewrites the file."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert text == path.read_text(), f"differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
+
+
+def debian_source_version(series):
+    """Upstream version of the installed linux-source-<series> package, e.g. "6.12.117"
+    for 6.12.117-1~deb12u1: the tree `kernel fetch` extracts (dpkg-query)."""
+    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", f"linux-source-{series}"],
+                             capture_output=True, text=True, check=True).stdout
+    m = re.match(r"(\d+\.\d+\.\d+)", version)
+    assert m, f"linux-source-{series}: unexpected package version {version!r}"
+    return m.group(1)
+
+
+# --- recordings ----------------------------------------------------------------------
+
+def interval(topo_nodes, dt=1.0):
+    """One interval record with known counters (5 wake and 2 newidle migrations...)."""
+    mx = {c: {"busy": [[0] * topo_nodes for _ in range(topo_nodes)],
+              "idle": [[0] * topo_nodes for _ in range(topo_nodes)]} for c in E.CAUSE_NAMES}
+    mx["wake"]["busy"][0][1] = 5
+    mx["newidle"]["idle"][1][1] = 2
+    return {"type": "interval", "t": 0.0, "dt": dt, "probes": {
+        "ipi": {"per_cpu": [[3, 4, 0, 1], [1, 0, 0, 0], [0, 2, 0, 0], [5, 5, 1, 0]]},
+        "halt": {"count": [[2] + [0] * 7] * 4, "ns": [[3_000_000] + [0] * 7] * 4,
+                 "hist": [0, 1, 4, 2] + [0] * 28, "pvspin": [[0, 0]] * 4},
+        "migrate": {"matrix": mx, "wake_place": [20, 3]},
+        "preempt": {"checked": [4, 4, 0, 0], "rejected": [1, 2, 0, 0]},
+        "steal": {"ms": [0, 1, 0, 2]}}}
+
+
+def write_recording(path, intervals, end=True, meta=None):
+    """A JSON-lines recording: meta, the intervals, and an end record unless end=False."""
+    lines = [json.dumps(meta or {"type": "meta", "version": 1, "kernel": "6.12.117",
+                                 "probes": {"preempt": {"available": False,
+                                                        "reason": "no kprobes"}}})]
+    lines += [json.dumps(i) for i in intervals]
+    if end:
+        lines.append(json.dumps({"type": "end", "lost": 3, "exit_code": 0}))
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,183 @@
+"""system/facts.py: each kernel fact read from a recorded tree through a SysRoot."""
+
+import shutil
+
+import pytest
+
+from vnuma_sched.errors import DataError
+from vnuma_sched.system import facts
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.tunables.knobs import REGISTRY
+
+
+@pytest.fixture
+def guest(fixture_root):
+    return SysRoot(fixture_root / "kvm-guest-1node")
+
+
+@pytest.fixture
+def tree(tmp_path, fixture_root):
+    """A writable copy of the qemu-2node recording."""
+    root = tmp_path / "root"
+    shutil.copytree(fixture_root / "qemu-2node", root)
+    return root
+
+
+def write(root, abspath, text):
+    path = root / abspath.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("name,release,version", [
+    ("kvm-guest-1node", "6.18.44-fc-v657", (6, 18)),
+    ("qemu-2node", "6.12.117", (6, 12)),
+    ("xeon-8160-2s", "6.1.0-26-amd64", (6, 1)),
+])
+def test_release_and_version(fixture_root, name, release, version):
+    root = SysRoot(fixture_root / name)
+    assert facts.release(root) == release
+    assert facts.version(root) == version
+
+
+def test_release_missing(tmp_path):
+    root = SysRoot(tmp_path)
+    assert facts.release(root, "") == ""
+    with pytest.raises(DataError):
+        facts.release(root)
+
+
+@pytest.mark.parametrize("text,version", [
+    ("6.12.117", (6, 12)), ("5.4.0-150-generic", (5, 4)), ("10.0-rc1", (10, 0)),
+    ("", None), ("six.twelve", None), ("6", None),
+])
+def test_parse_version(text, version):
+    assert facts.parse_version(text) == version
+
+
+def test_version_unparseable_names_the_file(tree):
+    write(tree, facts.OSRELEASE, "weird\n")
+    with pytest.raises(DataError, match="osrelease"):
+        facts.version(SysRoot(tree))
+
+
+def test_lockdown_absent_is_none(guest):
+    assert facts.read_lockdown(guest) is None
+    assert facts.lockdown(guest) == "none"
+
+
+@pytest.mark.parametrize("text,mode", [
+    ("[none] integrity confidentiality\n", "none"),
+    ("none [integrity] confidentiality\n", "integrity"),
+    ("none integrity [confidentiality]\n", "confidentiality"),
+    ("\n", "unknown"),
+])
+def test_lockdown_modes(tmp_path, text, mode):
+    write(tmp_path, facts.LOCKDOWN, text)
+    root = SysRoot(tmp_path)
+    assert facts.read_lockdown(root) == mode
+    assert facts.lockdown(root) == mode
+
+
+def test_steal_from_recorded_guest(guest):
+    assert facts.steal_ticks(guest) == 37
+    assert facts.steal_ticks_per_cpu(guest) == [18, 19]
+
+
+def test_steal_short_lines_and_gaps(tmp_path):
+    write(tmp_path, facts.PROC_STAT, "cpu  1 2 3\ncpu0 1 0 0 0 0 0 0 5\ncpu2 1 0 0 0 0 0 0 7 0\n"
+                                     "intr 1 2 3\n")
+    root = SysRoot(tmp_path)
+    assert facts.steal_ticks(root) == 0
+    assert facts.steal_ticks_per_cpu(root) == [5, 0, 7]
+
+
+def test_steal_without_cpu_lines(tmp_path):
+    write(tmp_path, facts.PROC_STAT, "intr 1\n")
+    root = SysRoot(tmp_path)
+    assert facts.steal_ticks(root) == 0
+    assert facts.steal_ticks_per_cpu(root) == []
+
+
+def test_steal_needs_proc_stat(tmp_path):
+    with pytest.raises(DataError):
+        facts.steal_ticks(SysRoot(tmp_path))
+
+
+def test_mounts_first_mount_point_wins(tree):
+    write(tree, facts.MOUNTS, "proc /proc proc rw 0 0\nnodev /sys/kernel/tracing tracefs rw 0 0\n"
+                              "nodev /sys/kernel/debug/tracing tracefs rw 0 0\nshort line\n")
+    assert facts.mounts(SysRoot(tree)) == {"proc": "/proc", "tracefs": "/sys/kernel/tracing"}
+
+
+def test_tracefs_candidates(tree):
+    root = SysRoot(tree)
+    assert facts.tracefs(root) is None
+    write(tree, "/sys/kernel/debug/tracing/events/sched/sched_switch/format", "")
+    assert facts.tracefs(root) == "/sys/kernel/debug/tracing"
+    write(tree, "/sys/kernel/tracing/events/sched/sched_switch/format", "")
+    assert facts.tracefs(root) == "/sys/kernel/tracing"
+
+
+def test_symbols(guest, tmp_path):
+    assert facts.symbols(guest) == {"kvm_wait", "kvm_kick_cpu"}
+    assert facts.symbols(SysRoot(tmp_path)) == set()
+
+
+def test_kprobes_evidence(tree):
+    root = SysRoot(tree)
+    assert facts.kprobes_evidence(root, None) is None
+    write(tree, facts.KALLSYMS, "ffffffff81000000 T register_kprobe\n")
+    assert facts.kprobes_evidence(root, None) == "register_kprobe in /proc/kallsyms"
+    write(tree, "/sys/kernel/tracing/kprobe_events", "")
+    assert facts.kprobes_evidence(root, "/sys/kernel/tracing") == \
+        "/sys/kernel/tracing/kprobe_events"
+
+
+def test_kprobes_evidence_reads_symbols_only_when_needed(tree):
+    write(tree, "/sys/kernel/tracing/kprobe_events", "")
+    asked = []
+    facts.kprobes_evidence(SysRoot(tree), "/sys/kernel/tracing", lambda: asked.append(1))
+    assert asked == []
+
+
+def test_patch_gates_unpatched(guest):
+    assert facts.patch_gates_present(guest) == []
+    assert facts.patch_gate_values(guest) == {g: None for g in facts.PATCH_GATES}
+
+
+def test_patch_gates_partly_patched(tree):
+    write(tree, facts.PATCH_GATES["kernel.sched_numa_idle_damp"], "3\n")
+    write(tree, facts.PATCH_GATES["kvm_guest.idle_halt_hint"], "auto\n")
+    root = SysRoot(tree)
+    assert facts.patch_gates_present(root) == ["kernel.sched_numa_idle_damp",
+                                               "kvm_guest.idle_halt_hint"]
+    values = facts.patch_gate_values(root)
+    assert values["kernel.sched_numa_idle_damp"] == "3"
+    assert values["kvm_guest.idle_halt_hint"] == "auto"
+    assert values["kernel.sched_steal_idle_nocap"] is None
+
+
+def test_knob_registry_takes_gate_paths_from_facts():
+    for gate, path in facts.PATCH_GATES.items():
+        assert REGISTRY[gate].patch_gate
+        assert REGISTRY[gate].paths == ((None, None, path),)
+
+
+def test_kernel_facts_reads_once_and_lazily(tmp_path):
+    write(tmp_path, facts.LOCKDOWN, "none integrity [confidentiality]\n")
+    write(tmp_path, "/sys/kernel/tracing/events/sched/sched_switch/format", "")
+    write(tmp_path, facts.KALLSYMS, "ffffffff81000000 T register_kprobe\n")
+    kf = facts.KernelFacts(SysRoot(tmp_path), euid=0)
+    assert kf.lockdown == "confidentiality"
+    assert kf.tracefs == "/sys/kernel/tracing"
+    assert kf.tracepoint("sched:sched_switch") and not kf.tracepoint("sched:sched_waking")
+    assert kf.kprobes
+    (tmp_path / "proc/kallsyms").write_text("")
+    assert "register_kprobe" in kf.symbols      # cached from the first read
+
+
+def test_kernel_facts_without_tracefs(guest):
+    kf = facts.KernelFacts(guest, euid=1000)
+    assert kf.tracefs is None and not kf.tracepoint("sched:sched_switch")
+    assert kf.lockdown == "none" and not kf.kprobes

@@ -1,0 +1,61 @@
+"""Tables: identifiers never split, prose wraps to the width, piped output never wraps."""
+
+import io
+from types import SimpleNamespace
+
+from vnuma_sched import render
+from vnuma_sched.errors import DataError
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.tunables import knobs
+
+KNOB = "kernel.sched_numa_newidle_min_ns"
+PATH = "/sys/kernel/debug/sched/migration_cost_ns"
+REASON = ("debugfs is not mounted: mount -t debugfs nodev /sys/kernel/debug, "
+          "then plan again to see the current value")
+
+
+def plan_rows():
+    row = SimpleNamespace(knob=KNOB, paths=[PATH], current="500000", target="1000000",
+                          action="set", reason=REASON)
+    return [row]
+
+
+def test_plan_keeps_knob_and_path_whole_at_80_columns(monkeypatch):
+    monkeypatch.setattr(render, "terminal_width", lambda stream=None: 80)
+    text = render.plan_text(plan_rows())
+    lines = text.splitlines()
+    assert any(KNOB in ln and PATH in ln for ln in lines), text
+    assert "".join(text.split()).count("mount-tdebugfs") == 1  # the prose is all there
+    prose_lines = [ln for ln in lines if "debugfs" in ln or "then plan" in ln]
+    assert len(prose_lines) >= 2, "the prose column wraps to fit"
+
+
+def test_prose_columns_fit_the_width_when_they_can():
+    rows = [["short", "word " * 40]]
+    text = render.table(rows, ["name", "prose"], prose=[1], width=60)
+    assert max(len(ln) for ln in text.splitlines()) <= 60
+
+
+def test_wide_identifiers_win_over_the_width():
+    ident = "x" * 70
+    text = render.table([[ident, "a b c d e f g h"]], ["id", "prose"], prose=[1], width=40)
+    assert ident in text  # never split, even when it alone is wider than the terminal
+
+
+def test_piped_output_is_not_wrapped(monkeypatch):
+    monkeypatch.setattr(render.sys, "stdout", io.StringIO())
+    assert render.terminal_width() is None
+    text = render.plan_text(plan_rows())
+    assert any(REASON in ln for ln in text.splitlines())
+
+
+def test_debugfs_reasons_name_the_fix(tmp_path):
+    (tmp_path / "sys/kernel/debug").mkdir(parents=True)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/mounts").write_text("proc /proc proc rw 0 0\n")
+    root = SysRoot(tmp_path)
+    assert "mount -t debugfs nodev /sys/kernel/debug" in knobs.debugfs_problem(root)
+    (tmp_path / "proc/mounts").write_text("debugfs /sys/kernel/debug debugfs rw 0 0\n")
+    assert knobs.debugfs_problem(root) == ""
+    err = DataError("/sys/kernel/debug/sched/migration_cost_ns", "Operation not permitted", 1)
+    assert "locked down" in knobs.debugfs_read_problem(root, err)

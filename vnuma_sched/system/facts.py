@@ -1,0 +1,155 @@
+"""Kernel facts, each read and parsed in one place, through a SysRoot.
+
+Kernel release and version, lockdown mode, steal time, mounts, tracefs,
+kprobes, kallsyms symbols and the project's patch gates. Pure: every function
+takes the SysRoot to read; nothing here points at the live system.
+"""
+
+import re
+
+from vnuma_sched.errors import DataError
+
+OSRELEASE = "/proc/sys/kernel/osrelease"
+LOCKDOWN = "/sys/kernel/security/lockdown"
+PROC_STAT = "/proc/stat"
+MOUNTS = "/proc/mounts"
+KALLSYMS = "/proc/kallsyms"
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+# Files that exist only on a kernel carrying the project's series: gate name -> path.
+PATCH_GATES = {
+    "kernel.sched_numa_idle_damp": "/proc/sys/kernel/sched_numa_idle_damp",
+    "kernel.sched_numa_newidle_min_ns": "/proc/sys/kernel/sched_numa_newidle_min_ns",
+    "kernel.sched_steal_idle_nocap": "/proc/sys/kernel/sched_steal_idle_nocap",
+    "kvm_guest.idle_halt_hint": "/sys/module/kvm_guest/parameters/idle_halt_hint",
+}
+
+# The debug series' module (patch 7: old-host emulation); not a gate of the postable series.
+DEBUG_PARAMS_DIR = "/sys/module/vnuma_debug/parameters"
+
+_STEAL_FIELD = 8    # cpuN user nice system idle iowait irq softirq steal ...
+
+
+def release(sysroot, default=None):
+    """The kernel release ("6.12.117"), stripped; ``default`` when unreadable,
+    or DataError when no default is given."""
+    if default is None:
+        return sysroot.read(OSRELEASE).strip()
+    return sysroot.read_optional(OSRELEASE, default).strip()
+
+
+def parse_version(text):
+    """(major, minor) of a release string, or None when it does not start with one."""
+    m = re.match(r"(\d+)\.(\d+)", text)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def version(sysroot):
+    """(major, minor) of the kernel; DataError when the release cannot be parsed."""
+    rel = release(sysroot)
+    parsed = parse_version(rel)
+    if parsed is None:
+        raise DataError(OSRELEASE, f"cannot parse {rel!r}")
+    return parsed
+
+
+def read_lockdown(sysroot):
+    """The lockdown mode in [brackets]; None when the kernel has no lockdown file,
+    "unknown" when the file names no mode."""
+    text = sysroot.read_optional(LOCKDOWN)
+    if text is None:
+        return None
+    m = re.search(r"\[(\w+)\]", text)
+    return m.group(1) if m else "unknown"
+
+
+def lockdown(sysroot):
+    """The lockdown mode: "none", "integrity", "confidentiality" ("none" when absent)."""
+    return read_lockdown(sysroot) or "none"
+
+
+def _steal_lines(sysroot):
+    """(name, ticks) per "cpu"/"cpuN" line of /proc/stat; DataError when unreadable."""
+    for line in sysroot.read(PROC_STAT).splitlines():
+        parts = line.split()
+        if parts and parts[0].startswith("cpu"):
+            ticks = int(parts[_STEAL_FIELD]) if len(parts) > _STEAL_FIELD else 0
+            yield parts[0], ticks
+
+
+def steal_ticks(sysroot):
+    """Steal time of all CPUs since boot, in USER_HZ ticks (0 without a "cpu" line)."""
+    return next((t for name, t in _steal_lines(sysroot) if name == "cpu"), 0)
+
+
+def steal_ticks_per_cpu(sysroot):
+    """Steal ticks indexed by CPU number (0 for CPUs /proc/stat leaves out)."""
+    out = {int(name[3:]): t for name, t in _steal_lines(sysroot) if name != "cpu"}
+    return [out.get(c, 0) for c in range(max(out) + 1)] if out else []
+
+
+def mounts(sysroot):
+    """Filesystem type -> first mount point listed in /proc/mounts."""
+    out = {}
+    for line in sysroot.read_optional(MOUNTS, "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out.setdefault(parts[2], parts[1])
+    return out
+
+
+def tracefs(sysroot):
+    """Where tracefs is (the first candidate with events/), or None."""
+    return next((t for t in TRACEFS_CANDIDATES if sysroot.exists(f"{t}/events")), None)
+
+
+def symbols(sysroot):
+    """The set of symbol names in /proc/kallsyms (empty when unreadable)."""
+    text = sysroot.read_optional(KALLSYMS, "")
+    return {parts[2] for parts in map(str.split, text.splitlines()) if len(parts) >= 3}
+
+
+def kprobes_evidence(sysroot, tracefs_dir, syms=None):
+    """Why kprobes are available ("<tracefs>/kprobe_events" or "register_kprobe in
+    /proc/kallsyms"), or None when they are not. ``syms``: a callable returning the
+    kallsyms set, called only when tracefs does not settle it (default: read it)."""
+    if tracefs_dir and sysroot.exists(f"{tracefs_dir}/kprobe_events"):
+        return f"{tracefs_dir}/kprobe_events"
+    if "register_kprobe" in (syms() if syms else symbols(sysroot)):
+        return f"register_kprobe in {KALLSYMS}"
+    return None
+
+
+def patch_gates_present(sysroot):
+    """Names of the patch gates this kernel has, in PATCH_GATES order."""
+    return [g for g, p in PATCH_GATES.items() if sysroot.exists(p)]
+
+
+def patch_gate_values(sysroot):
+    """Gate name -> its current text, None when the gate is absent."""
+    return {g: sysroot.read_optional(p) for g, p in PATCH_GATES.items()}
+
+
+class KernelFacts:
+    """What the running (or recorded) kernel offers, read once (symbols lazily)."""
+
+    def __init__(self, sysroot, euid):
+        self.sysroot, self.euid = sysroot, euid
+        self.tracefs = tracefs(sysroot)
+        self.lockdown = lockdown(sysroot)
+        self._symbols = None
+
+    def tracepoint(self, spec):
+        cat, name = spec.split(":")
+        return self.tracefs is not None and self.sysroot.exists(
+            f"{self.tracefs}/events/{cat}/{name}")
+
+    @property
+    def kprobes(self):
+        return kprobes_evidence(self.sysroot, self.tracefs, lambda: self.symbols) is not None
+
+    @property
+    def symbols(self):
+        if self._symbols is None:
+            self._symbols = symbols(self.sysroot)
+        return self._symbols
