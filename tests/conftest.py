@@ -154,11 +154,14 @@ def guest_build(tree_612, repo_fragment):
 
 
 def _patched(tree, series_version):
-    """A worktree of the fetched tree with the series applied (reused between runs)."""
+    """A worktree of the fetched tree with the series applied (reused between runs), on
+    a branch of its own so that 'vnuma-sched pipeline' (make demo) never finds its
+    branch held by this worktree."""
 
     series = P.load_series(series_version)
     work = CACHE / "series-test" / series_version / "linux"
-    return P.series_worktree(tree, series, work, Runner(), print), series
+    return P.series_worktree(tree, series, work, Runner(), print,
+                             branch=f"vnuma-series-test-{series_version}"), series
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import FAKE_KERNEL, FAKE_VERSION, REPO, git
 
+from vnuma_sched import runner as runner_module
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
 from vnuma_sched.kernel import kbuild, kconfig
@@ -177,3 +178,49 @@ def test_warnings_are_summarised(tree, tmp_path, monkeypatch):
     res = kbuild.build(request(tree, tmp_path, [fragment(tmp_path, "CONFIG_SMP=y\n")]),
                        Runner(), lambda m: None)
     assert res.steps[1].detail.startswith("1 warning(s): kernel/sched/core.c:10:5: warning")
+
+
+# --- bad input: nothing built, nothing run -------------------------------------------
+
+def refuse_subprocesses(monkeypatch):
+    started = []
+
+    def refuse(argv, *args, **kwargs):
+        started.append(argv)
+        raise AssertionError(f"started {argv}")
+    monkeypatch.setattr(runner_module.subprocess, "Popen", refuse)
+    return started
+
+
+@pytest.mark.parametrize("content", [
+    bytes(range(256)) * 4,                      # not UTF-8
+    b"CONFIG_SMP=y\n\x00\x00\x7fELF\x02\x01\n",  # UTF-8, but binary
+])
+def test_binary_fragment_is_refused_before_anything_runs(tree, tmp_path, monkeypatch, content):
+    frag = tmp_path / "vmlinux.o"
+    frag.write_bytes(content)
+    started = refuse_subprocesses(monkeypatch)
+    res = CliRunner().invoke(main, ["build", "--tree", str(tree), "--out",
+                                    str(tmp_path / "out"), "--fragment", str(frag)])
+    assert res.exit_code == 2, res.output
+    assert str(frag) in res.output and "not a text file" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "internal error" not in res.output
+    assert started == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", [
+    "--eval=$(shell touch {marker})", "-j1000", "CC=touch {marker}", "../../etc/passwd", "",
+])
+def test_make_targets_that_make_would_obey_are_refused(tree, tmp_path, monkeypatch, target):
+    marker = tmp_path / "marker"
+    started = refuse_subprocesses(monkeypatch)
+    res = CliRunner().invoke(main, ["build", "--tree", str(tree), "--out",
+                                    str(tmp_path / "out"), "--target",
+                                    target.format(marker=marker)])
+    assert res.exit_code == 2 and "--target" in res.output, res.output
+    assert started == [] and not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_plain_targets_pass_the_check():
+    assert kbuild.check_targets(["bzImage", "kernel/sched/fair.o", "kernel/sched/",
+                                 "arch/x86/kvm/kvm-intel.o"])

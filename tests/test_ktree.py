@@ -4,10 +4,13 @@ import shutil
 import subprocess
 
 import pytest
+from click.testing import CliRunner
 from helpers import FAKE_KERNEL, FAKE_VERSION, git
 
+from vnuma_sched import runner as runner_module
+from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, NeedsRoot
-from vnuma_sched.kernel.ktree import fetch_debian, fetch_git, tree_version
+from vnuma_sched.kernel.ktree import default_cache, fetch_debian, fetch_git, tree_version
 from vnuma_sched.runner import Runner
 
 
@@ -95,3 +98,82 @@ def test_fetch_git_clones_and_checks_out_ref(tmp_path):
     (tree / "Makefile").write_text("dirty\n")
     with pytest.raises(BadInput, match="uncommitted changes"):
         fetch_git(str(src), "v1", tmp_path / "dest", Runner(), print)
+
+
+# --- user values never reach git as options -----------------------------------------
+
+@pytest.fixture
+def no_subprocess(monkeypatch):
+    """Every subprocess the code under test tries to start, refused and recorded."""
+    started = []
+
+    def refuse(argv, *args, **kwargs):
+        started.append(argv)
+        raise AssertionError(f"started {argv}")
+
+    def install():
+        monkeypatch.setattr(runner_module.subprocess, "Popen", refuse)
+        return started
+    return install
+
+
+def upstream(tmp_path):
+    src = tmp_path / "linux.git"
+    shutil.copytree(FAKE_KERNEL, src)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "v1"], ["tag", "v1"]):
+        git(src, *args)
+    return src
+
+
+@pytest.mark.parametrize("clone_first", [False, True])
+def test_fetch_refuses_a_git_source_that_is_an_option(tmp_path, no_subprocess, clone_first):
+    """--git "--upload-pack=touch X": exit 2, one line, nothing run, X not created."""
+    dest = tmp_path / "dest"
+    marker_dir = tmp_path / "m"
+    marker_dir.mkdir()
+    if clone_first:   # an existing clone named like the value's last path element
+        fetch_git(str(upstream(tmp_path)), "v1", dest, Runner(), print)
+    started = no_subprocess()
+    res = CliRunner().invoke(main, ["kernel", "fetch", "--dest", str(dest), "--git",
+                                    f"--upload-pack=touch {marker_dir / 'linux'}"])
+    assert res.exit_code == 2, res.output
+    assert "--git" in res.output and len(res.output.strip().splitlines()) == 1
+    assert started == [] and not (marker_dir / "linux").exists()
+    assert clone_first or not dest.exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--ref", "--output=/tmp/x"], "--ref"),
+    (["--ref", "-b"], "--ref"),
+    (["--git", "ext::sh -c touch% /tmp/x"], "ext:: transport"),
+    (["--git", "fd::3"], "fd:: transport"),
+    (["--git", "-oProxyCommand=touch /tmp/x"], "--git"),
+])
+def test_fetch_refuses_option_like_values(tmp_path, no_subprocess, args, needle):
+    argv = ["kernel", "fetch", "--dest", str(tmp_path / "dest")]
+    if "--git" not in args:
+        argv += ["--git", str(tmp_path / "src")]
+    started = no_subprocess()
+    res = CliRunner().invoke(main, argv + args)
+    assert res.exit_code == 2 and needle in res.output, res.output
+    assert started == [] and not (tmp_path / "dest").exists()
+
+
+def test_fetch_git_resolves_the_ref_after_end_of_options(tmp_path):
+    src = upstream(tmp_path)
+    tree = fetch_git(str(src), "v1", tmp_path / "dest", Runner(), print)
+    assert head(tree) == git(src, "rev-parse", "v1")
+    with pytest.raises(BadInput, match="--ref HEAD~5: not found"):
+        fetch_git(str(src), "HEAD~5", tmp_path / "dest", Runner(), print)
+
+
+def test_fetch_git_takes_a_relative_path(tmp_path, monkeypatch):
+    upstream(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    tree = fetch_git("linux.git", "v1", tmp_path / "dest", Runner(), print)
+    assert str(tree_version(tree)) == FAKE_VERSION
+
+
+def test_cache_is_absolute():
+    assert default_cache({"VNUMA_SCHED_CACHE": "-rel"}).startswith("/")
+    assert default_cache({}) == "/var/cache/vnuma_sched"

@@ -1,21 +1,34 @@
 """Series model, status check and apply against small synthetic git repositories."""
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import git, write
+from helpers import GIT_ENV, git, write
 
 from vnuma_sched.cli.main import main
-from vnuma_sched.errors import BadInput
+from vnuma_sched.errors import BadInput, Interrupted
 from vnuma_sched.kernel import patches as P
+from vnuma_sched.kernel import pipeline
 from vnuma_sched.runner import Runner
 
 
 @pytest.fixture
 def repo_and_series(tmp_path):
     """A repo at its base commit, and a 3-patch series made from it."""
+    return make_repo_and_series(tmp_path)
+
+
+def make_repo_and_series(tmp_path):
+    """A repo at its base commit (tagged vnuma-base), and a 3-patch 6.12 series
+    under tmp_path/patches made from it."""
     repo = tmp_path / "linux"
     repo.mkdir()
     git(repo, "init", "-q")
@@ -40,6 +53,7 @@ def repo_and_series(tmp_path):
     (pdir / "series").write_text(f"# base-commit: {base}\n" + "".join(
         f"{n}  # problem=2 gates=kernel.x\n" for n in names))
     git(repo, "reset", "-q", "--hard", base)
+    git(repo, "tag", "vnuma-base")
     return repo, P.load_series("6.12", tmp_path / "patches")
 
 
@@ -187,3 +201,263 @@ def test_check_cli_exit_code_on_conflict(repo_and_series, tmp_path, monkeypatch)
 
     doc = json.loads(res.output)
     assert [p["status"] for p in doc["patches"]] == [P.CLEAN, P.CLEAN, P.CONFLICT]
+
+
+# --- faults: signals, hostile names, trees git am would refuse ------------------------
+
+def kernel_makefile(repo):
+    """Commit a Makefile that makes repo a 6.12 tree for the command line."""
+    (repo / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\n")
+    git(repo, "add", "Makefile")
+    git(repo, "commit", "-q", "-m", "Makefile")
+
+
+# Runs the CLI with the scratch series as the shipped one (argv[1]: patches dir).
+CLI_WITH_SERIES = """
+import sys
+from pathlib import Path
+from vnuma_sched.cli.main import main
+from vnuma_sched.kernel import patches
+patches.default_dir = lambda: Path(sys.argv[1])
+main(sys.argv[2:], prog_name="vnuma-sched")
+"""
+
+
+def slow_am_hook(repo, tmp_path):
+    """An applypatch-msg hook (a git feature) that parks git am in the second patch,
+    after the first one is committed on the new branch."""
+    count, ready = tmp_path / "am-count", tmp_path / "am-ready"
+    hook = repo / ".git" / "hooks" / "applypatch-msg"
+    hook.write_text(f"""#!/bin/sh
+n=$(cat {shlex.quote(str(count))} 2>/dev/null || echo 0)
+n=$((n + 1))
+echo $n > {shlex.quote(str(count))}
+if [ $n -ge 2 ]; then touch {shlex.quote(str(ready))}; exec sleep 120; fi
+""")
+    hook.chmod(0o755)
+    return ready
+
+
+def wait_for(path, proc, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_signal_during_apply_restores_everything(repo_and_series, tmp_path, how):
+    """Ctrl-C (SIGINT to the whole foreground process group) or SIGTERM (to the
+    process) while git am works on patch 2: HEAD, branch and tree as before, 130."""
+    repo, series = repo_and_series
+    kernel_makefile(repo)
+    ready = slow_am_hook(repo, tmp_path)
+    before = snapshot(repo)
+    env = {**os.environ, **GIT_ENV, "PATH": os.environ["PATH"]}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI_WITH_SERIES, str(tmp_path / "patches"), "patches", "apply",
+         "--tree", str(repo), "--branch", "vnuma"], cwd=tmp_path, env=env,
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(ready, proc)
+        assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "vnuma"  # really mid-series
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "interrupted" in errors[0] and "restored" in errors[0], err
+    assert "Traceback" not in err
+    assert snapshot(repo) == before
+    assert not (repo / ".git" / "rebase-apply").exists()
+    assert not (repo / ".git" / "index.lock").exists()
+
+
+def test_apply_then_restore_leaves_a_clean_tree_for_the_next_apply(repo_and_series, tmp_path):
+    """After an interrupted apply the same command works (nothing half-done left)."""
+    repo, series = repo_and_series
+    kernel_makefile(repo)
+    ready = slow_am_hook(repo, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI_WITH_SERIES, str(tmp_path / "patches"), "patches", "apply",
+         "--tree", str(repo), "--branch", "vnuma"], cwd=tmp_path,
+        env={**os.environ, **GIT_ENV, "PATH": os.environ["PATH"]}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(ready, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)
+    (repo / ".git" / "hooks" / "applypatch-msg").unlink()
+    P.apply(repo, series, "vnuma", Runner(), lambda m: None)
+    assert git(repo, "log", "--format=%s", "-1") == "sched/fair: three"
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("a..b", "not a valid git branch name"),
+    ("bad name", "not a valid git branch name"),
+    ("x.lock", "not a valid git branch name"),
+    ("-x", "must not start with '-'"),
+    ("--orphan=evil", "must not start with '-'"),
+])
+def test_apply_refuses_bad_branch_names_in_one_line(repo_and_series, tmp_path, monkeypatch,
+                                                    name, needle):
+    repo, _ = repo_and_series
+    kernel_makefile(repo)
+    before = snapshot(repo)
+    monkeypatch.setattr(P, "default_dir", lambda: tmp_path / "patches")
+    res = CliRunner().invoke(main, ["patches", "apply", "--tree", str(repo), "--branch", name])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and len(res.output.strip().splitlines()) == 1
+    assert "internal error" not in res.output
+    assert snapshot(repo) == before
+
+
+def test_check_reports_an_untracked_file_a_patch_would_create(tmp_path, monkeypatch):
+    repo, series = new_file_series(tmp_path)
+    (repo / "notes.txt").write_text("mine, not committed\n")
+    st = P.check(repo, series, Runner())
+    assert st[-1].state == P.CONFLICT and st[-1].detail.startswith("notes.txt: ")
+    assert (repo / "notes.txt").read_text() == "mine, not committed\n"
+    kernel_makefile(repo)
+    monkeypatch.setattr(P, "default_dir", lambda: tmp_path / "patches")
+    res = CliRunner().invoke(main, ["patches", "check", "--tree", str(repo)])
+    assert res.exit_code == 1 and "notes.txt" in res.output
+    with pytest.raises(P.ApplyFailed, match="notes.txt"):
+        P.apply(repo, series, "vnuma", Runner(), lambda m: None)
+    assert "vnuma" not in git(repo, "branch", "--list")
+
+
+def new_file_series(tmp_path):
+    """A repo and a one-patch series whose patch creates notes.txt."""
+    repo = tmp_path / "linux"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    write(repo, "a.c", "int a;\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    base = git(repo, "rev-parse", "HEAD")
+    write(repo, "notes.txt", "from the patch\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "docs: add notes")
+    pdir = tmp_path / "patches" / "6.12"
+    pdir.mkdir(parents=True)
+    git(repo, "format-patch", "-q", "-o", str(pdir), base)
+    names = sorted(p.name for p in pdir.glob("*.patch"))
+    (pdir / "series").write_text(f"# base-commit: {base}\n" + "\n".join(names) + "\n")
+    git(repo, "reset", "-q", "--hard", base)
+    return repo, P.load_series("6.12", tmp_path / "patches")
+
+
+def test_check_on_a_dirty_tree_says_so(repo_and_series, tmp_path, monkeypatch):
+    repo, _ = repo_and_series
+    kernel_makefile(repo)
+    write(repo, "kvm.c", "dirty\n")
+    monkeypatch.setattr(P, "default_dir", lambda: tmp_path / "patches")
+    res = CliRunner().invoke(main, ["patches", "check", "--tree", str(repo)])
+    assert res.exit_code == 1
+    assert "tree has uncommitted changes" in res.output and "kvm.c" in res.output
+    doc = json.loads(CliRunner().invoke(
+        main, ["--json", "patches", "check", "--tree", str(repo)]).output)
+    assert doc["dirty"] == ["kvm.c"]
+
+
+def test_series_file_names_are_plain_file_names(tmp_path):
+    pdir = tmp_path / "patches" / "6.12"
+    pdir.mkdir(parents=True)
+    (tmp_path / "patches" / "evil.patch").write_text("x\n")
+    (pdir / "series").write_text("../evil.patch\n")
+    with pytest.raises(BadInput, match="not a patch file name"):
+        P.load_series("6.12", tmp_path / "patches")
+
+
+# --- the pipeline's apply step next to the tests' series worktree ---------------------
+
+def carries(tree, base):
+    return git(tree, "log", "--format=%s", f"{base}..HEAD").splitlines() == [
+        "sched/fair: three", "sched/fair: two", "x86/kvm: one"]
+
+
+@pytest.mark.parametrize("tests_branch", [
+    "vnuma-series-6.12",          # what the tests' worktree held before (an old cache)
+    "vnuma-series-test-6.12",     # what it holds now
+])
+def test_pipeline_apply_step_works_beside_the_tests_worktree(repo_and_series, tmp_path,
+                                                             tests_branch):
+    """'make test' then 'make demo', repeatedly, in either order, on one cache."""
+    repo, series = repo_and_series
+    base = git(repo, "rev-parse", "HEAD")
+    cache = tmp_path / "cache"
+    tests_tree = cache / "series-test" / "6.12" / "linux"
+    P.series_worktree(repo, series, tests_tree, Runner(), print, branch=tests_branch)
+    for _ in range(2):
+        work = pipeline.apply_step(repo, series, cache, Runner(), print)
+        assert work == cache / "series" / "linux-6.12" and carries(work, base)
+        again = P.series_worktree(repo, series, tests_tree, Runner(), print,
+                                  branch=tests_branch)
+        assert carries(again, base)
+    assert git(repo, "status", "--porcelain") == "" and git(repo, "rev-parse", "HEAD") == base
+
+
+def test_pipeline_apply_step_first_then_the_tests(repo_and_series, tmp_path):
+    repo, series = repo_and_series
+    base = git(repo, "rev-parse", "HEAD")
+    cache = tmp_path / "cache"
+    work = pipeline.apply_step(repo, series, cache, Runner(), print)
+    tests_tree = P.series_worktree(repo, series, cache / "series-test" / "6.12" / "linux",
+                                   Runner(), print, branch="vnuma-series-test-6.12")
+    assert carries(work, base) and carries(tests_tree, base)
+    assert carries(pipeline.apply_step(repo, series, cache, Runner(), print), base)
+
+
+def test_series_worktree_recreates_a_stale_one(repo_and_series, tmp_path):
+    """A worktree left behind without the series (say an interrupted apply) is redone."""
+    repo, series = repo_and_series
+    base = git(repo, "rev-parse", "HEAD")
+    dest = tmp_path / "cache" / "series" / "linux-6.12"
+    git(repo, "worktree", "add", "-q", "--detach", str(dest), base)
+    msgs = []
+    assert carries(P.series_worktree(repo, series, dest, Runner(), msgs.append), base)
+    assert any("stale" in m for m in msgs)
+
+
+def test_series_worktree_refuses_a_held_branch_without_the_series(repo_and_series, tmp_path):
+    repo, series = repo_and_series
+    other = tmp_path / "other"
+    git(repo, "worktree", "add", "-q", "-b", "vnuma-series-6.12", str(other))
+    with pytest.raises(BadInput, match="is checked out in .* does not carry"):
+        P.series_worktree(repo, series, tmp_path / "cache" / "w", Runner(), print)
+
+
+def test_interrupt_between_patches_restores_in_process(repo_and_series):
+    """The same rollback without a subprocess: Ctrl-C right after patch 1."""
+    repo, series = repo_and_series
+    before = snapshot(repo)
+
+    def progress(msg):
+        if msg.startswith("0001"):
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted, match="restored to main") as err:
+        P.apply(repo, series, "vnuma", Runner(), progress)
+    assert err.value.exit_code == 130
+    assert snapshot(repo) == before
+
+
+def test_a_failed_restore_says_what_to_run(repo_and_series, monkeypatch):
+    repo, series = repo_and_series
+
+    def broken_restore(*args):
+        raise BadInput("index.lock exists")
+    monkeypatch.setattr(P, "_restore", broken_restore)
+    monkeypatch.setattr(P, "check", lambda *a: [P.Status(p, P.CLEAN) for p in series.patches])
+    series.patches[1].path.write_text("not a patch\n")
+    with pytest.raises(P.ApplyFailed) as err:
+        P.apply(repo, series, "vnuma", Runner(), lambda m: None)
+    msg = str(err.value)
+    assert "restoring" in msg and "failed too (index.lock exists)" in msg
+    assert "git am --abort" in msg and "git checkout -f main" in msg and "\n" not in msg

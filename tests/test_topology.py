@@ -1,12 +1,20 @@
 import shutil
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.system.sysroot import SysRoot
-from vnuma_sched.system.topology import format_cpulist, llc_of_cpus, parse_cpulist, read_topology
+from vnuma_sched.system.topology import (
+    MAX_CPUS,
+    format_cpulist,
+    llc_of_cpus,
+    parse_cpulist,
+    read_topology,
+)
 
 
 @pytest.mark.parametrize("text,cpus", [
@@ -80,6 +88,7 @@ def broken(tmp_path, fixture_root):
     ("node1/cpulist", "2-x\n", "node1/cpulist: malformed cpulist"),
     ("node0/distance", "10 21 30\n", "node0/distance: distance row has 3 entries for 2 nodes"),
     ("node1/distance", "21 ten\n", "node1/distance: malformed distance row"),
+    ("node1/distance", "-21 10\n", "node1/distance: distance row '-21 10' has values outside"),
     ("node0/meminfo", "garbage\n", "node0/meminfo: no 'Node N MemTotal"),
     ("node1/cpulist", "1-2\n", "node1/cpulist: CPU 1 is also in node0"),
 ])
@@ -128,3 +137,37 @@ def test_llc_from_cache_topology_or_node(tmp_path, fixture_root):
     plain = SysRoot(fixture_root / "tr-2990wx")
     llc = llc_of_cpus(plain, read_topology(plain))
     assert llc[16] == llc[48] == 16 and llc[8] == 8   # no cache info: the node
+
+
+@pytest.mark.parametrize("bad", ["0-4294967295", "8192", "0-99999999999999999999",
+                                 "0-15:1/4294967296", "٣", "0-3:٢/4"])
+def test_parse_cpulist_refuses_what_no_kernel_prints(bad):
+    with pytest.raises(ValueError) as err:
+        parse_cpulist(bad)
+    assert str(err.value)
+
+
+def test_huge_cpulist_in_sysfs_is_bad_data_exit_3(broken):
+    (broken / "sys/devices/system/node/node1/cpulist").write_text("0-4294967295\n")
+    res = CliRunner().invoke(main, ["--root", str(broken), "topology"])
+    assert res.exit_code == 3, res.output
+    assert "node1/cpulist" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+_ELEMENT = st.one_of(
+    st.integers(0, 2**40).map(str),
+    st.tuples(st.integers(0, 2**34), st.integers(0, 2**34)).map(lambda t: f"{t[0]}-{t[1]}"),
+    st.tuples(st.integers(0, 9000), st.integers(0, 9000), st.integers(0, 70),
+              st.integers(0, 70)).map(lambda t: f"{t[0]}-{t[1]}:{t[2]}/{t[3]}"),
+    st.text(alphabet="0123456789-,:/ x", max_size=8))
+
+
+@given(st.lists(_ELEMENT, max_size=6).map(",".join))
+def test_cpulist_is_refused_with_a_message_or_round_trips(text):
+    try:
+        cpus = parse_cpulist(text)
+    except ValueError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    assert cpus == sorted(set(cpus)) and all(0 <= c < MAX_CPUS for c in cpus)
+    assert parse_cpulist(format_cpulist(cpus)) == cpus

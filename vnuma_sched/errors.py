@@ -49,3 +49,9 @@ class Missing(VnumaError):
     """A required tool or kernel feature is not available."""
 
     exit_code = 5
+
+
+class Interrupted(VnumaError):
+    """SIGINT or SIGTERM stopped the operation (after its rollback, if any)."""
+
+    exit_code = 130

@@ -1,6 +1,7 @@
 """Commands for kernel trees, patches, builds and guests."""
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def kernel_fetch(settings, series, dest, git_source, ref):
       vnuma-sched kernel fetch --git ~/src/linux --ref v6.12
     """
 
-    dest = dest or os.path.join(cache_dir(), "trees")
+    dest = os.path.abspath(dest or os.path.join(cache_dir(), "trees"))
     if git_source:
         tree = fetch_git(git_source, ref, dest, Runner(), progress(settings))
     else:
@@ -141,7 +142,9 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json)
     settings = merge_json(settings, as_json)
     kernel_image = vmod.kernel_image(image)
     host = read_topology(settings.sysroot()) if spec == "host" else None
-    topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host)
+    config = vmod.image_config(kernel_image)
+    limits = vmod.guest_limits([config] if config else [])
+    topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host, limits)
     runner = Runner()
     accel, why = vmod.choose_accel(accel, kernel_image, runner,
                                    os.path.join(cache_dir(), "accel.json"))
@@ -200,8 +203,9 @@ def patches_check(settings, tree, as_json):
     """Per patch: clean, already-applied or conflict (file and hunk). Never touches TREE.
 
     \b
-    The series is picked from the version in TREE's Makefile. Exit code 1 if
-    any patch conflicts.
+    The series is picked from the version in TREE's Makefile. A patch that
+    would create a file the work tree already has is a conflict naming it.
+    Exit code 1 if any patch conflicts or TREE has uncommitted changes.
     \b
     Example:
       vnuma-sched patches check --tree /var/cache/vnuma_sched/trees/linux-source-6.12
@@ -209,10 +213,17 @@ def patches_check(settings, tree, as_json):
 
     settings = merge_json(settings, as_json)
     series = _tree_series(tree)
-    statuses = P.check(tree, series, Runner())
-    emit(settings, {"version": series.version, "tree": str(tree),
-                    "patches": [s.to_dict() for s in statuses]}, status_text(statuses))
-    if any(s.state == P.CONFLICT for s in statuses):
+    runner = Runner()
+    statuses = P.check(tree, series, runner)
+    dirty = P.dirty_files(tree, runner)
+    text = status_text(statuses)
+    if dirty:
+        text += (f"\ntree has uncommitted changes ({len(dirty)} files: {', '.join(dirty[:3])}"
+                 f"{', ...' if len(dirty) > 3 else ''}); the statuses are for HEAD and "
+                 "'patches apply' refuses the tree until they are committed or stashed")
+    emit(settings, {"version": series.version, "tree": str(tree), "dirty": dirty,
+                    "patches": [s.to_dict() for s in statuses]}, text)
+    if dirty or any(s.state == P.CONFLICT for s in statuses):
         settings_exit(1)
 
 
@@ -284,7 +295,7 @@ def gates_command():
     sysctls = [p for p in gates if p.startswith("/proc/sys/")]
     params = sorted({os.path.dirname(p) for p in gates if p.startswith("/sys/module/")}
                     | {facts.DEBUG_PARAMS_DIR})
-    return ["sh", "-c", f"{exe} topology && echo && grep -H . "
+    return ["sh", "-c", f"{shlex.quote(exe)} topology && echo && grep -H . "
             + " ".join(sysctls + [f"{d}/*" for d in params])]
 
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vnuma_sched.errors import VnumaError
+from vnuma_sched.errors import BadInput, VnumaError
 from vnuma_sched.kernel import kconfig
 from vnuma_sched.kernel.ktree import tree_version
 from vnuma_sched.runner import stream
@@ -19,6 +19,7 @@ PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 ARCH = "x86_64"
 IMAGE = "arch/x86/boot/bzImage"
 KERNEL_FRAGMENT = "kernel/configs/kvm_guest.config"
+_TARGET = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+-]*")
 _ERROR = re.compile(r"(^\S+:\d+:\d+: (fatal )?error: .*|^make(\[\d+\])?: \*\*\* .*)")
 
 
@@ -107,7 +108,8 @@ def build_env(tree, runner):
 
 
 def _make(req, out, *targets, jobs=None):
-    argv = ["make", "-C", str(req.tree), f"O={out}", f"ARCH={ARCH}"]
+    argv = ["make", "-C", str(Path(req.tree).absolute()), f"O={Path(out).absolute()}",
+            f"ARCH={ARCH}"]
     if jobs:
         argv.append(f"-j{jobs}")
     return argv + list(targets)
@@ -210,8 +212,26 @@ def metadata(req, runner, seconds, image):
     }
 
 
+def check_targets(targets):
+    """Make targets are file or target names: never options (``--eval=...``) or
+    variable assignments (``CC=...``), which make would obey."""
+    for target in targets:
+        if not _TARGET.fullmatch(str(target)) or ".." in Path(str(target)).parts:
+            raise BadInput(f"--target {str(target)[:60]!r}: not a make target "
+                           "(letters, digits and _ . / + -, not starting with '-', no '=')")
+    return tuple(targets)
+
+
+def check_request(req):
+    """Every input of a build checked before anything runs or is written."""
+    check_targets(req.targets)
+    for frag in req.fragments:
+        kconfig.read_fragment(frag)
+
+
 def build(req, runner, progress):
     """Run every step; raise BuildFailed naming the failed step and its first errors."""
+    check_request(req)
     result = BuildResult()
     req.out.mkdir(parents=True, exist_ok=True)
     env = {**build_env(req.tree, runner), **req.env}

@@ -54,6 +54,10 @@ def read_fragment(path):
         text = p.read_text(encoding="utf-8")
     except OSError as err:
         raise BadInput(f"{path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise BadInput(f"{path}: not a text file (kconfig fragment expected)") from err
+    if "\0" in text:
+        raise BadInput(f"{path}: not a text file (kconfig fragment expected)")
     return parse(text, str(path))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vnuma_sched.errors import BadInput, NeedsRoot
+from vnuma_sched.kernel import gitargs
 
 SUPPORTED = ("6.1", "6.12")
 CACHE_ENV, CACHE_DEFAULT = "VNUMA_SCHED_CACHE", "/var/cache/vnuma_sched"
@@ -30,8 +31,8 @@ class KernelVersion:
 
 def default_cache(environ):
     """The cache of trees, builds and bisect state: $VNUMA_SCHED_CACHE in ``environ``,
-    else /var/cache/vnuma_sched."""
-    return environ.get(CACHE_ENV, CACHE_DEFAULT)
+    else /var/cache/vnuma_sched; always an absolute path."""
+    return os.path.abspath(environ.get(CACHE_ENV) or CACHE_DEFAULT)
 
 
 def tree_version(tree):
@@ -76,12 +77,12 @@ def fetch_debian(series, dest, runner, progress, euid, tarball=None):
     Idempotent: an already fetched tree is returned as is.
     """
     check_supported(series)
-    dest = Path(dest)
+    dest = Path(dest).absolute()
     tree = dest / f"linux-source-{series}"
     if _is_fetched(tree, runner):
         progress(f"{tree}: already fetched")
         return tree
-    tarball = Path(tarball) if tarball else source_tarball(series)
+    tarball = Path(tarball).absolute() if tarball else source_tarball(series)
     if not tarball.exists():
         if euid != 0:
             raise NeedsRoot(f"installing linux-source-{series} (apt-get)")
@@ -120,23 +121,36 @@ def _commit_base(tree, series, tarball, runner):
     runner.run([*git, "tag", "vnuma-base"], cwd=tree)
 
 
+GIT_SAFE = ("-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never")
+
+
 def fetch_git(source, ref, dest, runner, progress):
-    """Clone (or update) a user's kernel tree and check out ``ref`` detached; return its path."""
-    name = Path(str(source).rstrip("/")).name.removesuffix(".git") or "linux"
-    tree = Path(dest) / name
+    """Clone (or update) a user's kernel tree and check out ``ref`` detached; return its path.
+
+    ``source`` and ``ref`` are user values: refused when git could read them as
+    options, and passed after ``--`` (source) or resolved to a commit id first (ref).
+    """
+    source = gitargs.source(source, "--git")
+    ref = gitargs.ref(ref, "--ref")
+    if "://" not in source and ":" not in source.split("/")[0]:
+        source = gitargs.path(source)
+    name = Path(source.rstrip("/")).name.removesuffix(".git") or "linux"
+    tree = Path(dest).absolute() / name
     if (tree / ".git").is_dir():
         dirty = runner.output(["git", "status", "--porcelain", "--untracked-files=no"],
                               cwd=tree)
         if dirty:
             raise BadInput(f"{tree}: uncommitted changes; commit or stash them first")
         progress(f"{tree}: fetching from {source}")
-        runner.run(["git", "fetch", "--quiet", "--tags", str(source)], cwd=tree)
+        runner.run(["git", *GIT_SAFE, "fetch", "--quiet", "--tags", "--", source], cwd=tree)
     else:
-        Path(dest).mkdir(parents=True, exist_ok=True)
+        tree.parent.mkdir(parents=True, exist_ok=True)
         progress(f"cloning {source} into {tree} (a full kernel history takes a while)")
-        runner.run(["git", "clone", "--quiet", str(source), str(tree)])
-    res = runner.run(["git", "checkout", "-q", "--detach", ref], cwd=tree, check=False)
+        runner.run(["git", *GIT_SAFE, "clone", "--quiet", "--", source, str(tree)])
+    res = runner.run(["git", "rev-parse", "-q", "--verify", "--end-of-options",
+                      f"{ref}^{{commit}}"], cwd=tree, check=False)
     if res.returncode != 0:
         raise BadInput(f"--ref {ref}: not found in {source}")
+    runner.run(["git", "checkout", "-q", "--detach", res.stdout.strip()], cwd=tree)
     tree_version(tree)
     return tree

@@ -2,7 +2,8 @@
 
 b4 style: the status check never touches the work tree or the index (it applies
 into a throw-away index file), and apply goes patch by patch with ``git am`` on
-a new branch; any failure aborts and leaves HEAD, branch and tree as they were.
+a new branch; any failure, Ctrl-C or SIGTERM aborts and leaves HEAD, branch and
+tree as they were.
 """
 
 import email
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vnuma_sched import resources
-from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.errors import BadInput, Interrupted, VnumaError
+from vnuma_sched.kernel import gitargs
 from vnuma_sched.kernel.ktree import SUPPORTED, check_supported
+from vnuma_sched.runner import CommandFailed, signals_ignored, sigterm_as_interrupt
 
 CLEAN, APPLIED, CONFLICT = "clean", "already-applied", "conflict"
 PROBLEMS = {"1": "halted vCPU reported preempted", "2": "idle-time cross-node migration",
@@ -23,6 +26,8 @@ PROBLEMS = {"1": "halted vCPU reported preempted", "2": "idle-time cross-node mi
             "docs": "documentation"}
 _FAILED = re.compile(r"error: patch failed: (\S+):(\d+)")
 _NOT_APPLY = re.compile(r"error: (\S+): patch does not apply")
+_CREATED = re.compile(r"^diff --git a/\S+ b/(\S+)\nnew file mode ", re.M)
+_PATCH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def _parse_meta(comment):
 def load_series(version, patches_dir=None):
     """Read patches/<version>/series; BadInput for an unknown version or missing file."""
     check_supported(version)
-    base = Path(patches_dir or default_dir()) / version
+    base = Path(patches_dir or default_dir()).absolute() / version
     series_file = base / "series"
     if not series_file.is_file():
         raise BadInput(f"no series for {version} ({series_file})")
@@ -83,6 +88,8 @@ def load_series(version, patches_dir=None):
         name = name.strip()
         if not name:
             continue
+        if not _PATCH_NAME.fullmatch(name):
+            raise BadInput(f"{series_file}:{lineno}: {name[:60]!r}: not a patch file name")
         path = base / name
         if not path.is_file():
             raise BadInput(f"{series_file}:{lineno}: {name}: no such patch file")
@@ -123,29 +130,60 @@ def _git_apply(tree, runner, env, patch, *flags):
                       env=env, check=False)
 
 
-def check(tree, series, runner):
-    """Per-patch status, computed in throw-away index files (work tree untouched).
+def created_files(patch):
+    """Paths a patch creates (``new file mode``), from its text."""
+    return _CREATED.findall(Path(patch.path).read_text(encoding="utf-8", errors="replace"))
+
+
+def _in_the_way(tree, patch):
+    """The first file the patch creates that already exists in the work tree."""
+    return next((name for name in created_files(patch)
+                 if os.path.lexists(Path(tree) / name)), None)
+
+
+def _forward(tree, runner, env, patch, work_tree):
+    res = _git_apply(tree, runner, env, patch)
+    if res.returncode != 0:
+        return Status(patch, CONFLICT, conflict_detail(res.stderr))
+    blocker = _in_the_way(tree, patch) if work_tree else None
+    if blocker:
+        return Status(patch, CONFLICT, f"{blocker}: an untracked file in the work tree is in "
+                                       "the way (git am would refuse to overwrite it)")
+    return Status(patch, CLEAN)
+
+
+def check(tree, series, runner, rev="HEAD"):
+    """Per-patch status against ``rev``, computed in throw-away index files (work tree
+    untouched).
 
     First, from the last patch to the first, each patch that reverse-applies is
     already applied (and is unapplied in the scratch index, so earlier patches
-    see their own context). Then the others are applied forward from HEAD.
+    see their own context). Then the others are applied forward from ``rev``.
+    Against HEAD, a patch that creates a file the work tree already has (an
+    untracked or ignored file) is a conflict naming that file.
     """
     with tempfile.TemporaryDirectory(prefix="vnuma-check-") as tmp:
         rev_env = {"GIT_INDEX_FILE": os.path.join(tmp, "reverse")}
         fwd_env = {"GIT_INDEX_FILE": os.path.join(tmp, "forward")}
         for env in (rev_env, fwd_env):
-            runner.run(["git", "read-tree", "HEAD"], cwd=tree, env=env)
+            runner.run(["git", "read-tree", rev], cwd=tree, env=env)
         applied = {p.number for p in reversed(series.patches)
                    if _git_apply(tree, runner, rev_env, p, "--reverse").returncode == 0}
-        out = []
-        for patch in series.patches:
-            if patch.number in applied:
-                out.append(Status(patch, APPLIED))
-                continue
-            res = _git_apply(tree, runner, fwd_env, patch)
-            out.append(Status(patch, CLEAN) if res.returncode == 0 else
-                       Status(patch, CONFLICT, conflict_detail(res.stderr)))
-        return out
+        return [Status(p, APPLIED) if p.number in applied else
+                _forward(tree, runner, fwd_env, p, rev == "HEAD") for p in series.patches]
+
+
+def dirty_files(tree, runner):
+    """Tracked files with uncommitted changes (index or work tree)."""
+    entries = iter(runner.run(["git", "status", "--porcelain", "-z", "--untracked-files=no"],
+                              cwd=tree).stdout.split("\0"))
+    out = []
+    for entry in entries:
+        if len(entry) > 3:
+            out.append(entry[3:])
+            if entry[0] in "RC":
+                next(entries, None)  # the rename's or copy's source path
+    return out
 
 
 class ApplyFailed(VnumaError):
@@ -161,89 +199,227 @@ def _in_progress(git_dir):
     return None
 
 
-def _identity_env(repo):
+def _git_out(tree, runner, *args):
+    """stdout of a git query, or None when it fails."""
+    res = runner.run(["git", *args], cwd=tree, check=False)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def _identity_env(tree, runner):
     """A committer identity for git am when the user has none configured."""
-    reader = repo.config_reader()
-    if reader.get_value("user", "email", "") and reader.get_value("user", "name", ""):
+    if _git_out(tree, runner, "config", "user.email") and \
+            _git_out(tree, runner, "config", "user.name"):
         return {}
     return {"GIT_COMMITTER_NAME": "vnuma-sched", "GIT_COMMITTER_EMAIL": "vnuma-sched@localhost"}
+
+
+def branch_exists(tree, branch, runner):
+    return runner.run(["git", "show-ref", "-q", "--verify", f"refs/heads/{branch}"],
+                      cwd=tree, check=False).returncode == 0
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where the repository was before apply: the branch (None if detached) and HEAD."""
+
+    branch: str
+    sha: str
+
+    def __str__(self):
+        return self.branch or self.sha[:12]
+
+
+def _preflight(tree, branch, runner):
+    """Refusals before anything changes; returns the starting point."""
+    branch = gitargs.check_branch(branch, runner, tree)
+    git_dir = _git_out(tree, runner, "rev-parse", "--absolute-git-dir")
+    if git_dir is None:
+        raise BadInput(f"--tree {tree}: not a git repository")
+    busy = _in_progress(git_dir)
+    if busy:
+        raise BadInput(f"--tree {tree}: {busy} is in progress; finish or abort it first")
+    dirty = dirty_files(tree, runner)
+    if dirty:
+        raise BadInput(f"--tree {tree}: uncommitted changes ({_names(dirty)}); "
+                       "commit or stash them first")
+    if branch_exists(tree, branch, runner):
+        raise BadInput(f"--branch {branch}: already exists")
+    current = _git_out(tree, runner, "symbolic-ref", "-q", "--short", "HEAD")
+    if current is not None:
+        gitargs.not_option(current, f"--tree {tree}: the current branch")
+    return _Start(current, _git_out(tree, runner, "rev-parse", "HEAD"))
+
+
+def _names(files, limit=3):
+    return ", ".join(files[:limit]) + (f" and {len(files) - limit} more"
+                                       if len(files) > limit else "")
+
+
+class _AmFailed(Exception):
+    def __init__(self, patch, stderr):
+        super().__init__(patch.filename)
+        self.patch, self.stderr = patch, stderr
+
+
+def _apply_all(tree, statuses, branch, runner, progress):
+    runner.run(["git", "checkout", "-q", "-b", branch], cwd=tree)
+    env = _identity_env(tree, runner)
+    for st in statuses:
+        if st.state == APPLIED:
+            progress(f"{st.patch.filename}: already applied, skipped")
+            continue
+        res = runner.run(["git", "am", "-q", "--committer-date-is-author-date",
+                          str(st.patch.path)], cwd=tree, env=env, check=False)
+        if res.returncode != 0:
+            raise _AmFailed(st.patch, res.stderr or res.stdout)
+        progress(f"{st.patch.filename}: applied")
 
 
 def apply(tree, series, branch, runner, progress):
     """Apply the series on a new branch from HEAD; return the per-patch statuses.
 
-    Refuses dirty trees and unfinished git operations; checks every patch first
-    (nothing is touched if one conflicts); if git am still fails, aborts and
-    restores the starting branch and HEAD.
+    Refuses invalid branch names, dirty trees and unfinished git operations;
+    checks every patch first (nothing is touched if one conflicts); if git am
+    still fails, or SIGINT/SIGTERM arrives, aborts and restores the starting
+    branch and HEAD and deletes the new branch.
     """
-    import git  # noqa: PLC0415 - GitPython only where needed
-
-    try:
-        repo = git.Repo(tree)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as err:
-        raise BadInput(f"--tree {tree}: not a git repository") from err
-    busy = _in_progress(repo.git_dir)
-    if busy:
-        raise BadInput(f"--tree {tree}: {busy} is in progress; finish or abort it first")
-    if repo.is_dirty(index=True, working_tree=True, untracked_files=False):
-        raise BadInput(f"--tree {tree}: uncommitted changes; commit or stash them first")
-    if branch in repo.heads:
-        raise BadInput(f"--branch {branch}: already exists")
-    statuses = check(tree, series, runner)
-    bad = [s for s in statuses if s.state == CONFLICT]
-    if bad:
-        raise ApplyFailed(f"{bad[0].patch.filename}: conflict in {bad[0].detail}; "
-                          "nothing was changed")
-    start = None if repo.head.is_detached else repo.active_branch.name
-    start_sha = repo.head.commit.hexsha
-    repo.git.checkout("-q", "-b", branch)
-    env = _identity_env(repo)
-    for st in statuses:
-        if st.state == APPLIED:
-            progress(f"{st.patch.filename}: already applied, skipped")
-            continue
+    with sigterm_as_interrupt():
+        start = _preflight(tree, branch, runner)
+        statuses = check(tree, series, runner)
+        bad = [s for s in statuses if s.state == CONFLICT]
+        if bad:
+            raise ApplyFailed(f"{bad[0].patch.filename}: conflict in {bad[0].detail}; "
+                              "nothing was changed")
         try:
-            with repo.git.custom_environment(**env):
-                repo.git.am("-q", "--committer-date-is-author-date", str(st.patch.path))
-        except git.GitCommandError as err:
-            _restore(repo, start, start_sha, branch)
-            raise ApplyFailed(f"{st.patch.filename}: git am failed "
-                              f"({conflict_detail(str(err.stderr))}); repository restored") from err
-        progress(f"{st.patch.filename}: applied")
+            _apply_all(tree, statuses, branch, runner, progress)
+        except BaseException as err:
+            replacement = _rolled_back(err, tree, start, branch, runner)
+            if replacement is err:
+                raise
+            raise replacement from err
     return statuses
 
 
-def _restore(repo, start, start_sha, branch):
-    import git  # noqa: PLC0415
-
+def _rolled_back(err, tree, start, branch, runner):
+    """Restore the repository after ``err``; the exception to raise instead."""
     try:
-        repo.git.am("--abort")
-    except git.GitCommandError:
-        pass
-    repo.git.checkout("-q", "-f", start or start_sha)
-    repo.git.branch("-D", branch)
+        with signals_ignored():
+            _restore(tree, start, branch, runner)
+    except VnumaError as failed:
+        kind = Interrupted if isinstance(err, KeyboardInterrupt) else ApplyFailed
+        return kind(f"{_what_failed(err)}; restoring {tree} failed too ({failed}): "
+                    f"run 'git am --abort', 'git checkout -f {start}' and "
+                    f"'git branch -D {branch}' there")
+    if isinstance(err, KeyboardInterrupt):
+        return Interrupted(f"patches apply interrupted; {tree} restored to {start} "
+                           f"(branch {branch} removed)")
+    if isinstance(err, (_AmFailed, CommandFailed)):
+        return ApplyFailed(f"{_what_failed(err)}; repository restored")
+    return err
 
 
-def series_worktree(base_tree, series, dest, runner, progress):
+def _what_failed(err):
+    if isinstance(err, _AmFailed):
+        return f"{err.patch.filename}: git am failed ({conflict_detail(str(err.stderr))})"
+    if isinstance(err, KeyboardInterrupt):
+        return "patches apply interrupted"
+    return str(err)
+
+
+def _restore(tree, start, branch, runner):
+    if (Path(_git_out(tree, runner, "rev-parse", "--absolute-git-dir") or tree)
+            / "rebase-apply").exists():
+        runner.run(["git", "am", "--abort"], cwd=tree)
+    target = start.branch if start.branch else start.sha
+    runner.run(["git", "checkout", "-q", "-f", target, "--"], cwd=tree)
+    if branch_exists(tree, branch, runner):
+        runner.run(["git", "branch", "-q", "-D", branch], cwd=tree)
+
+
+def series_branch(version):
+    """The branch ``series_worktree`` applies a series on by default."""
+    return f"vnuma-series-{version}"
+
+
+def _worktrees(base_tree, runner):
+    """{absolute worktree path: branch name or None} of ``base_tree``'s repository."""
+    out = runner.output(["git", "worktree", "list", "--porcelain"], cwd=base_tree)
+    trees, current = {}, None
+    for line in out.splitlines():
+        if line.startswith("worktree "):
+            current = str(Path(line[9:]).resolve())
+            trees[current] = None
+        elif line.startswith("branch refs/heads/") and current:
+            trees[current] = line[len("branch refs/heads/"):]
+    return trees
+
+
+def _base_rev(base_tree, runner):
+    return "vnuma-base" if _git_out(base_tree, runner, "rev-parse", "-q", "--verify",
+                                    "vnuma-base^{commit}") else "HEAD"
+
+
+def carries_series(base_tree, series, base, rev, runner):
+    """True when ``rev`` is ``base`` plus exactly the series' commits."""
+    if runner.run(["git", "merge-base", "--is-ancestor", base, rev], cwd=base_tree,
+                  check=False).returncode != 0:
+        return False
+    wanted = sum(s.state != APPLIED for s in check(base_tree, series, runner, base))
+    count = int(runner.output(["git", "rev-list", "--count", f"{base}..{rev}"], cwd=base_tree))
+    return count == wanted and all(s.state == APPLIED
+                                   for s in check(base_tree, series, runner, rev))
+
+
+def _reusable(dest, series, runner, progress):
+    if all(s.state == APPLIED for s in check(dest, series, runner)):
+        progress(f"{dest}: series already applied")
+        return True
+    progress(f"{dest}: stale, recreating")
+    return False
+
+
+def series_worktree(base_tree, series, dest, runner, progress, branch=None):
     """A git worktree of ``base_tree`` at its base with the series applied, reused if intact.
 
     Keeps the fetched tree itself clean: builds of the patched kernel use the
-    worktree. Returns its path.
+    worktree. The series goes on ``branch`` (default series_branch()); when
+    another worktree has that branch checked out and it carries exactly the
+    series at the base, the new worktree is made at its tip instead. Returns
+    the worktree's path.
     """
-    dest = Path(dest)
-    branch = f"vnuma-series-{series.version}"
-    if dest.exists():
-        if all(s.state == APPLIED for s in check(dest, series, runner)):
-            progress(f"{dest}: series already applied")
-            return dest
-        progress(f"{dest}: stale, recreating")
-        runner.run(["git", "worktree", "remove", "--force", str(dest)], cwd=base_tree,
-                   check=False)
+    dest = Path(dest).absolute()
+    branch = gitargs.not_option(branch or series_branch(series.version), "branch")
     runner.run(["git", "worktree", "prune"], cwd=base_tree)
-    runner.run(["git", "branch", "-D", branch], cwd=base_tree, check=False)
+    trees = _worktrees(base_tree, runner)
+    key = str(dest.resolve())
+    if key in trees:
+        if _reusable(dest, series, runner, progress):
+            return dest
+        runner.run(["git", "worktree", "remove", "--force", str(dest)], cwd=base_tree)
+        del trees[key]
+    elif dest.exists():
+        raise BadInput(f"{dest}: exists but is not a worktree of {base_tree}; remove it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    base = "vnuma-base" if runner.run(["git", "rev-parse", "-q", "--verify", "vnuma-base"],
-                                      cwd=base_tree, check=False).returncode == 0 else "HEAD"
+    base = _base_rev(base_tree, runner)
+    holder = next((path for path, name in trees.items() if name == branch), None)
+    if holder is None:
+        return _fresh_worktree(base_tree, series, dest, base, branch, runner, progress)
+    if not carries_series(base_tree, series, base, branch, runner):
+        raise BadInput(f"branch {branch} is checked out in {holder} and does not carry the "
+                       f"{series.version} series on {base}; remove that worktree "
+                       "('git worktree remove') and try again")
+    progress(f"{dest}: at branch {branch} (checked out in {holder})")
+    runner.run(["git", "worktree", "add", "-q", "--detach", str(dest), branch], cwd=base_tree)
+    return dest
+
+
+def _fresh_worktree(base_tree, series, dest, base, branch, runner, progress):
+    if branch_exists(base_tree, branch, runner):
+        if carries_series(base_tree, series, base, branch, runner):
+            progress(f"{dest}: branch {branch} already carries the series")
+            runner.run(["git", "worktree", "add", "-q", str(dest), branch], cwd=base_tree)
+            return dest
+        runner.run(["git", "branch", "-q", "-D", branch], cwd=base_tree)
     runner.run(["git", "worktree", "add", "-q", "--detach", str(dest), base], cwd=base_tree)
     apply(dest, series, branch, runner, progress)
     return dest

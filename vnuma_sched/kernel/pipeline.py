@@ -29,23 +29,29 @@ def _timed(result, progress, name, fn):
     return value
 
 
+def apply_step(tree, series, cache, runner, progress):
+    """The patched worktree under ``cache``: reused when it carries the series, and
+    made at the series branch's tip when another worktree (the tests') holds it."""
+    dest = Path(cache) / "series" / f"linux-{series.version}"
+    return patches.series_worktree(tree, series, dest, runner, progress)
+
+
 def run(version, cache, topology, mem_mb, command, runner, progress, euid, accel="auto",
         timeout=300):
-    cache = Path(cache)
+    cache = Path(cache).absolute()
     res = PipelineResult()
+    series = patches.load_series(version)
+    frags = [KCONFIG / "vnuma-guest.config", KCONFIG / "series-test.config"]
+    topo = vm.parse_topology(topology, mem_mb, limits=vm.guest_limits(frags))
     tree = _timed(res, progress, "fetch", lambda: (
         (t := ktree.fetch_debian(version, cache / "trees", runner, progress, euid)), str(t)))
-    series = patches.load_series(version)
     work = _timed(res, progress, "apply", lambda: (
-        (w := patches.series_worktree(tree, series, cache / "series" / f"linux-{version}",
-                                      runner, progress)),
+        (w := apply_step(tree, series, cache, runner, progress)),
         f"{len(series)} patches on {w}"))
-    frags = [KCONFIG / "vnuma-guest.config", KCONFIG / "series-test.config"]
     out = cache / "builds" / f"series-{version}"
     req = kbuild.BuildRequest(work, out, frags, jobs=os.cpu_count() or 2)
     build = _timed(res, progress, "build", lambda: (
         (b := kbuild.build(req, runner, progress)), str(b.image)))
-    topo = vm.parse_topology(topology, mem_mb)
     chosen, why = vm.choose_accel(accel, build.image, runner, cache / "accel.json")
     res.vm = _timed(res, progress, "boot", lambda: (
         (r := vm.run(build.image, topo, command, runner, chosen, timeout)),

@@ -92,7 +92,10 @@ def _fail_detail(err):
 
 def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
     """Build, for each patch and variant, every object the series has touched so far."""
-    workdir = Path(workdir)
+    for frags in variants(base_fragments).values():
+        for frag in frags:
+            kconfig.read_fragment(frag)  # BadInput before any worktree or build
+    workdir = Path(workdir).absolute()
     work = workdir / "tree"
     _worktree(tree, work, runner)
     revs = series_commits(work, runner, len(series))
@@ -129,7 +132,7 @@ def warning_set(log_text):
 
 def w1_new_warnings(tree, series, base_fragments, workdir, runner, progress, jobs=2):
     """W=1 warnings in the series' touched objects that the base tree does not have."""
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()
     work = workdir / "tree"
     if not work.exists():
         _worktree(tree, work, runner)

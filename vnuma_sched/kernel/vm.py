@@ -15,12 +15,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vnuma_sched import resources
 from vnuma_sched.errors import BadInput, Missing
+from vnuma_sched.kernel import kconfig
 from vnuma_sched.kernel.kbuild import IMAGE
+from vnuma_sched.runner import find_tool, path_with
 
 DEFAULT_DISTANCE = 21
+LOCAL_DISTANCE = 10
+# ACPI SLIT: 10 is local, a remote node is further (Linux refuses <= 10 off the
+# diagonal), 255 means unreachable.
+REMOTE_DISTANCES = range(11, 255)
+# virtme-ng boots x86 guests on QEMU's q35 machine and adds no interrupt-remapping
+# IOMMU, so vCPUs need xAPIC IDs 0-254 (q35's 288 needs x2APIC with IOMMU EIM; TCG
+# in QEMU 7.2 has no x2APIC at all). QEMU's MAX_NODES is 128.
+QEMU_MAX_VCPUS, QEMU_MAX_NODES = 255, 128
 PANIC = re.compile(r"Kernel panic - not syncing.*")
-_SIZE = re.compile(r"^(\d+)([MG])$", re.I)
+_SIZE = re.compile(r"^([0-9]{1,7})([MG])$", re.I)
+_GRID = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,58 @@ class GuestTopology:
     def mem_mb(self):
         return sum(n.mem_mb for n in self.nodes)
 
+    def to_dict(self):
+        """The topology JSON shape ``--topology FILE`` reads back."""
+        return {"nodes": [{"id": i, "cpus": list(n.cpus), "distances": list(d)}
+                          for i, (n, d) in enumerate(zip(self.nodes, self.distances))]}
+
+
+@dataclass(frozen=True)
+class GuestLimits:
+    """The largest guest QEMU and the guest kernel take, each with where it comes from."""
+
+    max_cpus: int = QEMU_MAX_VCPUS
+    cpus_why: str = "QEMU's q35 machine without an interrupt-remapping IOMMU"
+    max_nodes: int = QEMU_MAX_NODES
+    nodes_why: str = "QEMU (MAX_NODES)"
+
+
+def image_config(image):
+    """The .config a kernel image was built with (beside it, or at the top of its
+    build directory), else the shipped guest fragment, else None."""
+    image = Path(image)
+    candidates = [image.parent / ".config"]
+    if image.as_posix().endswith("/" + IMAGE):
+        candidates.append(image.parents[len(Path(IMAGE).parts) - 1] / ".config")
+    candidates.append(resources.guest_fragment())
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def guest_limits(configs=None):
+    """GuestLimits from QEMU's and from the kernel configuration ``configs`` (files
+    merged in order, later ones win; default: the shipped guest fragment)."""
+    configs = [resources.guest_fragment()] if configs is None else list(configs)
+    values, where = {}, {}
+    for path in configs:
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for sym, val in kconfig.parse(text, strict=False).items():
+            values[sym], where[sym] = val, path
+    limits = GuestLimits()
+    nr = values.get("CONFIG_NR_CPUS", "")
+    if nr.isascii() and nr.isdigit() and int(nr) < limits.max_cpus:
+        limits = GuestLimits(int(nr), f"the guest kernel (CONFIG_NR_CPUS={nr} in "
+                                      f"{where['CONFIG_NR_CPUS']})")
+    shift = values.get("CONFIG_NODES_SHIFT", "")
+    if shift.isascii() and shift.isdigit() and int(shift) < 16 and \
+            2 ** int(shift) < limits.max_nodes:
+        limits = GuestLimits(limits.max_cpus, limits.cpus_why, 2 ** int(shift),
+                             f"the guest kernel (CONFIG_NODES_SHIFT={shift} in "
+                             f"{where['CONFIG_NODES_SHIFT']})")
+    return limits
+
 
 def parse_size_mb(text):
     m = _SIZE.match(text.strip())
@@ -56,10 +120,22 @@ def _split_mem(total_mb, count, what):
     return total_mb // count
 
 
-def grid_topology(nodes, cpus_per_node, mem_mb, distance=DEFAULT_DISTANCE):
+def check_size(nodes, cpus, what, limits):
+    """Refuse a guest larger than ``limits`` before anything is built for it."""
+    if nodes > limits.max_nodes:
+        raise BadInput(f"--topology {what}: {nodes} nodes, more than {limits.nodes_why} "
+                       f"supports ({limits.max_nodes})")
+    if cpus > limits.max_cpus:
+        raise BadInput(f"--topology {what}: {cpus} vCPUs, more than {limits.cpus_why} "
+                       f"supports ({limits.max_cpus})")
+
+
+def grid_topology(nodes, cpus_per_node, mem_mb, distance=DEFAULT_DISTANCE, limits=None):
     """N nodes of M consecutive CPUs each, memory split evenly."""
+    what = f"{nodes}x{cpus_per_node}"
     if nodes < 1 or cpus_per_node < 1:
-        raise BadInput(f"--topology {nodes}x{cpus_per_node}: need at least 1x1")
+        raise BadInput(f"--topology {what}: need at least 1x1")
+    check_size(nodes, nodes * cpus_per_node, what, limits or GuestLimits())
     per = _split_mem(mem_mb, nodes, f"--mem {mem_mb}M")
     gnodes = tuple(GuestNode(tuple(range(i * cpus_per_node, (i + 1) * cpus_per_node)), per)
                    for i in range(nodes))
@@ -67,8 +143,9 @@ def grid_topology(nodes, cpus_per_node, mem_mb, distance=DEFAULT_DISTANCE):
     return GuestTopology(gnodes, dist)
 
 
-def from_host(topo, mem_mb):
+def from_host(topo, mem_mb, limits=None):
     """Mirror a host Topology (nodes, CPU counts, distances), CPUs renumbered densely."""
+    check_size(len(topo.nodes), len(topo.cpus), "host", limits or GuestLimits())
     gnodes, next_cpu = [], 0
     per = _split_mem(mem_mb, len(topo.nodes), f"--mem {mem_mb}M")
     for n in topo.nodes:
@@ -78,49 +155,111 @@ def from_host(topo, mem_mb):
     return GuestTopology(tuple(gnodes), tuple(tuple(n.distances) for n in topo.nodes))
 
 
-def from_json(path, mem_mb):
-    """A ``vnuma-sched topology --json`` document (or the same shape written by hand)."""
+def _int_list(node, key, what, index):
+    value = node.get(key)
+    if not isinstance(value, list) or not all(type(v) is int for v in value):
+        raise BadInput(f"--topology {what}: nodes[{index}].{key} must be a list of integers")
+    return tuple(value)
+
+
+def _json_nodes(path):
     try:
-        doc = json.loads(Path(path).read_text())
-        nodes = doc["nodes"]
-        cpus = [tuple(int(c) for c in n["cpus"]) for n in nodes]
-        dist = tuple(tuple(int(d) for d in n["distances"]) for n in nodes)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
         raise BadInput(f"--topology {path}: not a topology JSON document ({err})") from err
+    nodes = doc.get("nodes") if isinstance(doc, dict) else None
+    if not isinstance(nodes, list) or not nodes or \
+            not all(isinstance(n, dict) for n in nodes):
+        raise BadInput(f"--topology {path}: \"nodes\" must be a non-empty list of objects")
+    return nodes
+
+
+def from_json(path, mem_mb, limits=None):
+    """A ``vnuma-sched topology --json`` document (or the same shape written by hand)."""
+    limits = limits or guest_limits()
+    nodes = _json_nodes(path)
+    cpus = [_int_list(n, "cpus", path, i) for i, n in enumerate(nodes)]
+    dist = tuple(_int_list(n, "distances", path, i) for i, n in enumerate(nodes))
+    check_size(len(nodes), sum(map(len, cpus)), str(path), limits)
     per = _split_mem(mem_mb, len(nodes), f"--mem {mem_mb}M")
-    return validate(GuestTopology(tuple(GuestNode(c, per) for c in cpus), dist), str(path))
+    return validate(GuestTopology(tuple(GuestNode(c, per) for c in cpus), dist), str(path),
+                    limits)
 
 
-def validate(topo, what):
+def _check_cpus(topo, what):
     seen = set()
-    for n in topo.nodes:
+    for i, n in enumerate(topo.nodes):
+        if len(set(n.cpus)) != len(n.cpus):
+            dup = sorted(c for c in set(n.cpus) if n.cpus.count(c) > 1)
+            raise BadInput(f"--topology {what}: node {i} lists CPU {dup[0]} more than once")
         if seen & set(n.cpus):
             raise BadInput(f"--topology {what}: CPU lists overlap ({sorted(seen & set(n.cpus))})")
         seen |= set(n.cpus)
+    if not seen:
+        raise BadInput(f"--topology {what}: no CPUs")
     if seen != set(range(len(seen))):
         raise BadInput(f"--topology {what}: CPUs must be 0..{len(seen) - 1} without gaps")
+    for i, n in enumerate(topo.nodes):
+        if n.cpus and sorted(n.cpus) != list(range(min(n.cpus), max(n.cpus) + 1)):
+            raise BadInput(f"--topology {what}: node {i}'s CPUs are not one contiguous range "
+                           "(virtme-ng takes one range per node; '--topology host' "
+                           "renumbers a host's CPUs)")
+
+
+def _check_distances(topo, what):
     size = len(topo.nodes)
-    if len(topo.distances) != size or any(len(r) != size for r in topo.distances):
+    rows = topo.distances
+    if len(rows) != size or any(len(r) != size for r in rows):
         raise BadInput(f"--topology {what}: distance matrix is not {size}x{size}")
+    for i in range(size):
+        if rows[i][i] != LOCAL_DISTANCE:
+            raise BadInput(f"--topology {what}: distance from node {i} to itself is "
+                           f"{rows[i][i]}, must be {LOCAL_DISTANCE}")
+        for j in range(size):
+            if i != j and rows[i][j] not in REMOTE_DISTANCES:
+                raise BadInput(f"--topology {what}: distance {rows[i][j]} from node {i} to "
+                               f"node {j} is outside {REMOTE_DISTANCES.start}.."
+                               f"{REMOTE_DISTANCES.stop - 1}")
+            if rows[i][j] != rows[j][i]:
+                raise BadInput(f"--topology {what}: distances between nodes {i} and {j} "
+                               f"differ ({rows[i][j]} and {rows[j][i]})")
+
+
+def validate(topo, what, limits=None):
+    """Refuse what QEMU or the guest would reject or silently change."""
+    check_size(len(topo.nodes), topo.ncpus, what, limits or guest_limits())
+    if not topo.nodes:
+        raise BadInput(f"--topology {what}: no nodes")
+    _check_cpus(topo, what)
+    _check_distances(topo, what)
     return topo
 
 
-def parse_topology(spec, mem_mb, host_topology=None):
-    """SPEC: NxM, 'host', or a path to a topology JSON file."""
-    m = re.fullmatch(r"(\d+)x(\d+)", spec)
+def parse_topology(spec, mem_mb, host_topology=None, limits=None):
+    """SPEC: NxM, 'host', or a path to a topology JSON file.
+
+    ``limits``: what QEMU and the guest kernel take (default: guest_limits()).
+    """
+    limits = limits or guest_limits()
+    m = _GRID.fullmatch(spec)
     if m:
-        return validate(grid_topology(int(m[1]), int(m[2]), mem_mb), spec)
+        return validate(grid_topology(int(m[1]), int(m[2]), mem_mb, limits=limits), spec,
+                        limits)
     if spec == "host":
         if host_topology is None:
             raise BadInput("--topology host: the host topology is not available")
-        return validate(from_host(host_topology, mem_mb), spec)
+        return validate(from_host(host_topology, mem_mb, limits), spec, limits)
     if Path(spec).is_file():
-        return from_json(spec, mem_mb)
+        return from_json(spec, mem_mb, limits)
     raise BadInput(f"--topology {spec!r}: expected NxM (e.g. 2x2), 'host', or a JSON file")
 
 
 def _cpurange(cpus):
     return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else f"{cpus[0]}"
+
+
+def _numa_node(node):
+    return f"{node.mem_mb}M,cpus={_cpurange(node.cpus)}" if node.cpus else f"{node.mem_mb}M"
 
 
 def vng_argv(image, topo, io_dir, accel, append=(), vng="vng"):
@@ -131,22 +270,23 @@ def vng_argv(image, topo, io_dir, accel, append=(), vng="vng"):
         argv.append("--disable-kvm")
     for node in topo.nodes:
         # virtme-ng accepts one contiguous range per cpus=; node CPUs are contiguous here
-        argv += ["--numa", f"{node.mem_mb}M,cpus={_cpurange(node.cpus)}"]
+        argv += ["--numa", _numa_node(node)]
     for i, row in enumerate(topo.distances):
         for j, d in enumerate(row):
             if i < j:
                 argv += ["--numa-distance", f"{i},{j}={d}"]
     for arg in append:
-        argv += ["--append", arg]
+        argv.append(f"--append={arg}")  # "=": a value starting with "-" stays a value
     return argv + ["--", "/bin/sh", str(io_dir / "run.sh")]
 
 
 def guest_script(command, io_dir):
     """The script the guest runs: the command, its output and exit code into io_dir."""
     cmd = shlex.join(command)
+    io = shlex.quote(str(io_dir))
     return (f"#!/bin/sh\ncd {shlex.quote(str(Path.cwd()))} 2>/dev/null || cd /\n"
-            f"{cmd} >{io_dir}/stdout 2>{io_dir}/stderr </dev/null\n"
-            f"echo $? >{io_dir}/rc.tmp && mv {io_dir}/rc.tmp {io_dir}/rc\n")
+            f"{cmd} >{io}/stdout 2>{io}/stderr </dev/null\n"
+            f"echo $? >{io}/rc.tmp && mv {io}/rc.tmp {io}/rc\n")
 
 
 @dataclass
@@ -182,9 +322,9 @@ def classify(io_dir, console, timed_out, accel, seconds):
 
 
 def kernel_image(path):
-    """A bzImage, or the one inside a build directory; BadInput if there is none."""
+    """A bzImage, or the one inside a build directory (absolute); BadInput if there is none."""
 
-    image = Path(path)
+    image = Path(path).absolute()
     if image.is_dir():
         image = image / IMAGE
     if not image.is_file():
@@ -192,30 +332,51 @@ def kernel_image(path):
     return image
 
 
-def find_vng():
-    found = shutil.which("vng")
+def find_vng(environ=None, executable=None):
+    """virtme-ng's vng: beside the running interpreter (the venv's bin/), then $PATH."""
+    found = find_tool("vng", environ, executable)
     if not found:
-        raise Missing("vng (virtme-ng) not found on PATH; run 'make install'")
+        raise Missing("vng (virtme-ng) not found beside the Python interpreter or on PATH; "
+                      "run 'make install'")
     return found
+
+
+def shell_safe(value):
+    """True when a shell reads ``value`` as one word unchanged (virtme-ng builds a
+    shell command line out of some of its arguments)."""
+    return shlex.quote(str(value)) == str(value)
+
+
+def _safe_image(image, io_dir):
+    """``image``, or a symlink to it in ``io_dir`` when its path is not shell-safe."""
+    if shell_safe(image):
+        return image
+    link = io_dir / "bzImage"
+    link.symlink_to(image)
+    return link
 
 
 def run(image, topo, command, runner, accel, timeout, append=(), workdir=None):
     """Boot ``image`` with ``topo``, run ``command``; return a VmResult."""
-    image = Path(image)
+    image = Path(image).absolute()
     if not image.is_file():
         raise BadInput(f"--kernel {image}: no such kernel image")
     vng = find_vng()
-    io_dir = Path(tempfile.mkdtemp(prefix="vnuma-vm-", dir=workdir))
-    (io_dir / "run.sh").write_text(guest_script(command, io_dir))
-    argv = vng_argv(image, topo, io_dir, accel, append, vng=vng)
-    t0 = time.monotonic()
-    res = runner.run(argv, check=False, timeout=timeout)
-    seconds = time.monotonic() - t0
-    console = res.stdout + res.stderr
-    (io_dir / "console.log").write_text(console)
-    result = classify(io_dir, console, res.timed_out, accel, seconds)
-    shutil.rmtree(io_dir, ignore_errors=True)
-    return result
+    io_dir = Path(tempfile.mkdtemp(prefix="vnuma-vm-", dir=workdir)).absolute()
+    try:
+        if not shell_safe(io_dir):
+            raise BadInput(f"{io_dir}: virtme-ng passes this directory through a shell; "
+                           "use a temporary directory without spaces or shell characters")
+        (io_dir / "run.sh").write_text(guest_script(command, io_dir))
+        argv = vng_argv(_safe_image(image, io_dir), topo, io_dir, accel, append, vng=vng)
+        t0 = time.monotonic()
+        res = runner.run(argv, check=False, timeout=timeout, env=path_with(vng))
+        seconds = time.monotonic() - t0
+        console = res.stdout + res.stderr
+        (io_dir / "console.log").write_text(console)
+        return classify(io_dir, console, res.timed_out, accel, seconds)
+    finally:
+        shutil.rmtree(io_dir, ignore_errors=True)
 
 
 def probe_kvm(image, runner, timeout=25):
@@ -226,7 +387,7 @@ def probe_kvm(image, runner, timeout=25):
     """
     if not Path("/dev/kvm").exists():
         return False, "no /dev/kvm"
-    qemu = shutil.which("qemu-system-x86_64")
+    qemu = find_tool("qemu-system-x86_64")
     if not qemu:
         raise Missing("qemu-system-x86_64 not found; run 'make install'")
     argv = [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "1", "-nographic",

@@ -9,14 +9,26 @@ NODE_DIR = "/sys/devices/system/node"
 CPU_ONLINE = "/sys/devices/system/cpu/online"
 LOCAL_DISTANCE = 10
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?$")
+# The largest NR_CPUS any Linux architecture allows (x86 MAXSMP, powerpc): a CPU
+# number at or above it is not something the kernel prints.
+MAX_CPUS = 8192
+
+_RANGE = re.compile(r"^([0-9]+)(?:-([0-9]+)(?::([0-9]+)/([0-9]+))?)?$")
 _MEMTOTAL = re.compile(r"^Node\s+\d+\s+MemTotal:\s+(\d+)\s+kB$", re.M)
+
+
+def _number(text, part):
+    """An element of a cpulist, below MAX_CPUS (checked before any set is built)."""
+    if len(text) > len(str(MAX_CPUS)) or int(text) >= MAX_CPUS:
+        raise ValueError(f"cpulist element {part!r}: CPU numbers stop below {MAX_CPUS}")
+    return int(text)
 
 
 def parse_cpulist(text):
     """Parse a kernel cpulist ("0-3,8,10-11", "0-15:2/4") into a sorted list.
 
-    Raises ValueError on anything the kernel would not print.
+    Raises ValueError on anything the kernel would not print, including CPU
+    numbers at or above MAX_CPUS.
     """
     text = text.strip()
     if not text:
@@ -26,18 +38,18 @@ def parse_cpulist(text):
         m = _RANGE.match(part)
         if not m:
             raise ValueError(f"bad cpulist element {part!r}")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
+        lo = _number(m.group(1), part)
+        hi = _number(m.group(2), part) if m.group(2) is not None else lo
         if hi < lo:
             raise ValueError(f"bad cpulist range {part!r}")
         if m.group(3) is None:
             cpus.update(range(lo, hi + 1))
             continue
-        used, group = int(m.group(3)), int(m.group(4))
+        used, group = _number(m.group(3), part), _number(m.group(4), part)
         if group == 0 or used == 0 or used > group:
             raise ValueError(f"bad cpulist stride {part!r}")
         for start in range(lo, hi + 1, group):
-            cpus.update(c for c in range(start, start + used) if c <= hi)
+            cpus.update(range(start, min(start + used, hi + 1)))
     return sorted(cpus)
 
 
@@ -141,6 +153,8 @@ def _read_distances(sysroot, path, count):
         raise DataError(path, f"malformed distance row {' '.join(text)!r}") from err
     if len(row) != count:
         raise DataError(path, f"distance row has {len(row)} entries for {count} nodes")
+    if any(not 0 <= d <= 255 for d in row):
+        raise DataError(path, f"distance row {' '.join(text)!r} has values outside 0..255")
     return row
 
 
