@@ -35,7 +35,7 @@ def live_profile(tmp_path, tracefs):
         lines += [f"[{section[knob.split('.')[0]]}]", f"{knob} = {new(before[knob].decode())}"]
     (tmp_path / "live-test.ini").write_text("\n".join(lines) + "\n")
     yield tmp_path, present, before
-    if Path("/run/vnuma_sched/journal.json").exists():
+    if Path("/run/vnuma_sched/journal.jsonl").exists():
         run("tune", "revert")
 
 
@@ -43,14 +43,14 @@ def test_apply_verify_revert_live(live_profile):
     pdir, present, before = live_profile
     res = run("tune", "--profiles", str(pdir), "apply", "live-test")
     assert res.exit_code == 0, res.output
-    assert Path("/run/vnuma_sched/journal.json").exists()
+    assert Path("/run/vnuma_sched/journal.jsonl").exists()
     changed = {k: Path(f).read_bytes() for k, (f, _) in present.items()}
     assert all(changed[k] != before[k] for k in present)
     ver = run("tune", "--profiles", str(pdir), "verify", "--json", "live-test")
     assert {k["status"] for k in json.loads(ver.output)["knobs"]} == {"OK"}
     assert run("tune", "revert").exit_code == 0
     assert {k: Path(f).read_bytes() for k, (f, _) in present.items()} == before
-    assert not Path("/run/vnuma_sched/journal.json").exists()
+    assert not Path("/run/vnuma_sched/journal.jsonl").exists()
 
 
 def test_plan_dedicated_on_this_machine():

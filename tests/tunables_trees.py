@@ -23,11 +23,28 @@ def _domains(root, cpus=4, names=("MC", "NUMA")):
             _w(root, f"{d}/max_newidle_lb_cost", "8123\n")
 
 
-def build(root, layout):
-    """layout: '5.4', '6.1', '6.12', '6.12-patched', '6.12-lockdown', '6.12-nodebugfs'."""
+CONFIG = "CONFIG_SCHED_SMT=y\nCONFIG_SCHED_CLUSTER=y\nCONFIG_SCHED_MC=y\n"
+
+
+def _nodes(root, cpus, nodes=2):
+    """Node cpulists (consecutive halves) and one package per node."""
+    per = max(1, cpus // nodes)
+    for node in range(nodes):
+        first, last = node * per, min(cpus, (node + 1) * per) - 1
+        _w(root, f"sys/devices/system/node/node{node}/cpulist", f"{first}-{last}\n")
+        for cpu in range(first, last + 1):
+            _w(root, f"sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id",
+               f"{node}\n")
+
+
+def build(root, layout, cpus=4):
+    """layout: '5.4', '6.1', '6.12', '6.12-patched', '6.12-lockdown', '6.12-nodebugfs'.
+    ``cpus``: how many cpuN sched-domain directories (MC, then NUMA) debugfs has."""
     root = Path(root)
     release = {"5.4": "5.4.0-150-generic", "6.1": "6.1.0-26-amd64"}.get(layout, "6.12.117")
     _w(root, "proc/sys/kernel/osrelease", release + "\n")
+    _w(root, f"boot/config-{release}", CONFIG)
+    _nodes(root, cpus)
     _w(root, "proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/vda1 quiet\n")
     _w(root, "proc/sys/kernel/numa_balancing", "1\n")
     _w(root, "proc/sys/kernel/sched_schedstats", "0\n")
@@ -48,7 +65,7 @@ def build(root, layout):
                 _w(root, f"{DEBUG}/sched/{name}", f"{value}\n")
         else:
             _w(root, f"{DEBUG}/sched/base_slice_ns", "3000000\n")
-        _domains(root)
+        _domains(root, cpus)
     if layout == "6.12-lockdown":
         _w(root, "sys/kernel/security/lockdown", "none [integrity] confidentiality\n")
     if layout == "6.12-patched":

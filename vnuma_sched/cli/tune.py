@@ -12,9 +12,9 @@ from vnuma_sched.cli.common import (
     progress,
     settings_exit,
 )
-from vnuma_sched.errors import BadInput
+from vnuma_sched.errors import BadInput, VnumaError
 from vnuma_sched.render import plan_text, table
-from vnuma_sched.tunables import engine, export, journal
+from vnuma_sched.tunables import engine, export, journal, lock
 from vnuma_sched.tunables import profile as prof
 from vnuma_sched.tunables.knobs import REGISTRY
 
@@ -34,13 +34,35 @@ def tune(settings, profiles_dir):
     settings.profiles_dir = profiles_dir
 
 
+def _warn(msg):
+    click.echo(f"vnuma-sched: warning: {msg}", err=True)
+
+
 def _profile_dirs(settings):
     home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return prof.search_path(getattr(settings, "profiles_dir", None), home)
+    return prof.search_path(getattr(settings, "profiles_dir", None), home, warn=_warn)
 
 
 def _load_profile(settings, name):
     return prof.load(name, _profile_dirs(settings))
+
+
+def _store(settings):
+    """The journal of --root, named under the root as the user gave it."""
+    return journal.Store(settings.sysroot(), settings.root)
+
+
+def _locked(settings, *words):
+    """The exclusive lock of the root for a command that writes, naming that command."""
+    return lock.held(_store(settings), " ".join(["vnuma-sched", "tune", *words]))
+
+
+def _list_item(name, path, dirs):
+    try:
+        return {"name": name, "summary": prof.load(name, dirs).summary, "file": str(path),
+                "error": None}
+    except VnumaError as err:
+        return {"name": name, "summary": "", "file": str(path), "error": str(err)}
 
 
 @tune.command("list")
@@ -50,12 +72,11 @@ def tune_list(settings, as_json):
     """Profiles that can be applied, with their summaries."""
 
     settings = merge_json(settings, as_json)
-    found = prof.available(_profile_dirs(settings))
-    items = [{"name": n, "summary": prof.load(n, _profile_dirs(settings)).summary,
-              "file": str(p)} for n, p in found.items()]
+    dirs = _profile_dirs(settings)
+    items = [_list_item(n, p, dirs) for n, p in prof.available(dirs).items()]
     emit(settings, {"profiles": items},
-         table([[i["name"], i["summary"]] for i in items], ["profile", "summary"],
-               prose=[1]))
+         table([[i["name"], f"BROKEN: {i['error']}" if i["error"] else i["summary"]]
+                for i in items], ["profile", "summary"], prose=[1]))
 
 
 @tune.command("knobs")
@@ -110,29 +131,39 @@ def tune_plan(settings, profile, as_json):
 @click.argument("profile")
 @click.option("--replace", is_flag=True, help="Revert the applied profile first.")
 @click.option("--persist", is_flag=True,
-              help="Also write /etc/sysctl.d and /etc/modprobe.d files (removed by revert).")
+              help="Also write /etc/sysctl.d and /etc/modprobe.d files (revert puts back "
+                   "what was there).")
 @click.option("--persist-boot", is_flag=True,
-              help="Also write the boot parameters to a GRUB drop-in (removed by revert).")
+              help="Also write the boot parameters to a GRUB drop-in (revert puts back "
+                   "what was there).")
 @click.pass_obj
 def tune_apply(settings, profile, replace, persist, persist_boot):
-    """Apply PROFILE: journal first, restore everything if any write fails."""
+    """Apply PROFILE: journal first; on any failure or SIGINT/SIGTERM restore everything."""
 
     need_root(settings, "writing scheduler tunables")
-    prof, rows = _plan_rows(settings, profile)
-    n = engine.apply(rows, settings.sysroot(), prof, replace, persist, persist_boot)
-    skipped = [r for r in rows if r.action in (engine.UNSUPPORTED, engine.BOOT_ONLY)]
-    click.echo(f"{prof.name}: {n} value(s) written, {len(skipped)} knob(s) not applicable "
-               "here (see 'tune plan')")
+    with _locked(settings, "apply", profile):
+        prof, rows = _plan_rows(settings, profile)
+        n = engine.apply(rows, settings.sysroot(), prof, replace, persist, persist_boot,
+                         store=_store(settings), warn=_warn)
+    count = {a: sum(r.action == a for r in rows) for a in (engine.BOOT_ONLY, engine.UNSUPPORTED)}
+    click.echo(f"{prof.name}: {n} value(s) written, {count[engine.BOOT_ONLY]} boot "
+               f"parameter(s) pending a reboot, {count[engine.UNSUPPORTED]} knob(s) not "
+               "applicable here (see 'tune plan')")
 
 
 @tune.command("revert")
+@click.option("--force", is_flag=True,
+              help="Drop the entries that cannot be restored (they are listed).")
 @click.pass_obj
-def tune_revert(settings):
-    """Restore every value the applied profile changed, newest first."""
+def tune_revert(settings, force):
+    """Restore every value and file the applied profile changed, newest first."""
 
     need_root(settings, "restoring scheduler tunables")
-    doc = engine.revert(settings.sysroot())
-    click.echo(f"{doc['profile']}: {len(doc['entries'])} value(s) restored")
+    with _locked(settings, "revert", *(["--force"] if force else [])):
+        res = engine.revert(settings.sysroot(), store=_store(settings), force=force,
+                            warn=_warn)
+    dropped = f", {len(res.dropped)} dropped (--force)" if res.dropped else ""
+    click.echo(f"{res.doc.profile}: {res.restored} value(s) and file(s) restored{dropped}")
 
 
 @tune.command("verify")
@@ -140,21 +171,22 @@ def tune_revert(settings):
 @json_option
 @click.pass_obj
 def tune_verify(settings, profile, as_json):
-    """OK / DIFF / MISSING per knob (default: the applied profile). Exit 1 on DIFF."""
+    """Per knob: OK, DRIFT (changed since apply), DIFF (profile not applied), pending
+    reboot, not applicable here. Default: the applied profile. Exit 1 on DRIFT/DIFF."""
 
     settings = merge_json(settings, as_json)
     if profile is None:
-        doc = journal.load(settings.sysroot())
+        doc = journal.load(_store(settings))
         if doc is None:
             raise BadInput("no profile applied: name one to verify")
-        profile = doc["profile"]
+        profile = doc.profile
     prof = _load_profile(settings, profile)
-    results = engine.verify(prof, settings.sysroot())
+    results = engine.verify(prof, settings.sysroot(), store=_store(settings))
     emit(settings, {"profile": prof.name,
                     "knobs": [{**r.to_dict(), "status": st} for r, st in results]},
          table([[r.knob, r.current, r.target, st] for r, st in results],
                ["knob", "current", "target", "status"]))
-    if any(st == "DIFF" for _, st in results):
+    if any(st in (engine.DRIFT, engine.DIFF) for _, st in results):
         settings_exit(1)
 
 
@@ -165,14 +197,16 @@ def tune_status(settings, as_json):
     """The applied profile (from the journal) and what it changed."""
 
     settings = merge_json(settings, as_json)
-    doc = journal.load(settings.sysroot())
+    doc = journal.load(_store(settings))
     if doc is None:
         emit(settings, {"applied": None}, "no profile applied")
         return
-    emit(settings, {"applied": doc}, f"applied: {doc['profile']} on {doc['kernel']} "
-         f"at {doc['created']}\n" + table(
-             [[e["knob"], e["path"], e["old"], e["new"], e["state"]] for e in doc["entries"]],
-             ["knob", "path", "was", "now", "state"]))
+    files = "".join(f"\nfile: {f['path']} ({'created' if f['old'] is None else 'replaced'})"
+                    for f in doc.files)
+    emit(settings, {"applied": doc.to_dict()}, f"applied: {doc.profile} on {doc.kernel} "
+         f"at {doc.created}\n" + table(
+             [[e["knob"], e["path"], e["old"], e["new"], e["state"]] for e in doc.entries],
+             ["knob", "path", "was", "now", "state"]) + files)
 
 
 @tune.command("export")
@@ -201,5 +235,7 @@ def tune_hold(settings, profile, interval, count):
 
     need_root(settings, "writing scheduler tunables")
     prof = _load_profile(settings, profile)
-    rounds = engine.hold(prof, settings.sysroot(), interval, count, progress(settings))
+    with _locked(settings, "hold", profile):
+        rounds = engine.hold(prof, settings.sysroot(), interval, count, progress(settings),
+                             store=_store(settings))
     click.echo(f"{prof.name}: held for {rounds} round(s)")

@@ -25,11 +25,20 @@ class SysRoot:
         return self.root == Path("/")
 
     def path(self, abspath):
-        """Map an absolute system path to the file under the root."""
+        """Map an absolute system path to the file under the root. Under a root other
+        than "/", symlinks are resolved and a path that leads out of the root is refused."""
         p = PurePosixPath(abspath)
         if not p.is_absolute() or ".." in p.parts:
             raise BadInput(f"{abspath}: system paths must be absolute, without '..'")
-        return self.root.joinpath(*p.parts[1:])
+        joined = self.root.joinpath(*p.parts[1:])
+        return joined if self.is_live else self._inside(abspath, joined)
+
+    def _inside(self, abspath, joined):
+        """``joined`` with every symlink resolved; BadInput when that leaves the root."""
+        real = Path(os.path.realpath(joined))
+        if not real.is_relative_to(self.root):
+            raise BadInput(f"{abspath}: resolves to {real}, outside the root {self.root}")
+        return real
 
     def exists(self, abspath):
         return self.path(abspath).exists()

@@ -1,250 +1,328 @@
-"""Plan, apply, verify and revert a profile. plan() is pure (reads only); apply()
-writes through the journal and restores everything already written if any
-write fails; revert() walks the journal backwards."""
+"""Apply, revert, verify and hold a profile. apply() journals every write before
+doing it and, on any exception or SIGINT/SIGTERM/SIGHUP, restores everything it
+wrote; revert() walks the journal backwards. Neither acts on what it did not
+journal: a journal is checked before it is trusted (journal_check)."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from vnuma_sched.errors import BadInput, DataError, VnumaError
+from vnuma_sched.errors import BadInput, DataError, Interrupted, VnumaError
 from vnuma_sched.system import facts
+from vnuma_sched.tunables import interrupt, persist
 from vnuma_sched.tunables import journal as J
 from vnuma_sched.tunables import knobs as K
+from vnuma_sched.tunables.planner import (  # noqa: F401 - the engine's public names
+    BOOT_ONLY,
+    SET,
+    UNCHANGED,
+    UNSUPPORTED,
+    Row,
+    boot_args,
+    plan,
+    read,
+    write,
+)
 
-SET, UNCHANGED, UNSUPPORTED, BOOT_ONLY = "set", "unchanged", "unsupported", "boot"
-SYSCTL_D = "/etc/sysctl.d/90-vnuma_sched.conf"
-MODPROBE_D = "/etc/modprobe.d/vnuma_sched.conf"
-GRUB_D = "/etc/default/grub.d/90-vnuma_sched.cfg"
+SYSCTL_D, MODPROBE_D, GRUB_D = K.SYSCTL_D, K.MODPROBE_D, K.GRUB_D
+OK, DRIFT, DIFF, PENDING, NOT_HERE = "OK", "DRIFT", "DIFF", "pending reboot", \
+    "not applicable here"
+VANISHED = "no longer exists (CPU offline?): skipped"
+SHOWN = 5          # unrestored entries named in one message
+
+kernel_version = facts.version      # (major, minor); kept for callers of the engine
 
 
 class ApplyError(VnumaError):
     exit_code = 1
 
 
+class ApplyInterrupted(Interrupted):
+    """SIGINT/SIGTERM/SIGHUP during apply, after the rollback."""
+
+
 @dataclass
-class Row:
-    knob: str
-    kind: str
-    paths: tuple
-    current: str
-    target: str
-    action: str
-    reason: str = ""
-
-    def to_dict(self):
-        return {"knob": self.knob, "path": list(self.paths), "current": self.current,
-                "target": self.target, "action": self.action, "reason": self.reason}
+class Reverted:
+    doc: object
+    restored: int = 0
+    skipped: list = field(default_factory=list)      # vanished paths, earlier-boot values
+    dropped: list = field(default_factory=list)      # unrestorable, dropped by --force
 
 
-def _feature_state(sysroot, path, name):
-    tokens = sysroot.read(path).split()
-    if name in tokens:
-        return "1"
-    if f"NO_{name}" in tokens:
-        return "0"
+def _nowarn(msg):
     return None
 
 
-def _boot_value(knob, cmdline):
-    name = knob.name[len("boot."):]
-    for token in cmdline.split():
-        key, _, value = token.partition("=")
-        if key == name:
-            return value if value else "1"
-    return "0" if knob.vtype == "bool" else ("-1" if name == "relax_domain_level" else "")
+def _store(sysroot, store):
+    return store if store is not None else J.Store(sysroot)
 
 
-def read(knob, path, sysroot):
-    """Current normalised value of one path of a knob."""
-    if knob.kind == K.FEATURE:
-        return _feature_state(sysroot, path, knob.name.split(".", 1)[1])
-    if knob.kind == K.BOOT:
-        return _boot_value(knob, sysroot.read(path))
-    return knob.decode(sysroot.read(path).strip())
-
-
-def write(knob, path, value, sysroot):
-    """One write of the value as the kernel prints it (newline-terminated)."""
-    if knob.kind == K.FEATURE:
-        name = knob.name.split(".", 1)[1]
-        sysroot.write(path, name if value == "1" else f"NO_{name}")
-    else:
-        sysroot.write(path, f"{knob.encode(value)}\n")
-
-
-kernel_version = facts.version      # (major, minor); kept for callers of the engine
-
-
-def plan(profile, sysroot):
-    """One row per knob of the profile: current, target, and what apply would do."""
-    version = facts.version(sysroot)
-    rows = []
-    for name, target in profile.settings.items():
-        knob = K.REGISTRY[name]
-        res = K.resolve(knob, sysroot, version)
-        if not res.paths:
-            rows.append(Row(name, knob.kind, (), "-", target, UNSUPPORTED, res.reason))
-            continue
-        try:
-            values = [read(knob, p, sysroot) for p in res.paths]
-        except DataError as err:
-            why = (K.debugfs_read_problem(sysroot, err) if err.path.startswith(K.DEBUGFS)
-                   else f"cannot read: {err.reason}")
-            rows.append(Row(name, knob.kind, res.paths, "-", target, UNSUPPORTED, why))
-            continue
-        if any(v is None for v in values):
-            rows.append(Row(name, knob.kind, res.paths, "-", target, UNSUPPORTED,
-                            "feature not in this kernel"))
-            continue
-        current = ",".join(sorted(set(values)))
-        if knob.kind == K.BOOT:
-            action = UNCHANGED if current == target else BOOT_ONLY
-            reason = "" if action == UNCHANGED else "boot parameter: --persist-boot, then reboot"
-        else:
-            action = UNCHANGED if set(values) == {target} else SET
-            reason = "decays: re-assert with 'tune hold'" if knob.decays else ""
-        rows.append(Row(name, knob.kind, res.paths, current, target, action, reason))
-    return rows
-
-
-def _restore(entries, sysroot):
-    failures = []
-    for entry in reversed(entries):
-        knob = K.REGISTRY.get(entry["knob"])
-        try:
-            if knob is None:
-                raise BadInput(f"unknown knob {entry['knob']!r} in journal")
-            write(knob, entry["path"], entry["old"], sysroot)
-        except VnumaError as err:
-            failures.append(f"{entry['path']}: {err}")
-    return failures
-
-
-def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=False,
-          between=None):
-    """Write every 'set' row; journal first. Returns the number of writes."""
-    existing = J.load(sysroot)
-    if existing is not None:
-        if not replace:
-            raise BadInput(f"profile {existing['profile']!r} is applied (journal "
-                           f"{J.JOURNAL}); revert it first or use --replace")
-        revert(sysroot)
-    journal = J.Journal(sysroot, profile.name, facts.release(sysroot))
-    count = 0
+def _value_now(knob, path, sysroot):
     try:
-        for row in rows:
-            if row.action != SET:
-                continue
-            knob = K.REGISTRY[row.knob]
-            for path in row.paths:
-                old = read(knob, path, sysroot)
-                index = journal.begin(row.knob, row.kind, path, old, row.target)
-                write(knob, path, row.target, sysroot)
-                journal.done(index)
-                count += 1
-                if between is not None:
-                    between(count)
-        if persist:
-            _persist(rows, sysroot, journal)
-        if persist_boot:
-            _persist_boot(rows, sysroot, journal)
+        return read(knob, path, sysroot)
+    except VnumaError:
+        return None
+
+
+def restore_entry(entry, sysroot):
+    """Put one journaled value back: None when it is back (or never changed), VANISHED,
+    or the reason it could not be restored."""
+    knob, path, old = K.REGISTRY[entry["knob"]], entry["path"], entry["old"]
+    try:
+        if not sysroot.exists(path):
+            return VANISHED
+        if _value_now(knob, path, sysroot) == old:
+            return None
+        write(knob, path, old, sysroot)
+    except DataError as err:
+        return None if _value_now(knob, path, sysroot) == old else err.reason
     except VnumaError as err:
-        failures = _restore(journal.doc["entries"], sysroot)
-        _remove_files(journal.doc["files"], sysroot)
-        journal.remove()
-        msg = f"apply failed ({err}); every earlier write was restored"
-        if failures:
-            msg = f"apply failed ({err}); restore also failed for: " + "; ".join(failures)
-        raise ApplyError(msg) from err
-    if count == 0 and not journal.doc["files"]:
-        journal.remove()
+        return _reason(err, path)
+    return None
+
+
+def _reason(err, path):
+    """The message of ``err`` without a leading "path: " (the listing names the path)."""
+    msg = err.reason if isinstance(err, DataError) else str(err)
+    return msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg
+
+
+def _restore_file(rec, sysroot):
+    try:
+        return persist.restore(sysroot, rec)
+    except VnumaError as err:
+        return _reason(err, rec["path"])
+
+
+def _still_ours(entry, sysroot):
+    """Does the path still hold the value apply wrote (after a reboot: put there again
+    by a persisted file, not reset)?"""
+    try:
+        return _value_now(K.REGISTRY[entry["knob"]], entry["path"], sysroot) == entry["new"]
+    except VnumaError:
+        return False
+
+
+def _restore(doc, sysroot, warn, earlier_boot=False):
+    """Restore the entries (newest first) and files of ``doc``; returns the entries and
+    files left, each with its "why", and how many were restored. The values journaled
+    in an earlier boot are restored only where they still hold what apply wrote."""
+    left_e, left_f, done = [], [], 0
+    entries = doc.entries
+    if earlier_boot:
+        entries = [e for e in entries if _still_ours(e, sysroot)]
+        if len(entries) < len(doc.entries):
+            warn(f"{len(doc.entries) - len(entries)} value(s) journaled in an earlier boot "
+                 "no longer hold what apply wrote (the reboot reset them): not restored")
+    for entry in reversed(entries):
+        why = restore_entry(entry, sysroot)
+        if why == VANISHED:
+            warn(f"{entry['path']} (old value {entry['old']}): {VANISHED}")
+        elif why:
+            left_e.insert(0, {**entry, "why": why})
+        else:
+            done += 1
+    for rec in reversed(doc.files):
+        why = _restore_file(rec, sysroot)
+        if why:
+            left_f.insert(0, {**rec, "why": why})
+        else:
+            done += 1
+    return left_e, left_f, done
+
+
+def _listing(left_e, left_f):
+    items = [f"{e['path']} (old value {e['old']}): {e['why']}" for e in left_e]
+    items += [f"{f['path']} (old content in the journal): {f['why']}" for f in left_f]
+    more = f"; and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return "; ".join(items[:SHOWN]) + more
+
+
+def _keep(store, doc, left_e, left_f):
+    """Leave only the unrestored entries in the journal (none: remove it). A problem
+    doing so is returned as text for the message."""
+    try:
+        if left_e or left_f:
+            J.rewrite(store, J.Doc(doc.profile, doc.kernel, doc.created, doc.boot_id,
+                                   left_e, left_f, doc.legacy, doc.path))
+        else:
+            J.remove(store)
+    except Exception as err:  # noqa: BLE001 - the restore outcome must still be told
+        return f"; the journal could not be updated ({err})"
+    return ""
+
+
+def _cause(err):
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, VnumaError):
+        return f"apply failed ({err})"
+    return f"apply failed ({type(err).__name__}: {err})"
+
+
+def _rollback(store, journal, sysroot, err, warn):
+    """Restore everything the journal lists (nothing when it could not be started);
+    raise the error that says how it went. Signals wait until this is done."""
+    with interrupt.deferred() as signals:
+        if journal is None:
+            left_e, left_f, problem = [], [], _keep(store, None, [], [])
+        else:
+            journal.close()
+            left_e, left_f, _ = _restore(journal.doc, sysroot, warn)
+            problem = _keep(store, journal.doc, left_e, left_f)
+    msg = _cause(err) if not signals else "interrupted"
+    if left_e or left_f:
+        msg += (f"; not restored: {_listing(left_e, left_f)}; kept in "
+                f"{store.shown(journal.doc.path)}: fix the cause, then run 'vnuma-sched "
+                "tune revert'")
+    else:
+        msg += "; every earlier write was restored"
+    msg += problem
+    if isinstance(err, KeyboardInterrupt) or signals:
+        raise ApplyInterrupted(msg) from err
+    if not isinstance(err, Exception):     # SystemExit and the like: rolled back, go on
+        raise err
+    raise ApplyError(msg) from err
+
+
+def _journaled_old(knob, path, sysroot):
+    old = read(knob, path, sysroot)
+    if not knob.valid_stored(old):
+        raise DataError(path, f"current value {str(old)[:40]!r} is not a {knob.name} value "
+                              "the journal can keep")
+    return old
+
+
+def _write_rows(rows, sysroot, journal, between):
+    count = 0
+    for row in rows:
+        if row.action != SET:
+            continue
+        knob = K.REGISTRY[row.knob]
+        olds = [_journaled_old(knob, p, sysroot) for p in row.paths]
+        seqs = journal.begin([(row.knob, knob.kind, p, old, row.target)
+                              for p, old in zip(row.paths, olds, strict=True)])
+        for seq, path in zip(seqs, row.paths, strict=True):
+            write(knob, path, row.target, sysroot)
+            journal.done(seq)
+            count += 1
+            if between is not None:
+                between(count)
     return count
 
 
-def _persist(rows, sysroot, journal):
-    sysctls = [r for r in rows if r.kind == K.SYSCTL and r.action in (SET, UNCHANGED)]
-    if sysctls:
-        journal.add_file(SYSCTL_D)
-        sysroot.write_atomic(SYSCTL_D, "# written by vnuma-sched; removed by 'tune revert'\n"
-                             + "".join(f"{r.knob} = {r.target}\n" for r in sysctls))
-    mods = {}
-    for r in rows:
-        if r.kind == K.MODULE and r.action in (SET, UNCHANGED):
-            mod, param = r.knob.split(".", 1)
-            mods.setdefault(mod, []).append(f"{param}={K.REGISTRY[r.knob].encode(r.target)}")
-    if mods:
-        journal.add_file(MODPROBE_D)
-        sysroot.write_atomic(MODPROBE_D, "# written by vnuma-sched; removed by 'tune revert'\n"
-                             + "".join(f"options {m} {' '.join(p)}\n" for m, p in mods.items()))
+def _persist(rows, sysroot, journal, files, boot):
+    kept = (SET, UNCHANGED)
+    texts = {SYSCTL_D: persist.sysctl_text(rows, kept) if files else None,
+             MODPROBE_D: persist.modprobe_text(rows, kept) if files else None,
+             GRUB_D: persist.grub_text(boot_args(rows)) if boot else None}
+    for path, text in texts.items():
+        if text is not None:
+            persist.write(sysroot, journal, path, text)
 
 
-def boot_args(rows):
-    out = []
-    for r in rows:
-        if r.kind == K.BOOT and r.action in (BOOT_ONLY, UNCHANGED):
-            name = r.knob[len("boot."):]
-            if K.REGISTRY[r.knob].vtype == "bool":
-                if r.target == "1":
-                    out.append(name)
-            else:
-                out.append(f"{name}={r.target}")
-    return out
+def _clear(store, sysroot, replace, warn):
+    """An applied profile must be reverted first (--replace does it). A journal from
+    an earlier boot that lists no files is obsolete: the reboot reset its values."""
+    doc = J.load(store)
+    if doc is None:
+        return
+    if _earlier_boot(store, doc) and not doc.files:
+        warn(f"dropping the journal of {doc.profile!r} from an earlier boot")
+        J.remove(store)
+        return
+    if not replace:
+        raise BadInput(f"profile {doc.profile!r} is applied (journal {store.shown(doc.path)}); "
+                       "revert it first or use --replace")
+    revert(sysroot, store=store, warn=warn)
 
 
-def _persist_boot(rows, sysroot, journal):
-    args = boot_args(rows)
-    if args:
-        journal.add_file(GRUB_D)
-        sysroot.write_atomic(GRUB_D, "# written by vnuma-sched; removed by 'tune revert'\n"
-                             'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT '
-                             + " ".join(args) + '"\n')
+def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=False,
+          between=None, store=None, warn=_nowarn):
+    """Write every 'set' row, journal first; the number of writes. Hold the lock."""
+    store = _store(sysroot, store)
+    _clear(store, sysroot, replace, warn)
+    journal = None
+    with interrupt.stops():
+        try:
+            journal = J.Writer(store, profile.name, facts.release(sysroot),
+                               persistent=persist or persist_boot)
+            count = _write_rows(rows, sysroot, journal, between)
+            _persist(rows, sysroot, journal, persist, persist_boot)
+            journal.close()
+            if count == 0 and not journal.doc.files:
+                J.remove(store)
+        except BaseException as err:  # noqa: B036 - every way out rolls back
+            _rollback(store, journal, sysroot, err, warn)
+    return count
 
 
-def _remove_files(files, sysroot):
-    for path in files:
-        sysroot.remove(path)
+def _earlier_boot(store, doc):
+    now = store.boot_id()
+    return doc.boot_id is not None and now is not None and doc.boot_id != now
 
 
-def revert(sysroot):
-    """Restore every journaled value in reverse order, then drop the journal."""
-    doc = J.load(sysroot)
+def revert(sysroot, store=None, force=False, warn=_nowarn):
+    """Restore every journaled value (newest first) and file; drop the journal.
+    Vanished paths are skipped with a warning; an entry that cannot be restored
+    stays in the journal (ApplyError) unless ``force`` drops it."""
+    store = _store(sysroot, store)
+    doc = J.load(store)
     if doc is None:
         raise BadInput("nothing to revert: no journal (no profile applied)")
-    failures = _restore(doc["entries"], sysroot)
-    if failures:
-        raise ApplyError("revert incomplete, journal kept: " + "; ".join(failures))
-    _remove_files(doc.get("files", []), sysroot)
-    sysroot.remove(J.JOURNAL)
-    return doc
+    left_e, left_f, done = _restore(doc, sysroot, warn, _earlier_boot(store, doc))
+    result = Reverted(doc, done)
+    if (left_e or left_f) and not force:
+        problem = _keep(store, doc, left_e, left_f)
+        raise ApplyError(f"revert incomplete: {_listing(left_e, left_f)}; kept in "
+                         f"{store.shown(doc.path)} (fix the cause and run revert again, or drop "
+                         f"them with 'tune revert --force'){problem}")
+    for entry in left_e:
+        warn(f"dropped from the journal, not restored: {_listing([entry], [])}")
+    for rec in left_f:
+        warn(f"dropped from the journal, not restored: {_listing([], [rec])}")
+    result.dropped = left_e + left_f
+    J.remove(store)
+    return result
 
 
-def verify(profile, sysroot):
-    """OK / DIFF / MISSING per knob of the profile."""
+def verify(profile, sysroot, store=None):
+    """(row, status) per knob: OK, DRIFT (the applied profile's value changed since),
+    DIFF (differs; the profile is not the applied one), pending reboot, not applicable
+    here."""
+    doc = J.load(_store(sysroot, store))
+    applied = doc is not None and doc.profile == profile.name
     out = []
     for row in plan(profile, sysroot):
-        status = {UNCHANGED: "OK", SET: "DIFF", BOOT_ONLY: "DIFF"}.get(row.action, "MISSING")
+        status = {UNCHANGED: OK, BOOT_ONLY: PENDING, UNSUPPORTED: NOT_HERE}.get(
+            row.action, DRIFT if applied else DIFF)
         out.append((row, status))
     return out
 
 
-def hold(profile, sysroot, interval, count, progress, sleep=None):
+def hold(profile, sysroot, interval, count, progress, sleep=None, store=None):
     """Re-assert the decaying knobs of an applied profile every ``interval`` seconds."""
 
-    doc = J.load(sysroot)
-    if doc is None or doc["profile"] != profile.name:
+    doc = J.load(_store(sysroot, store))
+    if doc is None or doc.profile != profile.name:
         raise BadInput(f"apply {profile.name!r} first: hold only re-asserts an applied "
                        "profile (so that revert can restore the original values)")
     sleep = sleep or time.sleep
     rounds = 0
     try:
-        while count is None or rounds < count:
-            for row in plan(profile, sysroot):
-                if K.REGISTRY[row.knob].decays and row.action == SET:
-                    for path in row.paths:
-                        write(K.REGISTRY[row.knob], path, row.target, sysroot)
-                    progress(f"re-asserted {row.knob}={row.target} (was {row.current})")
-            rounds += 1
-            if count is None or rounds < count:
-                sleep(interval)
+        with interrupt.stops():
+            while count is None or rounds < count:
+                _reassert(profile, sysroot, progress)
+                rounds += 1
+                if count is None or rounds < count:
+                    sleep(interval)
     except KeyboardInterrupt:
         pass
     return rounds
+
+
+def _reassert(profile, sysroot, progress):
+    for row in plan(profile, sysroot):
+        if K.REGISTRY[row.knob].decays and row.action == SET:
+            for path in row.paths:
+                write(K.REGISTRY[row.knob], path, row.target, sysroot)
+            progress(f"re-asserted {row.knob}={row.target} (was {row.current})")

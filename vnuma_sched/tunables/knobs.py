@@ -3,6 +3,7 @@ given kernel. Pure: resolution reads through a SysRoot passed in; nothing here
 hard-codes the live system.
 
 A knob the kernel lacks resolves to "unsupported" with the reason, never an error.
+Values are ASCII only: "٣" is not a digit here, and an integer has at most 20 digits.
 """
 
 import errno
@@ -14,9 +15,21 @@ from vnuma_sched.system import facts
 
 SYSCTL, SCHED, FEATURE, DOMAIN, MODULE, BOOT = (
     "sysctl", "sched", "feature", "domain", "module", "boot")
+DOMAIN_BOOT = "domain-boot"     # a domain setting that only a boot parameter can make
 DEBUGFS = "/sys/kernel/debug"
 DOMAIN_LEVELS = ("SMT", "CLS", "MC", "PKG", "DIE", "NUMA")
 DOMAIN_PARAMS = ("imbalance_pct", "cache_nice_tries", "max_newidle_lb_cost")
+DOMAIN_PATH = re.compile(rf"{DEBUGFS}/sched/domains/cpu[0-9]+/domain[0-9]+/([a-z_]+)")
+MAX_DIGITS = 20
+_INT = re.compile(r"-?[0-9]{1,%d}" % MAX_DIGITS)
+_TOKEN = re.compile(r"[A-Za-z0-9_.,=:+-]{0,64}")
+# The files 'tune apply --persist/--persist-boot' may create or replace: no others.
+SYSCTL_D = "/etc/sysctl.d/90-vnuma_sched.conf"
+MODPROBE_D = "/etc/modprobe.d/vnuma_sched.conf"
+GRUB_D = "/etc/default/grub.d/90-vnuma_sched.cfg"
+PERSIST_FILES = (SYSCTL_D, MODPROBE_D, GRUB_D)
+DECAY_DOC = ("decays: the kernel lowers it ~1%/s (update_newidle_cost(): *253/256) and "
+             "raises it to the measured cost; needs 'tune hold'")
 SCHED_FEATURES = ("WA_IDLE", "WA_WEIGHT", "WA_BIAS", "NI_RANDOM", "DELAY_DEQUEUE",
                   "NONTASK_CAPACITY", "TTWU_QUEUE", "SIS_UTIL", "NEXT_BUDDY")
 
@@ -38,8 +51,9 @@ class Knob:
         """Normalised value or BadInput naming ``where`` (profile:line)."""
         value = raw.strip()
         if self.vtype == "int":
-            if not re.fullmatch(r"-?\d+", value):
-                raise BadInput(f"{where}: {self.name} needs an integer, got {value!r}")
+            if not _INT.fullmatch(value):
+                raise BadInput(f"{where}: {self.name} needs an integer of at most "
+                               f"{MAX_DIGITS} ASCII digits, got {_short(value)}")
             n = int(value)
             if (self.lo is not None and n < self.lo) or (self.hi is not None and n > self.hi):
                 raise BadInput(f"{where}: {self.name}={n} outside {self.lo}..{self.hi}")
@@ -49,15 +63,32 @@ class Knob:
                 return "1"
             if value.lower() in ("0", "n", "no", "off", "false"):
                 return "0"
-            raise BadInput(f"{where}: {self.name} needs 0 or 1, got {value!r}")
+            raise BadInput(f"{where}: {self.name} needs 0 or 1, got {_short(value)}")
         if self.vtype == "choice":
             if value not in self.choices:
                 raise BadInput(f"{where}: {self.name} must be one of "
-                               f"{', '.join(self.choices)}, got {value!r}")
+                               f"{', '.join(self.choices)}, got {_short(value)}")
             return value
-        if not re.fullmatch(r"[\w.,=-]+", value):
-            raise BadInput(f"{where}: {self.name}: unexpected characters in {value!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.,=-]{1,64}", value):
+            raise BadInput(f"{where}: {self.name}: unexpected characters in {_short(value)}")
         return value
+
+    def valid_stored(self, value):
+        """Could ``value`` (from a journal) be a value of this knob as read() gives it?"""
+        if not isinstance(value, str):
+            return False
+        if self.vtype == "int":
+            return bool(_INT.fullmatch(value))
+        return bool(_TOKEN.fullmatch(value))
+
+    def allows_path(self, path):
+        """Is ``path`` (from a journal) one that this knob resolves to on some kernel?"""
+        if not isinstance(path, str):
+            return False
+        if self.kind == DOMAIN:
+            m = DOMAIN_PATH.fullmatch(path)
+            return bool(m) and m.group(1) == self.name.split(".")[2]
+        return path in {p for _lo, _hi, p in self.paths}
 
     def encode(self, value):
         """The text the kernel takes for a normalised value (bool module parameters: Y/N)."""
@@ -70,6 +101,11 @@ class Knob:
         if self.vtype == "bool":
             return {"Y": "1", "N": "0", "y": "1", "n": "0"}.get(text, text)
         return text
+
+
+def _short(value):
+    """repr() of a value for a one-line message, at most about 40 characters."""
+    return repr(value if len(value) <= 40 else value[:37] + "...")
 
 
 def _sysctl(name, **kw):
@@ -126,8 +162,11 @@ REGISTRY = {k.name: k for k in [
            doc="sched feature (NO_ prefix clears it)") for f in SCHED_FEATURES],
     *[Knob(f"domain.{lvl}.{p}", DOMAIN, lo=0, hi=10**9,
            decays=(p == "max_newidle_lb_cost"),
-           doc=f"{p} of every {lvl} sched domain") for lvl in DOMAIN_LEVELS
-      for p in DOMAIN_PARAMS],
+           doc=(DECAY_DOC if p == "max_newidle_lb_cost" else f"{p} of every {lvl} sched domain"))
+      for lvl in DOMAIN_LEVELS for p in DOMAIN_PARAMS],
+    Knob("domain.NUMA.newidle_balance", DOMAIN_BOOT, vtype="bool",
+         doc="0: no newidle/wake balancing in NUMA domains: planned as boot "
+             "relax_domain_level=N, N computed for this kernel's domain levels"),
     _module("haltpoll", "guest_halt_poll_ns", lo=0, hi=10**9, doc="guest poll before HLT"),
     _module("haltpoll", "guest_halt_poll_grow", lo=0, hi=100),
     _module("haltpoll", "guest_halt_poll_shrink", lo=0, hi=100),
@@ -138,7 +177,9 @@ REGISTRY = {k.name: k for k in [
             doc="series: poll a contended lock before halting"),
     _module("vnuma_debug", "emulate_halt_preempted", vtype="bool", patch_gate=True,
             doc="series test aid: emulate an old host"),
-    _boot("relax_domain_level", lo=-1, hi=7, doc="no newidle/wake balancing at levels >= N"),
+    _boot("relax_domain_level", lo=-1, hi=7,
+          doc="no newidle/wake balancing in domains with sd->level >= N (every level of "
+              "the topology table counts, not the debugfs domainN index)"),
     _boot("cpuidle_haltpoll.force", vtype="bool"),
     _boot("nopvspin", vtype="bool", doc="no PV spinlocks"),
     _boot("no-steal-acc", vtype="bool", doc="no steal time accounting"),

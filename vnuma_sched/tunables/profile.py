@@ -5,6 +5,7 @@ and line, and so that only registry knobs can appear: no paths, no '..'.
 Parsing is pure: it never touches the system.
 """
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ class Profile:
     name: str
     summary: str = ""
     includes: list = field(default_factory=list)
+    include_at: str = ""                              # "file:line" of include=
     settings: dict = field(default_factory=dict)     # knob name -> normalised value
     origin: dict = field(default_factory=dict)       # knob name -> "file:line"
 
@@ -67,6 +69,7 @@ def _main_key(prof, key, value, where):
         prof.summary = value
     elif key == "include":
         prof.includes = [v.strip() for v in value.split(",") if v.strip()]
+        prof.include_at = where
         for inc in prof.includes:
             if not _NAME.match(inc) or ".." in inc:
                 raise BadInput(f"{where}: include {inc!r} is not a profile name")
@@ -74,40 +77,80 @@ def _main_key(prof, key, value, where):
         raise BadInput(f"{where}: unknown key {key!r} in [main]")
 
 
-def search_path(user_dir=None, config_home=None):
+def search_path(user_dir=None, config_home=None, warn=None):
+    """The profile directories, first match wins. With ``warn``, only the ones this
+    process can list: one it may not read (HOME=/root as a user) is skipped with a
+    warning, a missing one silently."""
     dirs = [Path(user_dir)] if user_dir else []
     if config_home:
         dirs.append(Path(config_home) / "vnuma_sched" / "profiles")
-    return [*dirs, BUILTIN_DIR]
+    dirs.append(BUILTIN_DIR)
+    return dirs if warn is None else [d for d in dirs if _listable(d, warn)]
 
 
-def find(name, dirs):
+def _listable(path, warn):
+    try:
+        os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as err:
+        warn(f"skipping profile directory {path}: {err.strerror}")
+        return False
+    return True
+
+
+def _is_file(path):
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def find(name, dirs, where=""):
+    """The file of profile ``name``; ``where``: the include= line that names it."""
+    lead = f"{where}: included " if where else ""
     if not _NAME.match(name) or ".." in name:
-        raise BadInput(f"profile {name!r}: not a profile name")
+        raise BadInput(f"{lead}profile {name!r}: not a profile name")
     for d in dirs:
         path = Path(d) / f"{name}.ini"
-        if path.is_file():
+        if _is_file(path):
             return path
-    raise BadInput(f"profile {name!r} not found (looked in {', '.join(map(str, dirs))})")
+    raise BadInput(f"{lead}profile {name!r} not found (looked in "
+                   f"{', '.join(map(str, dirs))})")
 
 
 def available(dirs):
+    """{name: file} of every profile on the search path (the first directory wins)."""
     seen = {}
     for d in reversed(list(dirs)):
-        for path in sorted(Path(d).glob("*.ini")) if Path(d).is_dir() else []:
-            seen[path.stem] = path
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for entry in names:
+            path = Path(d) / entry
+            if entry.endswith(".ini") and _NAME.match(path.stem) and _is_file(path):
+                seen[path.stem] = path
     return dict(sorted(seen.items()))
 
 
-def load(name, dirs, _stack=()):
+def read_text(path):
+    """A profile file's text; BadInput naming it when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise BadInput(f"{path}: cannot read ({err.strerror or type(err).__name__})") from err
+
+
+def load(name, dirs, _stack=(), _where=""):
     """The profile with its includes merged (included first, own settings win)."""
     if name in _stack:
-        raise BadInput(f"profile {name!r}: include loop ({' -> '.join(_stack + (name,))})")
-    path = find(name, dirs)
-    prof = parse(path.read_text(encoding="utf-8", errors="replace"), str(path))
+        raise BadInput(f"{_where}: include loop ({' -> '.join(_stack + (name,))})")
+    path = find(name, dirs, _where)
+    prof = parse(read_text(path), str(path))
     merged = Profile(name=name, summary=prof.summary, includes=prof.includes)
     for inc in prof.includes:
-        base = load(inc, dirs, _stack + (name,))
+        base = load(inc, dirs, _stack + (name,), prof.include_at)
         merged.settings.update(base.settings)
         merged.origin.update(base.origin)
     merged.settings.update(prof.settings)
