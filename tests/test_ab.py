@@ -1,6 +1,7 @@
 """A/B: arm parsing, per-run records to statistics, table and plot (no guest)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -120,3 +121,100 @@ def test_compare_two_recording_sets(tmp_path):
 def test_compare_rejects_other_shapes(tmp_path):
     res = CliRunner().invoke(main, ["compare", str(tmp_path)])
     assert res.exit_code == 2 and "two recording sets" in res.output
+
+
+# --- bad data: exit 3 naming the file; bad options: exit 2 before any work -----------
+
+def one_line(res, code, *needles):
+    assert res.exit_code == code, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _only(path, probe):
+    """A recording (no command) whose interval has one probe only."""
+    rec = interval(2)
+    rec["probes"] = {probe: rec["probes"][probe]}
+    return write_recording(path, [rec])
+
+
+def test_compare_of_runs_without_a_common_metric_is_bad_data(tmp_path):
+    for arm, probe in (("a", "steal"), ("b", "ipi")):
+        (tmp_path / arm).mkdir()
+        for i in range(2):
+            _only(tmp_path / arm / f"r{i}.jsonl", probe)
+    res = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    one_line(res, 3, "no metric has at least 2 values in both arms",
+             "A: steal_ms; B: ipi_call_func")
+
+
+@pytest.mark.parametrize("content", [b'{"arms": {"a": ', b"\x89PNG\r\n\x1a\n\x00",
+                                     b"[1, 2]", b'{"arms": {"a": "x"}}',
+                                     b'{"arms": {}, "workload": "x"}'])
+def test_compare_with_a_corrupt_plan_names_it(tmp_path, content):
+    out = tmp_path / "ab"
+    shutil.copytree(AB_DATA, out)
+    (out / "plan.json").write_bytes(content)
+    err = one_line(CliRunner().invoke(main, ["compare", str(out)]), 3,
+                   f"{out / 'plan.json'}: ")
+    assert err.count(str(out)) == 1
+
+
+def test_compare_plot_into_a_missing_folder_is_refused_first(tmp_path, monkeypatch):
+    def no_work(*args, **kw):
+        raise AssertionError("computed before checking --plot")
+
+    monkeypatch.setattr(ab, "results", no_work)
+    out = tmp_path / "ab"
+    shutil.copytree(AB_DATA, out)
+    png = tmp_path / "missing" / "c.png"
+    one_line(CliRunner().invoke(main, ["compare", str(out), "--plot", str(png)]), 2,
+             f"--plot {png}: its folder does not exist")
+    assert not png.parent.exists()
+
+
+def _runs(path, change):
+    recs = [json.loads(ln) for ln in (AB_DATA / "runs.jsonl").read_text().splitlines()]
+    change(recs)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda r: r[1]["metrics"].update(halts="12"), "line 2: metrics is not an object of"),
+    (lambda r: r[2].update(score="fast"), "line 3: score 'fast' is not a number"),
+    (lambda r: r[2].update(score=True), "line 3: score True is not a number"),
+    (lambda r: r[1].update(metrics=[1]), "line 2: metrics is not an object"),
+    (lambda r: r[1].update(matrix=[[1, 2], [3]]), "line 2: matrix is not a square table"),
+    (lambda r: r[2].update(matrix=[[1]]), "line 3: matrix of 1 nodes, earlier runs have 2"),
+    (lambda r: r[1]["metrics"].update(halts=float("inf")), "line 2: metrics is not"),
+])
+def test_runs_with_wrong_types_name_the_line(tmp_path, change, needle):
+    runs = _runs(tmp_path / "runs.jsonl", change)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        compare.read_runs(runs)
+    shutil.copy(AB_DATA / "plan.json", tmp_path / "plan.json")
+    one_line(CliRunner().invoke(main, ["compare", str(tmp_path)]), 3, f"{runs}: {needle}")
+
+
+def test_a_binary_runs_file_is_bad_data(tmp_path):
+    (tmp_path / "runs.jsonl").write_bytes(b"\xff\xfe\x00\x01")
+    one_line(CliRunner().invoke(main, ["compare", str(tmp_path)]), 3,
+             "line 1: not UTF-8 text; not a runs file")
+
+
+def test_recordings_of_different_node_counts(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for i in range(2):
+        _recording(tmp_path / "a" / f"r{i}.jsonl", 10 + i)
+        _recording(tmp_path / "b" / f"r{i}.jsonl", 2 + i)
+    rec = interval(4)
+    write_recording(tmp_path / "b" / "r9.jsonl", [rec],
+                    meta={"type": "meta", "version": 1, "command": ["x"], "probes": {}})
+    res = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                    "--plot", str(tmp_path / "c.png")])
+    one_line(res, 3, f"{tmp_path / 'b' / 'r9.jsonl'}: a 4-node migration matrix")

@@ -134,12 +134,18 @@ def frag(tmp_path):
     return p
 
 
-def bisect(tree, *args, extra=()):
-    measure = f"{sys.executable} {DATA / 'fake_measure.py'}"
+MEASURE = f"{sys.executable} {DATA / 'fake_measure.py'}"
+
+
+def bisect(tree, *args, extra=(), measure=True):
+    """'bisect ARGS --tree TREE': run with the fake lab; replay gives the command again
+    (a log's header is not trusted) unless ``measure`` is False."""
     argv = ["bisect", *args, "--tree", str(tree)]
     if args[0] == "run":
         argv += ["--metric", "cross_node_migrations", "--runs", "5",
-                 "--measure-cmd", measure, "--fragment", str(frag(tree.parent))]
+                 "--measure-cmd", MEASURE, "--fragment", str(frag(tree.parent))]
+    elif args[0] == "replay" and measure:
+        argv += ["--measure-cmd", MEASURE]
     return CliRunner().invoke(main, [*argv, *extra])
 
 
@@ -330,7 +336,8 @@ def test_interrupted_bisect_resumes(history, tmp_path, monkeypatch):
     monkeypatch.setattr(drive, "stream", interrupted)
     res = bisect(tree, "run", "--good", c[0], "--bad", c[8])
     assert res.exit_code == 130
-    assert "interrupted; go on with: vnuma-sched bisect replay" in res.stderr
+    assert f"interrupted; go on with: vnuma-sched bisect resume --tree {tree} (log: " \
+        in res.stderr
     untouched(tree, c[8])
     monkeypatch.setattr(drive, "stream", real_stream)
     done = measured(tmp_path)
@@ -382,6 +389,7 @@ def test_step_under_plain_git_bisect_run(history, tmp_path):
     (["--metric", "nope", "--threshold", "1"], 128, "unknown metric"),
     (["--metric", "halts"], 128, "Missing option '--threshold'"),   # not 2 (= bad)
     (["--metric", "halts", "--threshold", "x"], 128, "is not a valid float"),
+    (["--metric", "halts", "--threshold", "nan"], 128, "expected a finite number"),
     (["--metric", "cross_node_migrations", "--threshold", "1", "--carry-patches"], 125,
      "series does not apply"),
     (["--metric", "cross_node_migrations", "--threshold", "1",
@@ -491,3 +499,226 @@ def test_help_lists_every_metric():
     for name in METRICS:
         kind, _, cause = name.partition(".")
         assert (f"{kind}.CAUSE" in words and cause in words) if cause else name in words, name
+
+
+# --- hostile or broken input: refused before the tree is touched ---------------------
+
+def finished_log(tree, c, tmp_path):
+    """A log of a whole bisect, its header as a dict, and the measured list reset."""
+    first = json.loads(bisect(tree, "run", "--good", c[0], "--bad", c[8],
+                              extra=["--json"]).stdout)
+    text = Path(first["log_file"]).read_text()
+    (tmp_path / "measured").unlink()
+    head, rest = text.split("\n", 1)
+    return json.loads(head[len(state.HEADER):]), rest
+
+
+def synthetic_log(c, tmp_path):
+    """The header and start line a 'bisect run' of c0..c8 writes, without running it."""
+    opts = options.Options(metric="cross_node_migrations", threshold=125.0, bad_above=True,
+                           measure_cmd=MEASURE, fragments=[str(frag(tmp_path))])
+    endpoints = {"good_median": 100, "bad_median": 150, "ratio": 1.5, "ci95": [1.4, 1.6],
+                 "p": 0.008, "bad_above": True, "threshold": 125.0,
+                 "good": [100, 98, 103, 99, 102], "bad": [150, 148, 153, 149, 152]}
+    header = {"options": opts.to_dict(), "good": c[0], "bad": c[8], "endpoints": endpoints}
+    return header, f"git bisect start '--no-checkout' '{c[8]}' '{c[0]}'\n"
+
+
+def write_log(path, header, rest):
+    path.write_text(state.HEADER + json.dumps(header) + "\n" + rest)
+    return path
+
+
+def one_line_error(res, code, *needles):
+    assert res.exit_code == code, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("threshold", "x", "--threshold 'x': expected a finite number"),
+    ("threshold", None, "no --threshold"),
+    ("threshold", float("nan"), "--threshold nan"),
+    ("bad_above", "yes", "--bad-when 'yes'"),
+    ("runs", "5", "--runs '5': expected an integer in 1..100"),
+    ("jobs", 10 ** 6, "--jobs 1000000"),
+    ("append", "x=1", "--append 'x=1': expected a list of strings"),
+    ("measure_cmd", "lab 'unbalanced", "--measure-cmd"),
+    ("accel", "whpx", "--accel 'whpx'"),
+    ("fragments", ["relative.config"], "expected an absolute path"),
+])
+def test_replay_checks_the_whole_header_first(history, tmp_path, field, value, needle):
+    tree, c = history
+    header, rest = synthetic_log(c, tmp_path)
+    header["options"][field] = value
+    log = write_log(tmp_path / "edited.log", header, rest)
+    res = bisect(tree, "replay", str(log), extra=["--trust-log"], measure=False)
+    err = one_line_error(res, 3, f"{log}: malformed header line: ", needle)
+    assert err.count(str(log)) == 1
+    assert measured(tmp_path) == []
+    untouched(tree, c[8])
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda h: h.update(good="--output=/tmp/x"), "good: expected a full commit id"),
+    (lambda h: h.update(bad=None), "bad: expected a full commit id"),
+    (lambda h: h.update(endpoints={"good": "x"}), "endpoints: good is not a list"),
+    (lambda h: h["endpoints"].update(good_median="?"), "good_median is not a number"),
+    (lambda h: h.update(options=[1]), "options: expected an object"),
+    (lambda h: h["options"].update(shell="rm -rf /"), "unexpected bisect options: ['shell']"),
+])
+def test_replay_checks_commits_and_endpoints(history, tmp_path, change, needle):
+    tree, c = history
+    header, rest = synthetic_log(c, tmp_path)
+    change(header)
+    log = write_log(tmp_path / "edited.log", header, rest)
+    one_line_error(bisect(tree, "replay", str(log), extra=["--trust-log"]), 3, needle)
+    untouched(tree, c[8])
+
+
+def test_replay_of_a_log_that_would_check_out_the_tree(history, tmp_path):
+    tree, c = history
+    header, rest = synthetic_log(c, tmp_path)
+    log = write_log(tmp_path / "edited.log", header, rest.replace("'--no-checkout' ", ""))
+    one_line_error(bisect(tree, "replay", str(log)), 3, "lacks --no-checkout")
+    untouched(tree, c[8])
+
+
+def test_a_binary_log_is_bad_data_named_once(history, tmp_path):
+    tree, c = history
+    log = tmp_path / "binary.log"
+    log.write_bytes(state.HEADER.encode() + b"\xff\xfe\x00garbage\n")
+    err = one_line_error(bisect(tree, "replay", str(log)), 3, f"{log}: not a text file")
+    assert err.count(str(log)) == 1
+    untouched(tree, c[8])
+
+
+def test_a_failure_after_git_replay_started_resets_the_bisect(history, tmp_path,
+                                                            monkeypatch):
+    tree, c = history
+    header, rest = synthetic_log(c, tmp_path)
+    log = write_log(tmp_path / "again.log", header, rest)
+
+    def killed(git_dir, doc):
+        assert (tree / ".git" / "BISECT_START").exists()   # git's replay did start
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state, "save", killed)
+    res = bisect(tree, "replay", str(log))
+    assert res.exit_code == 130, res.output
+    untouched(tree, c[8])
+
+
+def test_resume_with_a_malformed_state_changes_nothing(history, tmp_path):
+    """A bisect left in progress whose state has threshold "x": one line, exit 3, and
+    the bisect is left as it was for the user."""
+    tree, c = history
+    git(tree, "bisect", "start", "--no-checkout", c[8], c[0])
+    before = git(tree, "bisect", "log")
+    opts = options.Options(metric="cross_node_migrations", threshold=125, bad_above=True,
+                           measure_cmd=MEASURE, fragments=[str(frag(tmp_path))]).to_dict()
+    opts["threshold"] = "x"
+    state.save(tree / ".git", {"status": "bisecting", "tree": str(tree), "start": "main",
+                               "good": c[0], "bad": c[8], "candidates": 8, "estimate": 3,
+                               "steps": [], "options": opts})
+    one_line_error(bisect(tree, "resume"), 3, str(state.path(tree / ".git")),
+                   "--threshold 'x'")
+    assert git(tree, "bisect", "log") == before and measured(tmp_path) == []
+    git(tree, "bisect", "reset")
+
+
+def test_resume_replays_its_saved_log_with_the_state_commands(history, tmp_path):
+    """Resume after an interruption replays the tree's own saved log: the command comes
+    from the tree's state, not from the log alone, and a broken state is refused."""
+    tree, c = history
+    header, rest = finished_log(tree, c, tmp_path)
+    doc = state.load(tree / ".git")
+    assert doc["status"] == "done" and doc["log"]
+    res = bisect(tree, "resume", extra=["--json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["first_bad"]["commit"] == c[6]
+    doc = state.load(tree / ".git")
+    doc["options"]["runs"] = -1
+    state.save(tree / ".git", doc)
+    one_line_error(bisect(tree, "resume"), 3, "malformed bisect state", "--runs -1")
+    untouched(tree, c[8])
+
+
+def test_replay_runs_no_command_from_the_log_alone(history, tmp_path):
+    tree, c = history
+    header, rest = finished_log(tree, c, tmp_path)
+    git_log = rest.split("\n")
+    start = next(i for i, ln in enumerate(git_log) if ln.startswith("git bisect start"))
+    log = write_log(tmp_path / "shared.log", header, "\n".join(git_log[:start + 2]) + "\n")
+    one_line_error(bisect(tree, "replay", str(log), measure=False), 2,
+                   f"would run --measure-cmd {MEASURE!r}", "--trust-log")
+    assert measured(tmp_path) == []
+    untouched(tree, c[8])
+    res = bisect(tree, "replay", str(log), extra=["--trust-log", "--json"], measure=False)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["first_bad"]["commit"] == c[6]
+    untouched(tree, c[8])
+
+
+def test_replay_measures_with_the_command_line_command(history, tmp_path):
+    tree, c = history
+    header, rest = finished_log(tree, c, tmp_path)
+    git_log = rest.split("\n")
+    start = next(i for i, ln in enumerate(git_log) if ln.startswith("git bisect start"))
+    log = write_log(tmp_path / "shared.log", header, "\n".join(git_log[:start + 2]) + "\n")
+    wrap = tmp_path / "wrap.py"
+    wrap.write_text(f"import runpy\nopen({str(tmp_path / 'wrapped')!r}, 'a').write('x')\n"
+                    f"runpy.run_path({str(DATA / 'fake_measure.py')!r}, run_name='__main__')\n")
+    res = bisect(tree, "replay", str(log), measure=False,
+                 extra=["--measure-cmd", f"{sys.executable} {wrap}", "--json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["first_bad"]["commit"] == c[6]
+    assert (tmp_path / "wrapped").exists()
+    untouched(tree, c[8])
+
+
+def test_a_cmd_workload_in_a_header_needs_confirmation():
+    opts = options.Options(metric="halts", threshold=1, bad_above=True, workload="cmd:rm -rf ~")
+    with pytest.raises(drive.BadInput, match="would run --workload 'cmd:rm -rf ~'"):
+        drive.trusted(opts, "L")
+    assert drive.trusted(opts, "L", {"workload": "perf-pipe"}).workload == "perf-pipe"
+    assert drive.trusted(opts, "L", trust_log=True).workload == "cmd:rm -rf ~"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_finite_is_refused_up_front(history, tmp_path, value):
+    tree, c = history
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8], extra=["--threshold", value])
+    one_line_error(res, 2, "--threshold", "expected a finite number")
+    assert measured(tmp_path) == []
+    untouched(tree, c[8])
+
+
+def test_a_log_into_a_missing_folder_is_refused_and_not_created(history, tmp_path):
+    tree, c = history
+    log = tmp_path / "missing" / "dir" / "x.log"
+    res = bisect(tree, "run", "--good", c[0], "--bad", c[8], extra=["--log", str(log)])
+    one_line_error(res, 2, f"--log {log}: its folder does not exist")
+    assert not (tmp_path / "missing").exists() and measured(tmp_path) == []
+    untouched(tree, c[8])
+
+
+@pytest.mark.parametrize("which", ["--good", "--bad"])
+def test_commits_that_look_like_options_are_refused(history, tmp_path, which):
+    tree, c = history
+    argv = {"--good": c[0], "--bad": c[8], which: "--output=/tmp/vnuma-x"}
+    res = bisect(tree, "run", "--good", argv["--good"], "--bad", argv["--bad"])
+    one_line_error(res, 2, f"{which} '--output=/tmp/vnuma-x'", "does not start with '-'")
+    assert measured(tmp_path) == []
+    untouched(tree, c[8])
+
+
+def test_a_tree_that_looks_like_an_option_is_refused(history, tmp_path, monkeypatch):
+    tree, c = history
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-t").mkdir()
+    res = CliRunner().invoke(main, ["bisect", "resume", "--tree", "-t"])
+    one_line_error(res, 2, "--tree '-t'")

@@ -152,3 +152,18 @@ def test_not_root_bcc_warns():
     env = DoctorEnv(sysroot=SysRoot("/"), euid=1000, bcc_check=lambda: ("ok", "x"))
 
     assert check_bcc(env).status == "warn"
+
+
+def test_unreadable_cpulist_makes_problem_2_unknown(tmp_path, fixture_root):
+    """A 2-node guest whose node1 cpulist cannot be read: doctor cannot tell, it must
+    not say that problem 2 cannot happen."""
+    root = tmp_path / "r"
+    shutil.copytree(fixture_root / "qemu-2node", root)
+    cpulist = root / "sys/devices/system/node/node1/cpulist"
+    cpulist.unlink()
+    cpulist.mkdir()   # read() fails (EISDIR) even for root
+    c = checks_for(root)
+    assert c["vnuma"].status == "warn" and "could not run" in c["vnuma"].detail
+    p2 = verdict(list(c.values()))[1]
+    assert p2["exposure"].startswith("unknown: the NUMA layout could not be read")
+    assert "node1/cpulist" in p2["exposure"]

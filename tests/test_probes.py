@@ -1,17 +1,23 @@
 """Probes without bcc or root: the C/Python mirror, parameters, availability,
 classification (6.1 and 6.12 enum layouts), interval math, recordings, renderers."""
 
+import io
 import json
+import os
+import re
+import stat
+import tarfile
 
 import pytest
 from click.testing import CliRunner
 from helpers import golden, interval, write_recording
 
 from vnuma_sched.cli.main import main
-from vnuma_sched.cli.probes import _split_record_args, _split_top_args
+from vnuma_sched.cli.probes import _split_top_args, check_record_args
 from vnuma_sched.errors import BadInput, DataError
-from vnuma_sched.probes import catalog, classify, recording, report, spec
+from vnuma_sched.probes import catalog, classify, kheaders, recording, report, spec
 from vnuma_sched.probes import events as E
+from vnuma_sched.probes.session import Session
 from vnuma_sched.render import log2_hist_lines, report_text, top_text
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
@@ -228,8 +234,9 @@ def test_argument_splitting():
     assert _split_top_args(()) == ([], 1.0, None)
     with pytest.raises(BadInput):
         _split_top_args(("1", "2", "3"))
-    assert _split_record_args(("migrate", "sh", "-c", "x")) == (["migrate"], ["sh", "-c", "x"])
-    assert _split_record_args(("migrate", "--", "sh")) == (["migrate"], ["sh"])
+    assert check_record_args(("migrate", "ipi"), ["sh", "-c", "x"]) == ["migrate", "ipi"]
+    with pytest.raises(BadInput, match="unknown probe 'sh'.*goes after '--'"):
+        check_record_args(("migrate", "sh"), None)
     with pytest.raises(BadInput, match="unknown probe 'nope'"):
         catalog.select(["nope"])
 
@@ -238,3 +245,324 @@ def test_log2_hist_labels():
     lines = log2_hist_lines([1, 2, 4])
     assert lines[1].split(":")[0].split() == ["0", "->", "0"]
     assert lines[3].split(":")[0].split() == ["2", "->", "3"]
+
+
+# --- record: no overwrite, no stray command, no root for steal ----------------------
+
+def record(root, *args):
+    argv = (["--root", str(root)] if root else []) + ["record", *args]
+    return CliRunner().invoke(main, argv)
+
+
+def one_line(res, code, *needles):
+    assert res.exit_code == code, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+QUICK = ("--duration", "0.1", "--interval", "0.05")
+
+
+def test_record_does_not_overwrite_without_force(tmp_path, fixture_root):
+    out = tmp_path / "run.jsonl"
+    out.write_text("keep me\n")
+    res = record(fixture_root / "qemu-2node", "-o", str(out), *QUICK, "steal")
+    err = one_line(res, 2, f"-o {out}: exists; --force overwrites it")
+    assert err.count(str(out)) == 1 and out.read_text() == "keep me\n"
+    res = record(fixture_root / "qemu-2node", "-o", str(out), "--force", *QUICK, "steal")
+    assert res.exit_code == 0, res.output
+    meta, intervals, _, end = recording.read(out)
+    assert intervals and end["exit_code"] == 0
+
+
+def test_record_does_not_write_through_a_symlink(tmp_path, fixture_root):
+    target = tmp_path / "target"
+    target.write_text("keep me\n")
+    link = tmp_path / "run.jsonl"
+    link.symlink_to(target)
+    res = record(fixture_root / "qemu-2node", "-o", str(link), "--force", *QUICK, "steal")
+    one_line(res, 2, f"-o {link}: is a symbolic link")
+    assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("words, needle", [
+    (["stael"], "unknown probe 'stael': known are ipi, halt"),
+    (["steal", "echo", "hi"], "unknown probe 'echo'"),
+])
+def test_record_runs_a_command_only_after_dashes(tmp_path, fixture_root, words, needle):
+    out = tmp_path / "run.jsonl"
+    res = record(fixture_root / "qemu-2node", "-o", str(out), *QUICK, *words)
+    err = one_line(res, 2, needle, "a command to record goes after '--'")
+    if words == ["stael"]:
+        assert "did you mean 'steal'?" in err
+    assert not out.exists()
+
+
+def test_record_a_command_after_dashes(tmp_path, fixture_root):
+    out = tmp_path / "run.jsonl"
+    res = record(fixture_root / "qemu-2node", "-o", str(out), "--interval", "0.05", "steal",
+                 "--", "sh", "-c", "exit 3")
+    assert res.exit_code == 3, res.output
+    meta, _, _, end = recording.read(out)
+    assert meta["command"] == ["sh", "-c", "exit 3"] and end["exit_code"] == 3
+
+
+@pytest.mark.parametrize("command, code, needle", [
+    (["--", "no-such-command-vnuma"], 5, "no-such-command-vnuma: command not found"),
+    (["--"], 2, "nothing after '--'"),
+])
+def test_record_command_problems_leave_no_file(tmp_path, fixture_root, command, code,
+                                               needle):
+    out = tmp_path / "run.jsonl"
+    res = record(fixture_root / "qemu-2node", "-o", str(out), *QUICK, "steal", *command)
+    one_line(res, code, needle)
+    assert not out.exists()
+
+
+def test_record_into_a_missing_folder_before_loading_probes(tmp_path, fixture_root,
+                                                            monkeypatch):
+    def no_session(*args, **kw):
+        raise AssertionError("probes were loaded")
+
+    monkeypatch.setattr(Session, "start", no_session)
+    out = tmp_path / "missing" / "run.jsonl"
+    res = record(fixture_root / "qemu-2node", "-o", str(out), *QUICK, "steal")
+    err = one_line(res, 2, f"-o {out}: its folder does not exist")
+    assert err.count(str(out)) == 1 and not out.parent.exists()
+
+
+def test_record_steal_needs_no_root(tmp_path, monkeypatch):
+    """steal reads /proc/stat: allowed without root on the live system; BPF probes not."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    out = tmp_path / "steal.jsonl"
+    res = record(None, "-o", str(out), *QUICK, "steal")
+    assert res.exit_code == 0, res.output
+    assert "steal" in recording.read(out)[1][0]["probes"]
+    res = record(None, "-o", str(tmp_path / "m.jsonl"), *QUICK, "migrate")
+    one_line(res, 4, "needs root")
+    res = CliRunner().invoke(main, ["top", "--json", "steal", "0.05", "1"])
+    assert res.exit_code == 0, res.output
+    assert "steal" in json.loads(res.stdout.splitlines()[-1])["probes"]
+
+
+# --- recordings: bad data is exit 3 naming file and line ----------------------------
+
+def _lines(path):
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+
+def _rewrite(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _set_dt(recs):
+    recs[1]["dt"] = "1"
+
+
+def _ipi_string(recs):
+    recs[1]["probes"]["ipi"]["per_cpu"][0][0] = "3"
+
+
+def _no_cause(recs):
+    del recs[1]["probes"]["migrate"]["matrix"]["wake"]
+
+
+def _other_size(recs):
+    recs[2]["probes"]["steal"]["ms"].append(1)
+
+
+def _version(recs):
+    recs[0]["version"] = 2
+
+
+def _no_version(recs):
+    del recs[0]["version"]
+
+
+def _probe_status(recs):
+    recs[0]["probes"] = {"ipi": {"available": False}}
+
+
+def _bool_counter(recs):
+    recs[1]["probes"]["halt"]["hist"][0] = True
+
+
+def _nan_counter(recs):
+    recs[1]["probes"]["preempt"]["rejected"][0] = float("nan")
+
+
+def _end_lost(recs):
+    recs[-1]["lost"] = "3"
+
+
+def _listing_in_metrics(recs):
+    recs[1]["probes"]["migrate"]["wake_place"] = [[1], [2]]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (_set_dt, "line 2: interval without probes or a number of seconds"),
+    (_ipi_string, "line 2: ipi.per_cpu[0][0] is '3', not a counter"),
+    (_no_cause, "line 2: probe 'migrate': not what this probe records"),
+    (_other_size, "line 3: probe 'steal': other fields or sizes than in the first"),
+    (_version, "line 1: recording version 2 is not supported (this vnuma-sched reads "
+               "version 1)"),
+    (_no_version, "line 1: recording version None is not supported"),
+    (_probe_status, "line 1: meta: probe 'ipi': expected available and a reason"),
+    (_bool_counter, "line 2: halt.hist[0] is True, not a counter"),
+    (_nan_counter, "line 2: preempt.rejected[0] is nan, not a counter"),
+    (_end_lost, "line 4: end: lost is not a count"),
+    (_listing_in_metrics, "line 2: probe 'migrate': not what this probe records"),
+])
+def test_recordings_with_wrong_types_name_file_and_line(tmp_path, change, needle):
+    rec = write_recording(tmp_path / "r.jsonl", [interval(2), interval(2)])
+    recs = _lines(rec)
+    change(recs)
+    _rewrite(rec, recs)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        recording.read(rec)
+    err = one_line(CliRunner().invoke(main, ["report", str(rec)]), 3, f"{rec}: {needle}")
+    assert err.count(str(rec)) == 1
+
+
+def test_a_binary_recording_is_bad_data(tmp_path):
+    rec = tmp_path / "r.jsonl"
+    rec.write_bytes(b'{"type": "meta", "version": 1}\n\x89PNG\r\n\x1a\n\x00\xff')
+    one_line(CliRunner().invoke(main, ["report", str(rec)]), 3,
+             f"{rec}: line 2: not UTF-8 text; not a recording")
+
+
+# --- kernel headers for bcc: a private directory, a checked archive ----------------
+
+def _tar(path, members):
+    """A tar.xz of (TarInfo, bytes or None) pairs."""
+    with tarfile.open(path, "w:xz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _info(name, kind=tarfile.REGTYPE, mode=0o644, **kw):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = kind, mode
+    for k, v in kw.items():
+        setattr(info, k, v)
+    return info
+
+
+def test_private_dir_is_made_0700(tmp_path):
+    d = kheaders.private_dir(tmp_path / "p")
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700 and d.stat().st_uid == os.geteuid()
+    assert kheaders.private_dir(d) == d   # again: it is ours and safe
+
+
+@pytest.mark.parametrize("prepare, needle", [
+    (lambda p: (p.mkdir(), p.chmod(0o777)), "mode 0777 is group- or world-writable"),
+    (lambda p: (p.mkdir(), p.chmod(0o730)), "mode 0730 is group- or world-writable"),
+    (lambda p: (p.mkdir(mode=0o700), os.chown(p, 4321, 4321)), "owned by uid 4321"),
+    (lambda p: (p.parent.joinpath("elsewhere").mkdir(mode=0o700),
+                p.symlink_to(p.parent / "elsewhere")), "not a directory (a link?)"),
+    (lambda p: p.write_text("x"), "not a directory"),
+])
+def test_private_dir_refuses_what_others_could_control(tmp_path, prepare, needle):
+    if "uid" in needle and os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    p = tmp_path / "p"
+    prepare(p)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        kheaders.private_dir(p)
+
+
+@pytest.mark.parametrize("info, why", [
+    (_info("/etc/cron.d/x"), "absolute path"),
+    (_info("include/../../x"), "'..' in the path"),
+    (_info("include/l", tarfile.SYMTYPE, linkname="/etc/shadow"), "a link"),
+    (_info("include/h", tarfile.LNKTYPE, linkname="include/a.h"), "a link"),
+    (_info("include/null", tarfile.CHRTYPE, devmajor=1, devminor=3), "a device, fifo"),
+    (_info("include/fifo", tarfile.FIFOTYPE), "a device, fifo"),
+])
+def test_unsafe_archive_members_are_refused(tmp_path, info, why):
+    assert kheaders.check_member(info).startswith(why)
+    archive = _tar(tmp_path / "k.tar.xz", [(_info("include/a.h"), b"int a;\n"),
+                                           (info, None)])
+    dest = kheaders.private_dir(tmp_path / "dest")
+    with tarfile.open(archive) as tar, pytest.raises(DataError, match=re.escape(why)):
+        kheaders.safe_members(tar, archive)
+    with pytest.raises(DataError, match="refused|cannot extract"):
+        kheaders.extract(archive, dest)
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "x").exists()
+
+
+def test_safe_members_drop_set_id_bits_and_owners(tmp_path):
+    archive = _tar(tmp_path / "k.tar.xz", [
+        (_info("include", tarfile.DIRTYPE, mode=0o777), None),
+        (_info("include/a.h", mode=0o4777, uid=4321, gid=4321, uname="nobody"), b"int a;\n")])
+    dest = kheaders.private_dir(tmp_path / "dest")
+    with tarfile.open(archive) as tar:
+        members = kheaders.safe_members(tar, archive)
+        tar.extractall(dest, members=members)
+    st = (dest / "include/a.h").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == os.geteuid()
+    assert stat.S_IMODE((dest / "include").stat().st_mode) == 0o755
+
+
+def _headers_root(tmp_path, release="6.1.0-test"):
+    root = tmp_path / "root"
+    (root / "proc/sys/kernel").mkdir(parents=True)
+    (root / "sys/kernel").mkdir(parents=True)
+    (root / "run").mkdir()
+    _tar(root / "sys/kernel/kheaders.tar.xz",
+         [(_info("include", tarfile.DIRTYPE, mode=0o755), None),
+          (_info("include/linux.h"), b"#define X 1\n")])
+    return SysRoot(root), release
+
+
+def test_kernel_headers_go_to_a_private_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    sysroot, release = _headers_root(tmp_path)
+    dest = kheaders.ensure_kernel_headers(sysroot, release)
+    assert dest == sysroot.path(f"/run/vnuma_sched/kheaders-{release}")
+    assert (dest / "include/linux.h").read_text() == "#define X 1\n"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert stat.S_IMODE(dest.parent.stat().st_mode) == 0o700
+    assert "BCC_KERNEL_SOURCE" not in os.environ        # passed explicitly, not left set
+    assert kheaders.ensure_kernel_headers(sysroot, release) == dest   # extracted once
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]   # no temp left
+
+
+def test_kernel_headers_refuse_a_directory_made_by_someone_else(tmp_path, monkeypatch):
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    sysroot, release = _headers_root(tmp_path)
+    planted = sysroot.path(f"/run/vnuma_sched/kheaders-{release}")
+    planted.mkdir(parents=True)
+    planted.chmod(0o777)
+    with pytest.raises(DataError, match="group- or world-writable"):
+        kheaders.ensure_kernel_headers(sysroot, release)
+    assert list(planted.iterdir()) == []
+    with pytest.raises(DataError, match="unexpected kernel release"):
+        kheaders.ensure_kernel_headers(sysroot, "../../etc")
+
+
+def test_no_extraction_when_bcc_finds_headers(tmp_path, monkeypatch):
+    sysroot, release = _headers_root(tmp_path)
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "/usr/src/mine")
+    assert kheaders.ensure_kernel_headers(sysroot, release) is None
+    monkeypatch.delenv("BCC_KERNEL_SOURCE")
+    (sysroot.path(f"/lib/modules/{release}/build")).mkdir(parents=True)
+    assert kheaders.ensure_kernel_headers(sysroot, release) is None
+    assert not sysroot.path("/run/vnuma_sched").exists()
+
+
+def test_kernel_source_is_set_only_around_the_call(monkeypatch):
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    with kheaders.kernel_source("/run/vnuma_sched/kheaders-x"):
+        assert os.environ["BCC_KERNEL_SOURCE"] == "/run/vnuma_sched/kheaders-x"
+    assert "BCC_KERNEL_SOURCE" not in os.environ
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "/theirs")
+    with pytest.raises(KeyboardInterrupt), kheaders.kernel_source("/ours"):
+        raise KeyboardInterrupt
+    assert os.environ["BCC_KERNEL_SOURCE"] == "/theirs"

@@ -7,13 +7,14 @@ reset at the end, unless asked to stay, and its log is kept for replay."""
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from vnuma_sched.bisect import source, state, step
 from vnuma_sched.bisect import verdict as V
-from vnuma_sched.bisect.options import Options
+from vnuma_sched.bisect.options import Options, flag, not_an_option
 from vnuma_sched.errors import BadInput, VnumaError
-from vnuma_sched.kernel import patches
+from vnuma_sched.kernel import patches, vm
 from vnuma_sched.kernel.ktree import tree_version
 from vnuma_sched.runner import stream
 
@@ -42,7 +43,20 @@ def check_tree(env):
     return git_dir
 
 
+def check_log_path(log_path):
+    """A --log whose folder is missing is refused before anything runs (never created)."""
+    if log_path is not None and not Path(log_path).resolve().parent.is_dir():
+        raise BadInput(f"--log {log_path}: its folder does not exist")
+
+
+def check_backend(opts):
+    """What the guest measurement parses, checked before the tree is touched."""
+    if not opts.measure_cmd:
+        vm.parse_topology(opts.topology, vm.parse_size_mb(opts.mem))
+
+
 def resolve(env, rev, label):
+    not_an_option(rev, label)
     res = _git(env, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
     if res.returncode != 0:
         raise BadInput(f"{label}: no such commit in {env.tree}")
@@ -96,6 +110,10 @@ def endpoints(opts, env, git_dir, good, bad):
 
 def run(opts, env, good_rev, bad_rev, stay=False, log_path=None):
     opts.check()
+    not_an_option(good_rev, "--good")
+    not_an_option(bad_rev, "--bad")
+    check_log_path(log_path)
+    check_backend(opts)
     git_dir = check_tree(env)
     good = resolve(env, good_rev, f"--good {good_rev}")
     bad = resolve(env, bad_rev, f"--bad {bad_rev}")
@@ -117,37 +135,66 @@ def run(opts, env, good_rev, bad_rev, stay=False, log_path=None):
 
 def resume(env, stay=False, log_path=None):
     """Go on with the tree's interrupted vnuma-sched bisect (or replay its saved log)."""
+    check_log_path(log_path)
     git_dir = source.git_dir(env.tree, env.runner)
     doc = state.load(git_dir)
     if state.ours(git_dir, doc):
-        env.progress(f"resuming the bisect in progress ({len(doc['steps'])} steps done)")
+        state.check(git_dir, doc)
+        env.progress(f"resuming the bisect in progress ({len(doc.get('steps', []))} steps "
+                     "done)")
         return _drive(env, git_dir, doc, stay, log_path)
-    if doc and doc.get("log") and Path(doc["log"]).is_file():
-        env.progress(f"replaying {doc['log']}")
-        return replay(env, doc["log"], stay, log_path)
+    saved = doc and doc.get("log")
+    if isinstance(saved, str) and Path(saved).is_file():
+        opts = state.check(git_dir, doc)   # the tree's own state: its commands are trusted
+        env.progress(f"replaying {saved}")
+        return replay(env, saved, stay, log_path, given=opts.commands())
     raise BadInput(f"--tree {env.tree}: no vnuma-sched bisect to resume")
 
 
-def replay(env, log, stay=False, log_path=None):
-    header, _ = state.read_log(log)
+def trusted(opts, log, given=None, trust_log=False):
+    """The log's options with the command line's values over them. A command the log
+    would run (--measure-cmd, a cmd: workload) must come from the command line, or
+    --trust-log must say that the log is trusted: a shared log is data, not code."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    opts = replace(opts, **given)
+    unconfirmed = {k: v for k, v in opts.commands().items() if k not in given}
+    if unconfirmed and not trust_log:
+        name, value = next(iter(unconfirmed.items()))
+        raise BadInput(f"{log}: its header would run {flag(name)} {value!r}; a log is "
+                       f"data, not code: give {flag(name)} again (it may differ), or "
+                       "--trust-log to run it as written")
+    return opts.check(complete=True)
+
+
+def replay(env, log, stay=False, log_path=None, given=None, trust_log=False):
+    """Replay LOG into the tree and go on. Everything is checked first; once git's
+    replay has started, any failure resets the bisect back to where the user was."""
+    header, opts, _ = state.read_log(log)
+    opts = trusted(opts, log, given, trust_log)
+    check_log_path(log_path)
+    check_backend(opts)
     git_dir = check_tree(env)
-    opts = Options.from_dict(header["options"]).check()
     good = resolve(env, header["good"], f"{log}: good commit {header['good'][:12]}")
     bad = resolve(env, header["bad"], f"{log}: bad commit {header['bad'][:12]}")
     candidates = check_range(env, good, bad, (good, bad))
+    start = start_point(env)
     res = _git(env, "bisect", "replay", str(Path(log).resolve()), check=False)
-    if res.returncode != 0:
+    try:
+        if res.returncode != 0:
+            why = (res.stderr or res.stdout).strip().splitlines() or [f"exit {res.returncode}"]
+            raise BadInput(f"{log}: git bisect replay failed: {why[-1]}")
+        old = state.load(git_dir) or {}
+        doc = {"status": "bisecting", "tree": str(env.tree), "start": start,
+               "good": good, "bad": bad, "candidates": candidates,
+               "estimate": V.estimate_steps(candidates), "options": opts.to_dict(),
+               "endpoints": header.get("endpoints"), "replayed": str(log),
+               "steps": state.steps(old) if old.get("good") == good else [],
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        step_argv(opts)   # the step's command line can be made from these options
+        state.save(git_dir, doc)
+    except BaseException:
         _git(env, "bisect", "reset", check=False)
-        why = (res.stderr or res.stdout).strip().splitlines() or [f"exit {res.returncode}"]
-        raise BadInput(f"{log}: git bisect replay failed: {why[-1]}")
-    old = state.load(git_dir) or {}
-    doc = {"status": "bisecting", "tree": str(env.tree), "start": start_point(env),
-           "good": good, "bad": bad, "candidates": candidates,
-           "estimate": V.estimate_steps(candidates), "options": opts.to_dict(),
-           "endpoints": header.get("endpoints"), "replayed": str(log),
-           "steps": old.get("steps", []) if old.get("good") == good else [],
-           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    state.save(git_dir, doc)
+        raise
     return _drive(env, git_dir, doc, stay, log_path)
 
 
@@ -173,8 +220,8 @@ def _drive(env, git_dir, doc, stay, log_path):
         doc.update(status="done" if finished else "interrupted", log=str(saved),
                    git_log=log)
         if not finished:
-            env.progress(f"interrupted; go on with: vnuma-sched bisect replay {saved} "
-                         f"--tree {env.tree}")
+            env.progress(f"interrupted; go on with: vnuma-sched bisect resume --tree "
+                         f"{env.tree} (log: {saved})")
         _end(env, log, stay)
         state.save(git_dir, doc)
     return report(doc, log, code, stay, env)
@@ -191,9 +238,11 @@ def _end(env, log, stay):
 
 
 def _save_log(env, doc, log, log_path):
-    path = Path(log_path) if log_path else (
-        env.work / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{doc['bad'][:12]}.log")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if log_path:   # its folder was checked before the bisect started
+        path = Path(log_path)
+    else:
+        path = env.work / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{doc['bad'][:12]}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(state.log_text(doc, log))
     return path
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from vnuma_sched.bisect import drive, source, step
-from vnuma_sched.bisect.options import Options
+from vnuma_sched.bisect.options import ACCELS, RANGES, Options, not_an_option
 from vnuma_sched.bisect.step import Env
 from vnuma_sched.cli.common import (
     cache_dir,
@@ -24,6 +24,12 @@ from vnuma_sched.runner import Runner
 
 _D = Options.defaults()
 
+
+def _int(name, **kw):
+    """An integer option whose range is the one Options checks."""
+    return click.option(f"--{name.replace('_', '-')}", type=click.IntRange(*RANGES[name]),
+                        default=_D[name], show_default=True, **kw)
+
 METRICS_HELP = metrics_help()
 
 
@@ -31,19 +37,15 @@ def measure_options(func):
     """What to measure and how; shared by 'run' and 'step' (same names, same meaning)."""
     opts = [
         click.option("--metric", required=True, help="The metric to bisect by (list below)."),
-        click.option("--runs", type=click.IntRange(1, 100), default=_D["runs"],
-                     show_default=True, help="Workload runs per commit."),
-        click.option("--max-runs", type=click.IntRange(1, 200), default=_D["max_runs"],
-                     show_default=True, help="Runs at most per commit while undecided."),
+        _int("runs", help="Workload runs per commit."),
+        _int("max_runs", help="Runs at most per commit while undecided."),
         click.option("--workload", default=_D["workload"], show_default=True,
                      help="omp-barrier, perf-pipe, perf-messaging or cmd:COMMAND."),
-        click.option("--threads", type=click.IntRange(1, 1024), default=_D["threads"],
-                     show_default=True),
+        _int("threads"),
         click.option("--spincount", default=_D["spincount"], show_default=True,
                      help="GOMP_SPINCOUNT."),
-        click.option("--iterations", type=click.IntRange(1), default=_D["iterations"],
-                     show_default=True),
-        click.option("--kib", type=click.IntRange(8), default=_D["kib"], show_default=True),
+        _int("iterations"),
+        _int("kib"),
         click.option("--topology", default=_D["topology"], show_default=True,
                      help="Guest topology: NxM, host or a JSON file."),
         click.option("--mem", default=_D["mem"], show_default=True),
@@ -59,10 +61,9 @@ def measure_options(func):
         click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=None,
                      help="Where --measure-cmd runs [run: the current directory; step: "
                           "the tree]."),
-        click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default=_D["accel"]),
-        click.option("--timeout", type=click.IntRange(10), default=_D["timeout"],
-                     show_default=True, help="Seconds per workload run (plus boot)."),
-        click.option("--jobs", "-j", type=click.IntRange(1, 256), default=_D["jobs"],
+        click.option("--accel", type=click.Choice(ACCELS), default=_D["accel"]),
+        _int("timeout", help="Seconds per workload run (plus boot)."),
+        click.option("--jobs", "-j", type=click.IntRange(*RANGES["jobs"]), default=_D["jobs"],
                      show_default=True),
     ]
     for opt in reversed(opts):
@@ -84,6 +85,7 @@ def _options(kw, threshold=None, bad_when=None):
 
 
 def _env(tree, settings, echo=None):
+    not_an_option(str(tree), "--tree")
     say = progress(settings)
     return Env(Path(tree).resolve(), Path(cache_dir()), Runner(), say,
                [default_fragment()], echo or _echo)
@@ -223,21 +225,38 @@ def bisect_resume(settings, tree, stay, log_path, as_json):
 @bisect.command("replay")
 @click.argument("log", type=click.Path(exists=True, dir_okay=False))
 @click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--measure-cmd", default=None,
+              help="Measure with this command (required when LOG's header has one, "
+                   "unless --trust-log; it may differ from the header's).")
+@click.option("--workload", default=None,
+              help="Use this workload instead of LOG's (required for a cmd: workload, "
+                   "unless --trust-log).")
+@click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Where --measure-cmd runs [default: LOG's, else the tree].")
+@click.option("--trust-log", is_flag=True,
+              help="Run the commands LOG's header names as they are written.")
 @click.option("--stay", is_flag=True, help="Leave the tree on the first bad commit.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="Where to write the new log.")
 @json_option
 @click.pass_obj
-def bisect_replay(settings, log, tree, stay, log_path, as_json):
+def bisect_replay(settings, log, tree, measure_cmd, workload, workdir, trust_log, stay,
+                  log_path, as_json):
     """Replay LOG (written by 'bisect run'; edit it to change verdicts) and go on.
 
     \b
     The options come from LOG's header line; steps already in LOG are not
-    measured again.
+    measured again. A log is data: the commands its header names
+    (--measure-cmd, a cmd: workload) run only when given again on the
+    command line, or with --trust-log.
     \b
     Example:
-      vnuma-sched bisect replay /var/cache/vnuma_sched/bisect/logs/X.log --tree ~/linux
+      vnuma-sched bisect replay /var/cache/vnuma_sched/bisect/logs/X.log --tree ~/linux \\
+          --measure-cmd "lab-measure --fast"
     """
 
     settings = merge_json(settings, as_json)
-    _finish(settings, drive.replay(_env(tree, settings), log, stay, log_path), bisect_text)
+    given = {"measure_cmd": measure_cmd, "workload": workload,
+             "workdir": workdir and os.path.abspath(workdir)}
+    doc = drive.replay(_env(tree, settings), log, stay, log_path, given, trust_log)
+    _finish(settings, doc, bisect_text)

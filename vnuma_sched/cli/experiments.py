@@ -86,6 +86,8 @@ def compare_cmd(settings, paths, plot_path, as_json):
     """
 
     settings = merge_json(settings, as_json)
+    if plot_path and not Path(plot_path).resolve().parent.is_dir():
+        raise BadInput(f"--plot {plot_path}: its folder does not exist")
     if len(paths) == 1 and (Path(paths[0]) / "runs.jsonl").exists():
         doc = abmod.results(paths[0])
         _, runs = compare.read_runs(Path(paths[0]) / "runs.jsonl")
@@ -94,7 +96,8 @@ def compare_cmd(settings, paths, plot_path, as_json):
         runs = compare.runs_from_recordings(compare.recording_files(paths[0]),
                                             compare.recording_files(paths[1]))
         doc = {"arms": {"a": {"spec": paths[0]}, "b": {"spec": paths[1]}},
-               "metrics": compare.metrics(runs), "runs": len(runs), "kernel": None}
+               "metrics": compare.metrics(runs, f"{paths[0]} and {paths[1]}"),
+               "runs": len(runs), "kernel": None}
         title = f"{Path(paths[0]).name} vs {Path(paths[1]).name}"
     else:
         raise BadInput("compare takes an 'ab' directory, or two recording sets (A B)")

@@ -92,7 +92,8 @@ def top_cmd(settings, args, per_cpu, as_json):
 
     settings = merge_json(settings, as_json)
     names, interval, count = _split_top_args(args)
-    need_root(settings, "loading BPF probes")
+    if catalog.needs_bpf(names):
+        need_root(settings, "loading BPF probes")
     session = _probe_session(settings, names).start()
     for name, a in session.status.items():
         if not a.ok:
@@ -131,46 +132,65 @@ class _sigterm_as_interrupt:
         return False
 
 
-@click.command("record", context_settings={"allow_interspersed_args": False})
+class _RecordCommand(click.Command):
+    """Everything after the first '--' is the command to record, untouched by option
+    parsing; without '--' there is no command (a stray word is not run)."""
+
+    def parse_args(self, ctx, args):
+        if "--" in args:
+            cut = args.index("--")
+            args, ctx.meta[_COMMAND] = args[:cut], list(args[cut + 1:])
+        else:
+            ctx.meta[_COMMAND] = None
+        return super().parse_args(ctx, args)
+
+
+_COMMAND = "vnuma_sched.record.command"
+
+
+@click.command("record", cls=_RecordCommand)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--duration", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds to record when no command is given.")
 @click.option("--interval", type=click.FloatRange(0.05), default=1.0, show_default=True)
 @click.option("--events", "with_events", is_flag=True,
               help="Also record every migration as an event line.")
-@click.argument("args", nargs=-1)
+@click.argument("names", nargs=-1, metavar="[PROBE]... [-- CMD...]")
 @click.pass_obj
-def record_cmd(settings, output, duration, interval, with_events, args):
+def record_cmd(settings, output, force, duration, interval, with_events, names):
     """Record probe counters to JSON lines: [PROBE...] [-- CMD...].
 
     \b
-    With CMD, records exactly while CMD runs and exits with CMD's exit code.
+    With CMD (after '--'), records exactly while CMD runs and exits with
+    CMD's exit code. OUTPUT is not overwritten without --force.
     \b
     Examples:
       sudo vnuma-sched record -o run.jsonl --duration 30
       sudo vnuma-sched record -o run.jsonl migrate ipi -- ./omp-barrier
+      vnuma-sched record -o steal.jsonl steal      (no root needed)
     """
 
-    names, command = _split_record_args(args)
-    need_root(settings, "loading BPF probes")
+    command = click.get_current_context().meta[_COMMAND]
+    names = check_record_args(names, command)
+    recorder.check_output(output, force)
+    if catalog.needs_bpf(names):
+        need_root(settings, "loading BPF probes")
     session = _probe_session(settings, names, with_events).start()
     with _sigterm_as_interrupt():
         code = recorder.record(session, settings.sysroot(), output, interval, duration,
-                               command, progress(settings))
+                               command, progress(settings), force)
     settings_exit(code)
 
 
-def _split_record_args(args):
-    """Leading probe names, then the command (click has already taken the '--')."""
-
-    args = list(args)
-    i = 0
-    while i < len(args) and args[i] in PROBES:
-        i += 1
-    command = args[i:]
-    if command[:1] == ["--"]:  # kept by click once a positional argument was seen
-        command = command[1:]
-    return args[:i], command
+def check_record_args(names, command):
+    """The probe names (each one known), after checking the command after '--'."""
+    for name in names:
+        if name not in PROBES:
+            raise catalog.unknown_probe(name, " (a command to record goes after '--')")
+    if command is not None:
+        recorder.check_command(command)
+    return list(names)
 
 
 @click.command("report")

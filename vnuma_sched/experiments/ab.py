@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.errors import BadInput, DataError, VnumaError
 from vnuma_sched.experiments import arms as A
 from vnuma_sched.experiments import compare
 from vnuma_sched.experiments.workloads import build
@@ -20,8 +20,19 @@ class GuestFailed(VnumaError):
     pass
 
 
+WORKLOADS = ("omp-barrier", "perf-pipe", "perf-messaging")
+
+
+def check_workload(kind):
+    """BadInput unless ``kind`` is a known workload or cmd:COMMAND."""
+    if kind in WORKLOADS or (kind.startswith("cmd:") and kind[4:].strip()):
+        return kind
+    raise BadInput(f"--workload {kind[:60]!r}: {', '.join(WORKLOADS)} or cmd:COMMAND")
+
+
 def workload(kind, cache, runner, threads, spincount, iterations, kib):
     """The plan's workload entry for a kind (omp-barrier, perf-pipe, perf-messaging, cmd:...)."""
+    check_workload(kind)
     env = {"OMP_NUM_THREADS": str(threads), "GOMP_SPINCOUNT": str(spincount)}
     if kind == "omp-barrier":
         argv = [str(build.omp_barrier(cache, runner)), str(iterations), str(kib)]
@@ -30,10 +41,8 @@ def workload(kind, cache, runner, threads, spincount, iterations, kib):
     elif kind == "perf-messaging":
         argv = ["perf", "bench", "sched", "messaging", "-g", str(threads), "-l",
                 str(iterations)]
-    elif kind.startswith("cmd:") and kind[4:].strip():
-        argv = kind[4:].split()
     else:
-        raise BadInput(f"--workload {kind!r}: omp-barrier, perf-pipe, perf-messaging or cmd:...")
+        argv = kind[4:].split()
     return {"kind": kind, "argv": argv, "env": env}
 
 
@@ -99,12 +108,30 @@ def run(image, topo, wl, arm_a, arm_b, runs, out, runner, progress, accel, timeo
     return results(out, wl, topo, per_run)
 
 
+def read_plan(path):
+    """An experiment's plan.json ({} when absent); DataError naming it when malformed."""
+    try:
+        plan = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise DataError(str(path), err.strerror or type(err).__name__) from err
+    except (ValueError, RecursionError) as err:   # not UTF-8 or not JSON
+        raise DataError(str(path), "not a JSON plan (truncated or corrupt)") from err
+    arms = plan.get("arms", {}) if isinstance(plan, dict) else None
+    if not isinstance(arms, dict) or not all(isinstance(a, dict) for a in arms.values()):
+        raise DataError(str(path), "not an 'ab' plan (no arms object)")
+    if not isinstance(plan.get("workload") or {}, dict) or \
+            not isinstance(plan.get("mode") or "", str):
+        raise DataError(str(path), "malformed workload or mode")
+    return plan
+
+
 def results(out, wl=None, topo=None, per_run=None):
     guest, run_recs = compare.read_runs(Path(out) / "runs.jsonl")
-    plan = {}
-    if (Path(out) / "plan.json").exists():
-        plan = json.loads((Path(out) / "plan.json").read_text())
-    doc = {"arms": plan.get("arms", {}), "metrics": compare.metrics(run_recs),
+    plan = read_plan(Path(out) / "plan.json")
+    doc = {"arms": plan.get("arms", {}),
+           "metrics": compare.metrics(run_recs, Path(out) / "runs.jsonl"),
            "kernel": (guest or {}).get("kernel"),
            "topology": (guest or {}).get("topology") or (topo and topo_dict(topo)),
            "workload": wl or plan.get("workload"),

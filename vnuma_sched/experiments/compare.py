@@ -6,21 +6,46 @@ from vnuma_sched.errors import DataError
 from vnuma_sched.experiments import stats
 from vnuma_sched.probes import recording, report
 from vnuma_sched.probes.classify import matrix_total
-from vnuma_sched.probes.recording import iter_jsonl
+from vnuma_sched.probes.recording import is_number, iter_jsonl, printable
 from vnuma_sched.probes.spec import PRIMARY
+
+
+def _check_matrix(mx, size):
+    """A square list of lists of numbers, of ``size`` nodes when given; its size."""
+    if not (isinstance(mx, list) and mx and all(
+            isinstance(row, list) and len(row) == len(mx) and all(map(is_number, row))
+            for row in mx)):
+        raise ValueError("matrix is not a square table of numbers")
+    if size is not None and len(mx) != size:
+        raise ValueError(f"matrix of {len(mx)} nodes, earlier runs have {size}")
+    return len(mx)
+
+
+def _check_run(rec, size):
+    """ValueError unless a run record has what the statistics read; the matrix size."""
+    if rec.get("arm") not in ("a", "b") or "score" not in rec:
+        raise ValueError("run without arm a/b or score")
+    if rec["score"] is not None and not is_number(rec["score"]):
+        raise ValueError(f"score {rec['score']!r:.40} is not a number")
+    mets = rec.get("metrics", {})
+    if not isinstance(mets, dict) or not all(map(is_number, mets.values())):
+        raise ValueError("metrics is not an object of numbers")
+    return _check_matrix(rec["matrix"], size) if "matrix" in rec else size
 
 
 def read_runs(path):
     """(guest record, run records) of a runs.jsonl; DataError naming the line."""
-    guest, runs = None, []
+    guest, runs, size = None, [], None
     for n, rec in iter_jsonl(path, "runs file"):
         if not isinstance(rec, dict):
             raise DataError(str(path), f"line {n}: not a record")
         if rec.get("type") == "guest":
             guest = guest or rec
         elif rec.get("type") == "run":
-            if rec.get("arm") not in ("a", "b") or "score" not in rec:
-                raise DataError(str(path), f"line {n}: run without arm a/b or score")
+            try:
+                size = _check_run(rec, size)
+            except ValueError as err:
+                raise DataError(str(path), f"line {n}: {err}") from err
             runs.append(rec)
     if not runs:
         raise DataError(str(path), "no runs recorded")
@@ -38,13 +63,25 @@ def values(runs, arm, metric):
     return out
 
 
-def metrics(runs):
+def _measured(runs, arm):
+    names = {k for r in runs if r["arm"] == arm for k in r.get("metrics", {})}
+    return sorted(names) + (["workload_score"] if values(runs, arm, "workload_score") else [])
+
+
+def metrics(runs, source):
+    """Statistics per metric with at least 2 values in each arm; DataError (naming
+    ``source``) when no metric has that: there is nothing to compare."""
     names = ["workload_score"] + sorted({k for r in runs for k in r.get("metrics", {})})
     out = {}
     for name in names:
         a, b = values(runs, "a", name), values(runs, "b", name)
         if len(a) >= 2 and len(b) >= 2:
             out[name] = stats.compare(a, b)
+    if not out:
+        a, b = (", ".join(map(printable, _measured(runs, arm)[:3])) or "none"
+                for arm in ("a", "b"))
+        raise DataError(str(source), "no metric has at least 2 values in both arms, "
+                                     f"nothing to compare (A: {a}; B: {b})")
     return out
 
 
@@ -56,6 +93,9 @@ def matrices(runs):
         if mx is None:
             continue
         acc = out.setdefault(r["arm"], [[0] * len(mx) for _ in mx])
+        if len(mx) != len(acc):
+            raise DataError(str(r.get("source", "runs")), f"a {len(mx)}-node migration "
+                            f"matrix where other runs have {len(acc)} nodes")
         for s, row in enumerate(mx):
             for d, v in enumerate(row):
                 acc[s][d] += v

@@ -1,6 +1,7 @@
 """Whether this kernel can run each probe of the spec, and the -D flags to build it.
 Pure: availability is decided from facts read through a SysRoot."""
 
+import difflib
 import re
 from dataclasses import dataclass, field
 
@@ -60,11 +61,23 @@ def cflags(avail, max_cpus, max_nodes, with_events=False):
     return [int_flag(k, v) for k, v in sorted(flags.items())]
 
 
+def unknown_probe(name, hint=""):
+    """BadInput for a word that is not a probe name: the known names, a close match."""
+    near = difflib.get_close_matches(name, list(PROBES), n=1)
+    maybe = f"; did you mean {near[0]!r}?" if near else ""
+    return BadInput(f"unknown probe {name!r}: known are {', '.join(PROBES)}{maybe}{hint}")
+
+
 def select(names):
     """Probe objects for names (all when empty); BadInput for unknown names."""
     if not names:
         return list(PROBES.values())
     unknown = [n for n in names if n not in PROBES]
     if unknown:
-        raise BadInput(f"unknown probe {unknown[0]!r}: known are {', '.join(PROBES)}")
+        raise unknown_probe(unknown[0])
     return [PROBES[n] for n in names]
+
+
+def needs_bpf(names):
+    """Does any of these probes (all when empty) load an eBPF program?"""
+    return any(p.bpf for p in select(names))

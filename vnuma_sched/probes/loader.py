@@ -3,11 +3,11 @@
 import contextlib
 import os
 import sys
-import tarfile
 import tempfile
 
 from vnuma_sched.probes import spec
 from vnuma_sched.probes.classify import unflatten_matrix
+from vnuma_sched.probes.kheaders import kernel_source
 
 NOOP_PROGRAM = b"int vnuma_sched_noop(void *ctx) { return 0; }"
 
@@ -61,32 +61,11 @@ def compile_check():
     return "ok", f"bcc {version} compiled and loaded a program"
 
 
-def ensure_kernel_headers(release, log=None):
-    """Make bcc find headers for ``release``: /lib/modules/<r>/build, or the kernel's
-    own /sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS) extracted once."""
-    if os.path.exists(f"/lib/modules/{release}/build") or os.environ.get("BCC_KERNEL_SOURCE"):
-        return
-    archive = "/sys/kernel/kheaders.tar.xz"
-    if not os.path.exists(archive):
-        return
-    dest = os.path.join(tempfile.gettempdir(), f"vnuma-kheaders-{release}")
-    if not os.path.exists(os.path.join(dest, "include")):
-        os.makedirs(dest, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):  # Python with extraction filters
-                tar.extractall(dest, filter="fully_trusted")
-            else:
-                tar.extractall(dest)
-        if log:
-            log(f"kernel headers extracted from {archive} to {dest}")
-    os.environ["BCC_KERNEL_SOURCE"] = dest
-
-
 class LoadedProbe:
     """One probe compiled and attached with bcc, as its spec entry says;
     snapshot() returns plain data keyed like the spec's maps."""
 
-    def __init__(self, probe, avail, cflags, context, bpf_dir, on_event=None):
+    def __init__(self, probe, avail, cflags, context, bpf_dir, on_event=None, headers=None):
         from bcc import BPF  # noqa: PLC0415 - bcc is optional and heavy
 
         self.probe, self.context = probe, context
@@ -96,8 +75,9 @@ class LoadedProbe:
         failure = None
         with captured_output() as errors:
             try:
-                self.bpf = BPF(src_file=str(bpf_dir / probe.bpf),
-                               cflags=[*cflags, f"-I{bpf_dir}", "-Wno-macro-redefined"])
+                with kernel_source(headers):
+                    self.bpf = BPF(src_file=str(bpf_dir / probe.bpf),
+                                   cflags=[*cflags, f"-I{bpf_dir}", "-Wno-macro-redefined"])
             except Exception as err:  # bcc raises bare Exception
                 failure = err
         if failure is not None:  # the compiler's message is complete only now

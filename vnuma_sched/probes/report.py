@@ -16,7 +16,7 @@ def _sum_lists(a, b):
     return a + b if isinstance(b, (int, float)) else b
 
 
-def _counters(name, data):
+def counters(name, data):
     """One probe's interval data without its listings (hash-map rows are not summed)."""
     probe = PROBES.get(name)
     listings = {m.key for m in probe.maps if m.listing} if probe else set()
@@ -28,7 +28,7 @@ def totals(intervals):
     out = {}
     for rec in intervals:
         for name, data in rec["probes"].items():
-            out[name] = _sum_lists(out.get(name), _counters(name, data))
+            out[name] = _sum_lists(out.get(name), counters(name, data))
     return out
 
 
@@ -39,6 +39,37 @@ def metrics(tot):
         if name in tot and probe.derive is not None:
             m.update(probe.derive(tot[name]))
     return m
+
+
+def _numbers(values):
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _check_probe(name, data):
+    """What summarize() reads of one probe's data: its metrics, the migration matrix
+    per cause, the idle histogram. Raises on anything else."""
+    probe = PROBES[name]
+    if probe.derive is not None and not _numbers(probe.derive(data).values()):
+        raise ValueError("a metric is not a number")
+    if name == "migrate":
+        for cause in CAUSE_NAMES:
+            classify.matrix_total(data["matrix"], [cause])
+    if name == "halt" and not (isinstance(data["hist"], list) and _numbers(data["hist"])):
+        raise ValueError("hist is not a list of numbers")
+
+
+def check_interval(probes):
+    """ValueError naming the probe whose data (one interval of counters) is not what its
+    spec entry records; probes the spec does not know are left alone."""
+    for name, data in probes.items():
+        if name not in PROBES:
+            continue
+        try:
+            _check_probe(name, data)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError,
+                StopIteration) as err:
+            raise ValueError(f"probe {name!r}: not what this probe records "
+                             f"({type(err).__name__}: {err})") from err
 
 
 def top_view(rec, topology, per_cpu=False):

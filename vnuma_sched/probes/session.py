@@ -6,7 +6,8 @@ returns is plain data for classify/report/render."""
 import ctypes
 import os
 
-from vnuma_sched.probes import catalog
+from vnuma_sched.errors import VnumaError
+from vnuma_sched.probes import catalog, kheaders
 from vnuma_sched.probes.events import BPF_DIR, MigrateEvent
 from vnuma_sched.system import facts
 from vnuma_sched.system.topology import llc_of_cpus
@@ -32,8 +33,8 @@ class Session:
         from vnuma_sched.probes import loader  # noqa: PLC0415 - bcc only when probing
 
         needs_bpf = [p for p in self.probes if p.bpf and self.status[p.name].ok]
-        if needs_bpf:
-            loader.ensure_kernel_headers(os.uname().release, self.log)
+        headers = self._headers() if needs_bpf else None
+        needs_bpf = [p for p in needs_bpf if self.status[p.name].ok]
         context = {"topology": self.topology, "cpu_node": self.topology.cpu_node,
                    "llc": llc_of_cpus(self.sysroot, self.topology)}
         max_cpus = max(self.topology.cpus, default=0) + 1
@@ -45,10 +46,22 @@ class Session:
             try:
                 self.loaded[probe.name] = loader.LoadedProbe(
                     probe, avail, flags, context, BPF_DIR,
-                    on_event=self._event if events else None)
+                    on_event=self._event if events else None, headers=headers)
             except Exception as err:  # a compile or attach failure: this probe only
                 self.status[probe.name] = catalog.Availability(False, f"load failed: {err}")
         return self
+
+    def _headers(self):
+        """Kernel headers for bcc; when they cannot be had safely, the BPF probes are
+        unsupported (with the reason) and the others still run."""
+        release = facts.release(self.sysroot, os.uname().release)
+        try:
+            return kheaders.ensure_kernel_headers(self.sysroot, release, self.log)
+        except VnumaError as err:
+            for p in self.probes:
+                if p.bpf and self.status[p.name].ok:
+                    self.status[p.name] = catalog.Availability(False, f"kernel headers: {err}")
+            return None
 
     def _event(self, cpu, data, size):
         ev = ctypes.cast(data, ctypes.POINTER(MigrateEvent)).contents

@@ -288,9 +288,14 @@ def _problem1(c):
 
 def _problem2(c):
     vn = c.get("vnuma")
-    multi = vn is not None and vn.data.get("nodes_with_cpus", 0) >= 2
-    exposure = ("yes: tasks can be pulled across nodes by newidle balance and wake_affine"
-                if multi else "no: fewer than 2 nodes with CPUs")
+    with_cpus = vn.data.get("nodes_with_cpus") if vn is not None else None
+    if with_cpus is None:   # the layout could not be read: cannot tell
+        exposure = ("unknown: the NUMA layout could not be read"
+                    + (f" ({vn.detail})" if vn is not None else ""))
+    elif with_cpus >= 2:
+        exposure = "yes: tasks can be pulled across nodes by newidle balance and wake_affine"
+    else:
+        exposure = "no: fewer than 2 nodes with CPUs"
     mit = []
     if "kernel.sched_numa_idle_damp" in c["vnuma_patches"].data.get("gates", []):
         mit.append("kernel.sched_numa_idle_damp (this kernel is patched)")
@@ -299,7 +304,7 @@ def _problem2(c):
     mit.append("boot: relax_domain_level (no newidle balance across nodes)")
     lock = c["lockdown"].data.get("mode", "none")
     if c["debugfs"].status == OK and lock == "none":
-        mit.append("debugfs: max_newidle_lb_cost per NUMA domain, sched features")
+        mit.append("debugfs: sched features (NO_WA_WEIGHT, NO_WA_IDLE, NI_RANDOM)")
     mit.append("sysctl kernel.numa_balancing=0 (no NUMA-balancing moves)")
     mit.append("application: OMP_PROC_BIND, GOMP_SPINCOUNT")
     return {"problem": "2: idle-time cross-node migration", "exposure": exposure,
