@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import DATA, FAKE_KERNEL, git
+from helpers import DATA, FAKE_KERNEL, git, one_line
 
 from vnuma_sched.bisect import drive, options, state
 from vnuma_sched.bisect import verdict as V
@@ -57,7 +57,14 @@ def test_median_interval_coverage_is_the_binomial_one(n):
 def test_endpoints_threshold_and_refusals():
     good, bad = [100, 98, 103, 101, 99], [150, 148, 153, 151, 149]
     ep = V.endpoints(good, bad)
-    assert (ep.good_median, ep.bad_median, ep.threshold, ep.bad_above) == (100, 150, 125, True)
+    # separated runs: the middle of the gap between them (103 and 148), not of the medians
+    assert (ep.good_median, ep.bad_median, ep.threshold, ep.bad_above) == (100, 150, 125.5, True)
+    assert V.endpoints(bad, good).threshold == 125.5
+    # a skewed bad end: [0]*5 against runs of 6276..19752 (seen in a guest) must not put the
+    # threshold inside the bad runs, as the midway of the medians (8207) does
+    assert V.endpoints([0] * 5, [19752, 7484, 19609, 16414, 6276]).threshold == 3138
+    # overlapping runs: midway between the medians
+    assert V.endpoints([100, 98, 130, 101, 99], [150, 120, 153, 151, 149]).threshold == 125
     assert ep.p <= V.ALPHA
     assert V.endpoints(bad, good).bad_above is False
     assert V.endpoints(good, bad, threshold=110).threshold == 110
@@ -171,7 +178,7 @@ def test_bisect_run_names_the_first_bad_commit(history, tmp_path):
     assert fb["subject"] == "sched/fair: move wake-ups across nodes"
     assert fb["at"]["verdict"] == "bad" and fb["at"]["median"] == 150
     assert fb["parent"] == c[5] and fb["at_parent"]["median"] == 101
-    assert (doc["threshold"], doc["bad_when"]) == (125, "above")
+    assert (doc["threshold"], doc["bad_when"]) == (125.5, "above")
     by_commit = {s["commit"]: s for s in doc["steps"]}
     # git tests c4 first: it does not build, so it is skipped
     assert by_commit[c[4]]["verdict"] == "skip"
@@ -529,15 +536,6 @@ def write_log(path, header, rest):
     return path
 
 
-def one_line_error(res, code, *needles):
-    assert res.exit_code == code, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize("field, value, needle", [
     ("threshold", "x", "--threshold 'x': expected a finite number"),
     ("threshold", None, "no --threshold"),
@@ -556,7 +554,7 @@ def test_replay_checks_the_whole_header_first(history, tmp_path, field, value, n
     header["options"][field] = value
     log = write_log(tmp_path / "edited.log", header, rest)
     res = bisect(tree, "replay", str(log), extra=["--trust-log"], measure=False)
-    err = one_line_error(res, 3, f"{log}: malformed header line: ", needle)
+    err = one_line(res, 3, f"{log}: malformed header line: ", needle)
     assert err.count(str(log)) == 1
     assert measured(tmp_path) == []
     untouched(tree, c[8])
@@ -575,7 +573,7 @@ def test_replay_checks_commits_and_endpoints(history, tmp_path, change, needle):
     header, rest = synthetic_log(c, tmp_path)
     change(header)
     log = write_log(tmp_path / "edited.log", header, rest)
-    one_line_error(bisect(tree, "replay", str(log), extra=["--trust-log"]), 3, needle)
+    one_line(bisect(tree, "replay", str(log), extra=["--trust-log"]), 3, needle)
     untouched(tree, c[8])
 
 
@@ -583,7 +581,7 @@ def test_replay_of_a_log_that_would_check_out_the_tree(history, tmp_path):
     tree, c = history
     header, rest = synthetic_log(c, tmp_path)
     log = write_log(tmp_path / "edited.log", header, rest.replace("'--no-checkout' ", ""))
-    one_line_error(bisect(tree, "replay", str(log)), 3, "lacks --no-checkout")
+    one_line(bisect(tree, "replay", str(log)), 3, "lacks --no-checkout")
     untouched(tree, c[8])
 
 
@@ -591,7 +589,7 @@ def test_a_binary_log_is_bad_data_named_once(history, tmp_path):
     tree, c = history
     log = tmp_path / "binary.log"
     log.write_bytes(state.HEADER.encode() + b"\xff\xfe\x00garbage\n")
-    err = one_line_error(bisect(tree, "replay", str(log)), 3, f"{log}: not a text file")
+    err = one_line(bisect(tree, "replay", str(log)), 3, f"{log}: not a text file")
     assert err.count(str(log)) == 1
     untouched(tree, c[8])
 
@@ -624,7 +622,7 @@ def test_resume_with_a_malformed_state_changes_nothing(history, tmp_path):
     state.save(tree / ".git", {"status": "bisecting", "tree": str(tree), "start": "main",
                                "good": c[0], "bad": c[8], "candidates": 8, "estimate": 3,
                                "steps": [], "options": opts})
-    one_line_error(bisect(tree, "resume"), 3, str(state.path(tree / ".git")),
+    one_line(bisect(tree, "resume"), 3, str(state.path(tree / ".git")),
                    "--threshold 'x'")
     assert git(tree, "bisect", "log") == before and measured(tmp_path) == []
     git(tree, "bisect", "reset")
@@ -643,7 +641,7 @@ def test_resume_replays_its_saved_log_with_the_state_commands(history, tmp_path)
     doc = state.load(tree / ".git")
     doc["options"]["runs"] = -1
     state.save(tree / ".git", doc)
-    one_line_error(bisect(tree, "resume"), 3, "malformed bisect state", "--runs -1")
+    one_line(bisect(tree, "resume"), 3, "malformed bisect state", "--runs -1")
     untouched(tree, c[8])
 
 
@@ -653,7 +651,7 @@ def test_replay_runs_no_command_from_the_log_alone(history, tmp_path):
     git_log = rest.split("\n")
     start = next(i for i, ln in enumerate(git_log) if ln.startswith("git bisect start"))
     log = write_log(tmp_path / "shared.log", header, "\n".join(git_log[:start + 2]) + "\n")
-    one_line_error(bisect(tree, "replay", str(log), measure=False), 2,
+    one_line(bisect(tree, "replay", str(log), measure=False), 2,
                    f"would run --measure-cmd {MEASURE!r}", "--trust-log")
     assert measured(tmp_path) == []
     untouched(tree, c[8])
@@ -692,7 +690,7 @@ def test_a_cmd_workload_in_a_header_needs_confirmation():
 def test_a_threshold_that_is_not_finite_is_refused_up_front(history, tmp_path, value):
     tree, c = history
     res = bisect(tree, "run", "--good", c[0], "--bad", c[8], extra=["--threshold", value])
-    one_line_error(res, 2, "--threshold", "expected a finite number")
+    one_line(res, 2, "--threshold", "expected a finite number")
     assert measured(tmp_path) == []
     untouched(tree, c[8])
 
@@ -701,7 +699,7 @@ def test_a_log_into_a_missing_folder_is_refused_and_not_created(history, tmp_pat
     tree, c = history
     log = tmp_path / "missing" / "dir" / "x.log"
     res = bisect(tree, "run", "--good", c[0], "--bad", c[8], extra=["--log", str(log)])
-    one_line_error(res, 2, f"--log {log}: its folder does not exist")
+    one_line(res, 2, f"--log {log}: its folder does not exist")
     assert not (tmp_path / "missing").exists() and measured(tmp_path) == []
     untouched(tree, c[8])
 
@@ -711,7 +709,7 @@ def test_commits_that_look_like_options_are_refused(history, tmp_path, which):
     tree, c = history
     argv = {"--good": c[0], "--bad": c[8], which: "--output=/tmp/vnuma-x"}
     res = bisect(tree, "run", "--good", argv["--good"], "--bad", argv["--bad"])
-    one_line_error(res, 2, f"{which} '--output=/tmp/vnuma-x'", "does not start with '-'")
+    one_line(res, 2, f"{which} '--output=/tmp/vnuma-x'", "does not start with '-'")
     assert measured(tmp_path) == []
     untouched(tree, c[8])
 
@@ -721,4 +719,4 @@ def test_a_tree_that_looks_like_an_option_is_refused(history, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "-t").mkdir()
     res = CliRunner().invoke(main, ["bisect", "resume", "--tree", "-t"])
-    one_line_error(res, 2, "--tree '-t'")
+    one_line(res, 2, "--tree '-t'")

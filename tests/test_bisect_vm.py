@@ -1,9 +1,17 @@
 """vm tier: a real bisect over real 6.12 commits, built and booted as 2x2 guests.
 
 The history is Debian's 6.12 base with the project's series applied one patch
-per commit, plus one commit after patch 5 that switches NUMA idle damping on by
-default. Bisecting cross_node_migrations of the omp-barrier workload between
-patch 5 (damping off) and patch 7 must name that commit."""
+per commit (patch 7, the old-host emulation, before patch 6, the
+documentation), plus one test commit after patch 7 that switches the emulation
+on once the guest has booted. Bisecting idle_rejected_preempted of the omp-barrier workload
+between patch 7 and the top must name that commit.
+
+The effect is decisive by construction: without the emulation a TCG guest
+never reports an idle vCPU as preempted (0 per run), with it every idle
+wake-up placement can be refused (thousands per run). A bisect on
+cross_node_migrations and the damping commit is the README's example; its
+effect (about 0.7x, with a run-to-run spread of 10-15% and more between boots)
+is too small to carry a test that must pass on every machine."""
 
 import json
 import os
@@ -11,16 +19,27 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import CACHE, VNUMA
+from helpers import CACHE, REPO, VNUMA
 
 from vnuma_sched.kernel import patches as P
 
 pytestmark = pytest.mark.vm
 
-DEFAULT_ON = "sched/fair: Damp NUMA idle balancing by default"
+EMULATION_ON = "x86/debug: Emulate the old host once booted"
 FIXED = {"GIT_AUTHOR_NAME": "vnuma-sched test", "GIT_AUTHOR_EMAIL": "test@vnuma-sched",
          "GIT_COMMITTER_NAME": "vnuma-sched test", "GIT_COMMITTER_EMAIL": "test@vnuma-sched",
          "GIT_AUTHOR_DATE": "@1767225600 +0000", "GIT_COMMITTER_DATE": "@1767225600 +0000"}
+FRAGMENTS = [REPO / "kconfig" / "vnuma-guest.config", REPO / "kconfig" / "series-test.config"]
+
+EMULATION_DEFAULT = """
+static int __init vnuma_emul_on_once_booted(void)
+{
+	emulate_halt_preempted = true;
+	vcpu_idle_mark_set(VCPU_IDLE_HALT_EMUL, true);
+	return 0;
+}
+late_initcall(vnuma_emul_on_once_booted);
+"""
 
 
 def git(tree, *args):
@@ -29,21 +48,21 @@ def git(tree, *args):
                           text=True, env=env).stdout.strip()
 
 
-def damping_on_by_default(tree):
-    fair = tree / "kernel" / "sched" / "fair.c"
-    text = fair.read_text()
-    for old, new in (
-            ("static DEFINE_STATIC_KEY_FALSE(sched_numa_newidle_damp);",
-             "static DEFINE_STATIC_KEY_TRUE(sched_numa_newidle_damp);"),
-            ("static DEFINE_STATIC_KEY_FALSE(sched_numa_wake_damp);",
-             "static DEFINE_STATIC_KEY_TRUE(sched_numa_wake_damp);"),
-            ("static unsigned int sysctl_sched_numa_idle_damp;",
-             "static unsigned int sysctl_sched_numa_idle_damp = SCHED_NUMA_DAMP_MASK;")):
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    fair.write_text(text)
-    git(tree, "commit", "-q", "-a", "-m", DEFAULT_ON, "-m",
-        "Both bits of sched_numa_idle_damp on from boot (test commit).")
+def emulation_on_by_default(tree):
+    spinlocks = tree / "arch" / "x86" / "kernel" / "paravirt-spinlocks.c"
+    text = spinlocks.read_text()
+    anchor = "static void __init vnuma_emul_install(void)"
+    assert text.count(anchor) == 1, anchor
+    spinlocks.write_text(text.replace(anchor, EMULATION_DEFAULT.lstrip() + "\n" + anchor))
+    git(tree, "commit", "-q", "-a", "-m", EMULATION_ON, "-m",
+        "vnuma_debug.emulate_halt_preempted on after boot, without the parameter (test "
+        "commit; a late initcall, so that early boot and CPU bring-up run as before).")
+
+
+def order(series):
+    """Patches 1-5, 7, the test commit, 6: the subjects newest first."""
+    p = series.patches
+    return [p[5].subject, EMULATION_ON, p[6].subject, *[x.subject for x in p[:5]][::-1]]
 
 
 @pytest.fixture(scope="module")
@@ -54,51 +73,49 @@ def history(tree_612):
     if not (repo / ".git").is_dir():
         repo.parent.mkdir(parents=True, exist_ok=True)
         git(repo.parent, "clone", "-q", "--shared", str(tree_612), str(repo))
-    subjects = git(repo, "log", "--format=%s", "-9", "HEAD").splitlines()
-    want = [p.subject for p in series.patches[5:]][::-1] + [DEFAULT_ON] + [
-        p.subject for p in series.patches[:5]][::-1]
-    if subjects[:8] != want or git(repo, "status", "--porcelain", "--untracked-files=no"):
+    want = order(series)
+    subjects = git(repo, "log", "--format=%s", f"-{len(want)}", "HEAD").splitlines()
+    if subjects != want or git(repo, "status", "--porcelain", "--untracked-files=no"):
         git(repo, "checkout", "-q", "-f", "-B", "bisect-test", "vnuma-base")
-        for patch in series.patches[:5]:
+        for patch in [*series.patches[:5], series.patches[6]]:
             git(repo, "am", "-q", "--committer-date-is-author-date", str(patch.path))
-        damping_on_by_default(repo)
-        for patch in series.patches[5:]:
-            git(repo, "am", "-q", "--committer-date-is-author-date", str(patch.path))
+        emulation_on_by_default(repo)
+        git(repo, "am", "-q", "--committer-date-is-author-date", str(series.patches[5].path))
     shas = dict(line.split(" ", 1)[::-1] for line in
-                git(repo, "log", "--format=%H %s", "-8", "HEAD").splitlines())
+                git(repo, "log", "--format=%H %s", f"-{len(want)}", "HEAD").splitlines())
     return repo, shas
 
 
-def test_bisect_names_the_commit_that_turned_damping_on(history, tmp_path):
+def test_bisect_names_the_commit_that_turned_the_emulation_on(history, tmp_path):
     repo, shas = history
     series = P.load_series("6.12")
-    good = shas[series.patches[4].subject]          # patch 5: damping there, off
-    bad = git(repo, "rev-parse", "HEAD")             # patch 7
-    head = bad
+    good = shas[series.patches[6].subject]          # patch 7: emulation built in, off
+    bad = git(repo, "rev-parse", "HEAD")             # patch 6 on top of the test commit
     # builds stay cached; the measurements must be made by this run, not reused
     shutil.rmtree(CACHE / "bisect" / "results", ignore_errors=True)
     res = subprocess.run(
         [VNUMA, "bisect", "run", "--tree", str(repo), "--good", good, "--bad", bad,
-         "--metric", "cross_node_migrations", "--workload", "omp-barrier",
-         "--threads", "8", "--iterations", "30000", "--runs", "5", "--max-runs", "10",
+         "--metric", "idle_rejected_preempted", "--workload", "omp-barrier",
+         "--threads", "4", "--iterations", "3000", "--runs", "5", "--max-runs", "10",
+         *[a for f in FRAGMENTS for a in ("--fragment", str(f))],
          "--topology", "2x2", "--log", str(tmp_path / "bisect.log"), "--json"],
         capture_output=True, text=True, timeout=3600)
     print(res.stderr[-6000:])
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
     fb = doc["first_bad"]
-    assert fb["subject"] == DEFAULT_ON
-    assert fb["commit"] == shas[DEFAULT_ON]
+    assert fb["subject"] == EMULATION_ON
+    assert fb["commit"] == shas[EMULATION_ON]
     assert fb["parent"] == good
     ep = doc["endpoints"]
-    assert ep["bad_median"] < ep["good_median"] and doc["bad_when"] == "below"
+    assert ep["good_median"] == 0 and ep["bad_median"] > 100 and doc["bad_when"] == "above"
     assert f"# first bad commit: [{fb['commit']}]" in doc["git_log"]
-    # the documentation patch builds the same kernel as the commit before it
-    docs = shas[series.patches[5].subject]
+    # the one step is the test commit; patch 6 (the bad end) only adds documentation, so
+    # the step's kernel is the bad end's image and its runs are reused, not measured again
     tested = {s["commit"]: s for s in doc["steps"]}
-    if docs in tested and fb["commit"] in tested:
-        assert tested[fb["commit"]]["reused_from"] == docs or tested[docs]["reused_from"]
-    assert git(repo, "rev-parse", "HEAD") == head
+    assert list(tested) == [fb["commit"]]
+    assert tested[fb["commit"]]["reused_from"] == bad
+    assert git(repo, "rev-parse", "HEAD") == bad
     assert git(repo, "symbolic-ref", "--short", "HEAD") == "bisect-test"
     assert not (repo / ".git" / "BISECT_START").exists()
     # the text report of the same bisect, from its log
@@ -107,4 +124,4 @@ def test_bisect_names_the_commit_that_turned_damping_on(history, tmp_path):
                           timeout=3600)
     print(text.stdout)
     assert text.returncode == 0, text.stderr[-2000:]
-    assert f"first bad commit: {fb['commit']} {DEFAULT_ON}" in text.stdout
+    assert f"first bad commit: {fb['commit']} {EMULATION_ON}" in text.stdout

@@ -80,9 +80,19 @@ class Endpoints:
         return dict(self.__dict__)
 
 
+def auto_threshold(good, bad, good_median, bad_median):
+    """Midway across the gap between the two endpoints' runs when they do not overlap (the
+    widest margin on both sides: a skewed or two-mode endpoint still decides), else midway
+    between the medians."""
+    low, high = (good, bad) if bad_median > good_median else (bad, good)
+    if max(low) < min(high):
+        return (max(low) + min(high)) / 2
+    return (good_median + bad_median) / 2
+
+
 def endpoints(good, bad, threshold=None, bad_above=None, alpha=ALPHA):
     """Check that bad differs from good (Mann-Whitney p <= alpha) and derive the direction
-    and the threshold (midway between the medians unless given). Raises EndpointsAlike or
+    and the threshold (auto_threshold unless given). Raises EndpointsAlike or
     ValueError (a given threshold or direction that contradicts the endpoints)."""
     cmp = stats.compare(good, bad)
     mg, mb = cmp["a_median"], cmp["b_median"]
@@ -93,7 +103,7 @@ def endpoints(good, bad, threshold=None, bad_above=None, alpha=ALPHA):
         raise ValueError(f"the bad endpoint's median ({mb:g}) is "
                          f"{'above' if observed_above else 'below'} the good one's ({mg:g})")
     if threshold is None:
-        threshold = (mg + mb) / 2
+        threshold = auto_threshold(good, bad, mg, mb)
     elif not min(mg, mb) < threshold < max(mg, mb):
         raise ValueError(f"threshold {threshold:g} is not between the good median ({mg:g}) "
                          f"and the bad median ({mb:g})")

@@ -47,7 +47,7 @@ def measure_options(func):
         _int("iterations"),
         _int("kib"),
         click.option("--topology", default=_D["topology"], show_default=True,
-                     help="Guest topology: NxM, host or a JSON file."),
+                     help="Guest topology: NxM or a JSON file."),
         click.option("--mem", default=_D["mem"], show_default=True),
         click.option("--append", multiple=True, help="Guest kernel command line word."),
         click.option("--fragment", "fragments", multiple=True,
@@ -71,12 +71,17 @@ def measure_options(func):
     return func
 
 
+def _topology_arg(spec):
+    """A topology file as an absolute path: each step runs with the tree as its cwd."""
+    return os.path.abspath(spec) if os.path.isfile(spec) else spec
+
+
 def _options(kw, threshold=None, bad_when=None):
     return Options(metric=kw["metric"], runs=kw["runs"], max_runs=kw["max_runs"],
                    threshold=threshold,
                    bad_above=None if bad_when is None else bad_when == "above",
                    workload=kw["workload"], threads=kw["threads"], spincount=kw["spincount"],
-                   iterations=kw["iterations"], kib=kw["kib"], topology=kw["topology"],
+                   iterations=kw["iterations"], kib=kw["kib"], topology=_topology_arg(kw["topology"]),
                    mem=kw["mem"], append=list(kw["append"]),
                    fragments=[os.path.abspath(f) for f in kw["fragments"]],
                    carry_patches=kw["carry_patches"], measure_cmd=kw["measure_cmd"],
@@ -116,7 +121,8 @@ def bisect():
 @click.option("--bad", required=True, help="A later commit with it.")
 @measure_options
 @click.option("--threshold", type=float, default=None,
-              help="Good/bad boundary [default: midway between the endpoints' medians].")
+              help="Good/bad boundary [default: the middle of the gap between the endpoints' "
+                   "runs, or of their medians when the runs overlap].")
 @click.option("--auto-threshold", is_flag=True, help="Derive the threshold (the default).")
 @click.option("--stay", is_flag=True,
               help="Leave the tree on the first bad commit instead of resetting the bisect.")
