@@ -85,3 +85,13 @@ def write_recording(path, intervals, end=True, meta=None):
         lines.append(json.dumps({"type": "end", "lost": 3, "exit_code": 0}))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def one_line(res, code, *needles):
+    """A CLI result that failed with ``code`` and one line on stderr holding the needles."""
+    assert res.exit_code == code, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from helpers import DATA, interval, write_recording
+from helpers import DATA, interval, one_line, write_recording
 
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, DataError
@@ -124,14 +124,6 @@ def test_compare_rejects_other_shapes(tmp_path):
 
 
 # --- bad data: exit 3 naming the file; bad options: exit 2 before any work -----------
-
-def one_line(res, code, *needles):
-    assert res.exit_code == code, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _only(path, probe):

@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from vnuma_sched.errors import DataError
+from vnuma_sched.probes.session import steal_ms
 from vnuma_sched.system import facts
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.tunables.knobs import REGISTRY
@@ -181,3 +182,12 @@ def test_kernel_facts_without_tracefs(guest):
     kf = facts.KernelFacts(guest, euid=1000)
     assert kf.tracefs is None and not kf.tracepoint("sched:sched_switch")
     assert kf.lockdown == "none" and not kf.kprobes
+
+
+def test_steal_samples_keep_their_shape_when_the_last_cpu_goes_offline(tmp_path):
+    stat = "cpu  1 0 0 0 0 0 0 {t} 0 0\ncpu0 1 0 0 0 0 0 0 {t} 0 0\n"
+    write(tmp_path, "/proc/stat", stat.format(t=100) + "cpu1 1 0 0 0 0 0 0 100 0 0\n")
+    both = steal_ms(SysRoot(tmp_path), 2)
+    write(tmp_path, "/proc/stat", stat.format(t=200))      # cpu1 offline: its line is gone
+    one = steal_ms(SysRoot(tmp_path), 2)
+    assert len(both) == len(one) == 2 and one[1] == 0 and one[0] > both[0]

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 from click.testing import CliRunner
-from helpers import golden, interval, write_recording
+from helpers import golden, interval, one_line, write_recording
 
 from vnuma_sched.cli.main import main
 from vnuma_sched.cli.probes import _split_top_args, check_record_args
@@ -252,15 +252,6 @@ def test_log2_hist_labels():
 def record(root, *args):
     argv = (["--root", str(root)] if root else []) + ["record", *args]
     return CliRunner().invoke(main, argv)
-
-
-def one_line(res, code, *needles):
-    assert res.exit_code == code, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 QUICK = ("--duration", "0.1", "--interval", "0.05")
@@ -525,11 +516,12 @@ def test_kernel_headers_go_to_a_private_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
     sysroot, release = _headers_root(tmp_path)
     dest = kheaders.ensure_kernel_headers(sysroot, release)
-    assert dest == sysroot.path(f"/run/vnuma_sched/kheaders-{release}")
+    assert dest == sysroot.path(f"/run/vnuma_sched/kheaders/kheaders-{release}")
     assert (dest / "include/linux.h").read_text() == "#define X 1\n"
     assert stat.S_IMODE(dest.stat().st_mode) == 0o700
     assert stat.S_IMODE(dest.parent.stat().st_mode) == 0o700
-    assert "BCC_KERNEL_SOURCE" not in os.environ        # passed explicitly, not left set
+    # the tunables' journal and lock live in the parent: it stays readable for status
+    assert stat.S_IMODE(dest.parent.parent.stat().st_mode) == 0o755
     assert kheaders.ensure_kernel_headers(sysroot, release) == dest   # extracted once
     assert [p.name for p in dest.parent.iterdir()] == [dest.name]   # no temp left
 
@@ -537,7 +529,7 @@ def test_kernel_headers_go_to_a_private_directory(tmp_path, monkeypatch):
 def test_kernel_headers_refuse_a_directory_made_by_someone_else(tmp_path, monkeypatch):
     monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
     sysroot, release = _headers_root(tmp_path)
-    planted = sysroot.path(f"/run/vnuma_sched/kheaders-{release}")
+    planted = sysroot.path(f"/run/vnuma_sched/kheaders/kheaders-{release}")
     planted.mkdir(parents=True)
     planted.chmod(0o777)
     with pytest.raises(DataError, match="group- or world-writable"):

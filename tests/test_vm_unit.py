@@ -10,12 +10,15 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vnuma_sched import resources
 from vnuma_sched import runner as runner_module
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, Missing
 from vnuma_sched.kernel import vm
 from vnuma_sched.runner import Runner, path_with
 from vnuma_sched.system.sysroot import SysRoot
+
+FRAGMENT_LIMITS = vm.guest_limits([resources.guest_fragment()])
 from vnuma_sched.system.topology import read_topology
 
 
@@ -252,10 +255,11 @@ def test_guest_limits_come_from_the_image_config(tmp_path):
     (kept / "bzImage").write_bytes(b"x")
     (kept / ".config").write_text("CONFIG_NR_CPUS=4\n")
     assert vm.guest_limits([vm.image_config(kept / "bzImage")]).max_cpus == 4
-    (tmp_path / "lone").write_bytes(b"x")    # no .config anywhere: the shipped fragment
-    assert vm.image_config(tmp_path / "lone").name == "vnuma-guest.config"
-    assert vm.guest_limits().max_cpus == 64
-    assert vm.guest_limits([]).max_cpus == vm.QEMU_MAX_VCPUS
+    (tmp_path / "lone").write_bytes(b"x")    # no .config anywhere: only QEMU's limits
+    assert vm.image_config(tmp_path / "lone") is None
+    assert vm.guest_limits([None]).max_cpus == vm.QEMU_MAX_VCPUS
+    assert vm.guest_limits().max_cpus == vm.QEMU_MAX_VCPUS
+    assert vm.guest_limits([resources.guest_fragment()]).max_cpus == 64
 
 
 def test_qemu_limit_without_a_kernel_limit():
@@ -286,7 +290,7 @@ MEMS = st.sampled_from([512, 1000, 2048, 3072, 4096])
                  st.text(alphabet="0123456789x-+ ,.٣", max_size=10)), MEMS)
 def test_topology_spec_is_bad_input_or_round_trips(spec, mem):
     try:
-        topo = vm.parse_topology(spec, mem)
+        topo = vm.parse_topology(spec, mem, limits=FRAGMENT_LIMITS)
     except BadInput as err:
         _bad_input(err)
         return

@@ -72,8 +72,8 @@ def check_range(env, good, bad, names):
 
 
 def start_point(env):
-    res = _git(env, "symbolic-ref", "-q", "--short", "HEAD", check=False)
-    return res.stdout.strip() if res.returncode == 0 else _git(
+    res = _git(env, "symbolic-ref", "-q", "HEAD", check=False)
+    return res.stdout.strip().removeprefix("refs/heads/") if res.returncode == 0 else _git(
         env, "rev-parse", "HEAD").stdout.strip()
 
 

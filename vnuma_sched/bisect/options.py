@@ -75,7 +75,7 @@ class Options:
     workdir: str = None              # where --measure-cmd runs [default: the tree]
     accel: str = "auto"
     timeout: int = 300               # seconds per workload run
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)    # make -j per build
+    jobs: int = field(default_factory=lambda: min(os.cpu_count() or 1, 256))  # make -j
 
     def check(self, complete=False):
         """BadInput unless every field has its type and range; ``complete``: the threshold

@@ -11,8 +11,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from vnuma_sched.errors import VnumaError
-from vnuma_sched.kernel import kbuild, patches
+from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.kernel import gitargs, kbuild, patches
 from vnuma_sched.kernel.ktree import tree_version
 
 # Every step builds with the same stamp and build number, so commits whose
@@ -86,6 +86,10 @@ def _touch_changed(src, out, tree_id, runner):
     last = marker.read_text().strip() if marker.is_file() else ""
     if not last or last == tree_id:
         return
+    try:
+        gitargs.object_id(last, str(marker))    # a file: never let it reach git as an option
+    except BadInput:
+        return                                  # unknown: make decides by mtimes alone
     res = runner.run(["git", "diff", "--name-only", "-z", last, tree_id], cwd=src, check=False)
     if res.returncode != 0:  # the last tree is gone: make decides by mtimes alone
         return

@@ -55,7 +55,8 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
     dirs = _profile_dirs(settings)
     arm_a, arm_b = arms.parse_arm("a", spec_a, dirs), arms.parse_arm("b", spec_b, dirs)
     kernel_image = vm.kernel_image(image)
-    topo = vm.parse_topology(spec, vm.parse_size_mb(mem))
+    topo = vm.parse_topology(spec, vm.parse_size_mb(mem),
+                             limits=vm.guest_limits([vm.image_config(kernel_image)]))
     runner = Runner()
     wl = abmod.workload(kind, cache_dir(), runner, threads, spincount, iterations, kib)
     chosen, why = vm.choose_accel(accel, kernel_image, runner,

@@ -76,7 +76,7 @@ def kernel_fetch(settings, series, dest, git_source, ref):
               help="Kconfig fragment (repeatable) [default: kconfig/vnuma-guest.config].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Build directory (O=) [default: $VNUMA_SCHED_CACHE/builds/<tree>].")
-@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=min(os.cpu_count() or 1, 256),
               show_default=True)
 @click.option("--allow-dropped", is_flag=True,
               help="Go on when requested options do not survive olddefconfig.")

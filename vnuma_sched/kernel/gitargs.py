@@ -65,13 +65,3 @@ def check_branch(name, runner, cwd):
     if res.returncode != 0:
         raise BadInput(f"--branch {name!r}: not a valid git branch name")
     return name
-
-
-def resolve_commit(value, what, runner, cwd):
-    """The commit id ``value`` names in the repository at ``cwd``; BadInput if none."""
-    text = ref(value, what)
-    res = runner.run(["git", "rev-parse", "-q", "--verify", "--end-of-options",
-                      f"{text}^{{commit}}"], cwd=cwd, check=False)
-    if res.returncode != 0:
-        raise BadInput(f"{what} {text}: no such commit")
-    return res.stdout.strip()

@@ -244,8 +244,11 @@ def _preflight(tree, branch, runner):
                        "commit or stash them first")
     if branch_exists(tree, branch, runner):
         raise BadInput(f"--branch {branch}: already exists")
-    current = _git_out(tree, runner, "symbolic-ref", "-q", "--short", "HEAD")
+    # the full ref, not --short: with a tag of the same name --short says "heads/<b>",
+    # which checkout would take as a detached HEAD
+    current = _git_out(tree, runner, "symbolic-ref", "-q", "HEAD")
     if current is not None:
+        current = current.removeprefix("refs/heads/")
         gitargs.not_option(current, f"--tree {tree}: the current branch")
     return _Start(current, _git_out(tree, runner, "rev-parse", "HEAD"))
 

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vnuma_sched import resources
 from vnuma_sched.errors import BadInput, Missing
 from vnuma_sched.kernel import kconfig
 from vnuma_sched.kernel.kbuild import IMAGE
@@ -72,19 +71,18 @@ class GuestLimits:
 
 def image_config(image):
     """The .config a kernel image was built with (beside it, or at the top of its
-    build directory), else the shipped guest fragment, else None."""
+    build directory), else None (then only QEMU's limits are known)."""
     image = Path(image)
     candidates = [image.parent / ".config"]
     if image.as_posix().endswith("/" + IMAGE):
         candidates.append(image.parents[len(Path(IMAGE).parts) - 1] / ".config")
-    candidates.append(resources.guest_fragment())
     return next((c for c in candidates if c.is_file()), None)
 
 
 def guest_limits(configs=None):
     """GuestLimits from QEMU's and from the kernel configuration ``configs`` (files
-    merged in order, later ones win; default: the shipped guest fragment)."""
-    configs = [resources.guest_fragment()] if configs is None else list(configs)
+    merged in order, later ones win; none: QEMU's limits only)."""
+    configs = [c for c in configs or () if c is not None]
     values, where = {}, {}
     for path in configs:
         try:

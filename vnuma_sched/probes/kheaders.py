@@ -17,7 +17,8 @@ from vnuma_sched.errors import DataError
 from vnuma_sched.system import facts
 
 KHEADERS = "/sys/kernel/kheaders.tar.xz"      # CONFIG_IKHEADERS
-PRIVATE_DIR = "/run/vnuma_sched"                # root's tmpfs; not a shared /tmp
+STATE_DIR = "/run/vnuma_sched"                  # root's tmpfs; not a shared /tmp
+PRIVATE_DIR = f"{STATE_DIR}/kheaders"           # 0700 inside; the parent stays 0755
 KERNEL_SOURCE_VAR = "BCC_KERNEL_SOURCE"         # libbcc reads it with getenv() only
 _RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")   # a file name: no '/', no '..'
 
@@ -102,7 +103,7 @@ def ensure_kernel_headers(sysroot, release, log=None):
     """Where bcc finds headers for ``release``: None when it finds them by itself
     (/lib/modules/<r>/build, or BCC_KERNEL_SOURCE already set), else the kernel's own
     kheaders.tar.xz (CONFIG_IKHEADERS) extracted once into a private directory under
-    /run/vnuma_sched. DataError when that directory is not safe to use."""
+    /run/vnuma_sched/kheaders. DataError when that directory is not safe to use."""
     if not _RELEASE.fullmatch(release) or ".." in release:
         raise DataError(facts.OSRELEASE, f"unexpected kernel release {release!r}")
     if sysroot.exists(f"/lib/modules/{release}/build") or os.environ.get(KERNEL_SOURCE_VAR):
@@ -110,6 +111,10 @@ def ensure_kernel_headers(sysroot, release, log=None):
     archive = sysroot.path(KHEADERS)
     if not archive.exists():
         return None
+    state = sysroot.path(STATE_DIR)
+    if not state.is_dir():
+        state.mkdir(parents=True, exist_ok=True)
+        state.chmod(0o755)          # whatever the umask: others read the tunables' state
     base = private_dir(sysroot.path(PRIVATE_DIR))
     dest = base / f"kheaders-{release}"
     if dest.exists() or dest.is_symlink():

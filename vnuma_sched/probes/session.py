@@ -13,10 +13,12 @@ from vnuma_sched.system import facts
 from vnuma_sched.system.topology import llc_of_cpus
 
 
-def steal_ms(sysroot):
-    """Steal time per CPU (ms since boot) from /proc/stat."""
+def steal_ms(sysroot, ncpus=0):
+    """Steal time per CPU (ms since boot) from /proc/stat, at least ``ncpus`` long: an
+    offline CPU (absent from /proc/stat) reads 0, so every sample has the same shape."""
     hz = os.sysconf("SC_CLK_TCK")
-    return [ticks * 1000 // hz for ticks in facts.steal_ticks_per_cpu(sysroot)]
+    ms = [ticks * 1000 // hz for ticks in facts.steal_ticks_per_cpu(sysroot)]
+    return ms + [0] * (ncpus - len(ms))
 
 
 class Session:
@@ -76,7 +78,8 @@ class Session:
             lp.poll(0)
             snap[name] = lp.snapshot()
         if "steal" in self.running():
-            snap["steal"] = {"ms": steal_ms(self.sysroot)}
+            ncpus = max(self.topology.cpus, default=-1) + 1
+            snap["steal"] = {"ms": steal_ms(self.sysroot, ncpus)}
         return snap
 
     def take_events(self):

@@ -31,7 +31,6 @@ from vnuma_sched.tunables import journal_check as C
 RUNTIME = "/run/vnuma_sched/journal.jsonl"
 PERSISTENT = "/var/lib/vnuma_sched/journal.jsonl"
 LEGACY = "/run/vnuma_sched/journal.json"
-JOURNAL = RUNTIME
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 VERSION = 2
 PENDING, WRITTEN = "pending", "written"
@@ -182,7 +181,11 @@ def load(store):
     store = store if isinstance(store, Store) else Store(store)
     for abspath, parse in ((PERSISTENT, C.parse_lines), (RUNTIME, C.parse_lines),
                            (LEGACY, C.parse_legacy)):
-        if store.sysroot.exists(abspath):
+        try:
+            present = store.sysroot.exists(abspath)
+        except PermissionError as err:
+            raise DataError(store.shown(abspath), "not readable by this user (run as root)") from err
+        if present:
             raw = _read(store, abspath)
             try:
                 return Doc(**parse(raw), path=abspath)

@@ -4,6 +4,7 @@ file beside the journal, which records who holds it (pid and command line)."""
 import fcntl
 import json
 import os
+import time
 from contextlib import contextmanager
 
 from vnuma_sched.errors import DataError, VnumaError
@@ -17,12 +18,16 @@ class Busy(VnumaError):
     exit_code = 1
 
 
-def _holder(fd):
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-        return f"pid {int(info['pid'])} ({str(info['command'])[:200]})"
-    except (OSError, ValueError, TypeError, KeyError):
-        return "another process (not recorded yet)"
+def _holder(fd, tries=50, pause=0.01):
+    """Who holds the lock; the holder records itself right after taking it, so wait a
+    moment for the record before saying it is unknown."""
+    for _ in range(tries):
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            return f"pid {int(info['pid'])} ({str(info['command'])[:200]})"
+        except (OSError, ValueError, TypeError, KeyError):
+            time.sleep(pause)
+    return "another process (not recorded yet)"
 
 
 def _open(store, path):
