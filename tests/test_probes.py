@@ -471,8 +471,9 @@ def test_private_dir_refuses_what_others_could_control(tmp_path, prepare, needle
 @pytest.mark.parametrize("info, why", [
     (_info("/etc/cron.d/x"), "absolute path"),
     (_info("include/../../x"), "'..' in the path"),
-    (_info("include/l", tarfile.SYMTYPE, linkname="/etc/shadow"), "a link"),
-    (_info("include/h", tarfile.LNKTYPE, linkname="include/a.h"), "a link"),
+    (_info("include/l", tarfile.SYMTYPE, linkname="/etc/shadow"), "a link out of it"),
+    (_info("include/l", tarfile.SYMTYPE, linkname="../../etc"), "a link out of it"),
+    (_info("include/h", tarfile.LNKTYPE, linkname="/etc/shadow"), "a link out of it"),
     (_info("include/null", tarfile.CHRTYPE, devmajor=1, devminor=3), "a device, fifo"),
     (_info("include/fifo", tarfile.FIFOTYPE), "a device, fifo"),
 ])
@@ -486,6 +487,23 @@ def test_unsafe_archive_members_are_refused(tmp_path, info, why):
     with pytest.raises(DataError, match="refused|cannot extract"):
         kheaders.extract(archive, dest)
     assert not (tmp_path / "etc").exists() and not (tmp_path / "x").exists()
+
+
+def test_links_inside_the_archive_are_kept_and_none_is_followed_out(tmp_path):
+    """The kernel's kheaders.tar.xz has relative symlinks (include/dt-bindings)."""
+    archive = _tar(tmp_path / "k.tar.xz", [
+        (_info("include", tarfile.DIRTYPE, mode=0o755), None),
+        (_info("include/a.h"), b"int a;\n"),
+        (_info("include/b.h", tarfile.SYMTYPE, linkname="a.h"), None)])
+    dest = kheaders.private_dir(tmp_path / "dest")
+    kheaders.extract(archive, dest)
+    assert (dest / "include/b.h").read_text() == "int a;\n"
+    out = _tar(tmp_path / "out.tar.xz", [
+        (_info("include", tarfile.DIRTYPE, mode=0o755), None),
+        (_info("include/up", tarfile.SYMTYPE, linkname="."), None),
+        (_info("include/up/x.h"), b"int x;\n")])
+    with tarfile.open(out) as tar, pytest.raises(DataError, match="a path through a link"):
+        kheaders.safe_members(tar, out)
 
 
 def test_safe_members_drop_set_id_bits_and_owners(tmp_path):

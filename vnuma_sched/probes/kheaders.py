@@ -6,6 +6,7 @@ by member, and handed to bcc for one BPF() call at a time. No bcc import here.""
 import contextlib
 import copy
 import os
+import posixpath
 import re
 import shutil
 import stat
@@ -45,29 +46,44 @@ def private_dir(path):
     return path
 
 
-def check_member(member):
-    """Why a tar member must not be extracted (None: a plain file or directory inside)."""
-    parts = PurePosixPath(member.name).parts
-    if member.name.startswith("/"):
+def _inside(relpath):
+    """Does a relative path (of a link target) stay inside the extraction directory?"""
+    norm = posixpath.normpath(relpath)
+    return not (relpath.startswith("/") or norm == ".." or norm.startswith("../"))
+
+
+def check_member(member, links=frozenset()):
+    """Why a tar member must not be extracted (None: a file, a directory or a link that
+    stays inside). ``links``: the links extracted before it (no path may go through one).
+    The kernel's own kheaders.tar.xz holds relative symlinks (dt-bindings)."""
+    name = member.name
+    if name.startswith("/"):
         return "absolute path"
-    if ".." in parts:
+    if ".." in PurePosixPath(name).parts:
         return "'..' in the path"
-    if member.issym() or member.islnk():
-        return "a link"
+    if any(str(parent) in links for parent in PurePosixPath(name).parents):
+        return "a path through a link"
+    if member.issym():
+        target = posixpath.join(posixpath.dirname(name), member.linkname)
+        return None if _inside(target) else "a link out of it"
+    if member.islnk():
+        return None if _inside(member.linkname) else "a link out of it"
     if not (member.isfile() or member.isdir()):
         return "a device, fifo or other special file"
     return None
 
 
 def safe_members(tar, archive):
-    """The members as the 'data' filter would extract them: plain files and directories
+    """The members as the 'data' filter would extract them: files, directories and links
     below the destination, no set-id bits, owned by this user; DataError for the whole
     archive when one member is anything else."""
-    out = []
+    out, links = [], set()
     for member in tar.getmembers():
-        why = check_member(member)
+        why = check_member(member, links)
         if why:
             raise DataError(str(archive), f"member {member.name!r}: {why}: refused")
+        if member.issym() or member.islnk():
+            links.add(posixpath.normpath(member.name))
         member = copy.copy(member)
         member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
         member.uid, member.gid = os.geteuid(), os.getegid()
