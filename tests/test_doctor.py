@@ -105,6 +105,18 @@ def test_lockdown_modes(tree, mode, status, needle):
     assert c["lockdown"].status == status and needle in c["lockdown"].detail
 
 
+def test_lockdown_unknown_without_securityfs(tree):
+    """This kind of machine: lockdown in integrity mode, securityfs not mounted, so there is
+    no lockdown file to read; "none" would be a guess that hides it."""
+    mounts = (tree / "proc/mounts").read_text()
+    assert "securityfs" not in mounts and not (tree / "sys/kernel/security/lockdown").exists()
+    c = checks_for(tree)
+    assert c["lockdown"].status == "warn" and "securityfs not mounted" in c["lockdown"].detail
+    write(tree, "/proc/mounts", mounts + "securityfs /sys/kernel/security securityfs rw 0 0\n")
+    c = checks_for(tree)
+    assert c["lockdown"].status == "ok" and c["lockdown"].detail.startswith("none")
+
+
 def test_patched_kernel_gates(tree):
     for p in ("/proc/sys/kernel/sched_numa_idle_damp", "/proc/sys/kernel/sched_numa_newidle_min_ns",
               "/proc/sys/kernel/sched_steal_idle_nocap",

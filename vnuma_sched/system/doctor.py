@@ -211,6 +211,10 @@ def check_kprobes(env):
 
 def check_lockdown(env):
     mode = facts.read_lockdown(env.sysroot)
+    if mode is None and "securityfs" not in facts.mounts(env.sysroot):
+        # the file lives on securityfs: without it a locked-down kernel looks unlocked
+        return Check("lockdown", WARN, "unknown: securityfs not mounted (mount -t securityfs "
+                     "nodev /sys/kernel/security)", {"mode": "unknown"})
     if mode is None:
         return Check("lockdown", OK, f"none (no {facts.LOCKDOWN})", {"mode": "none"})
     if mode == "none":
