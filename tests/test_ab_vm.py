@@ -24,11 +24,11 @@ def test_short_ab_writes_documented_files(patched_build_612, tmp_path):
     assert set(doc) >= {"arms", "metrics", "kernel", "topology", "workload"}
     for name in ("workload_score", "cross_node_migrations", "idle_rejected_preempted"):
         m = doc["metrics"][name]
-        assert set(m) >= {"a_median", "b_median", "ratio", "ci95", "p", "n"}
-        assert m["n"] == [2, 2]
+        assert set(m["b"]) >= {"median", "ratio", "ci95", "p", "n", "within_boot_iqr"}
+        assert m["a"]["n"] == m["b"]["n"] == 2
     # the emulated old host rejects idle CPUs only while the hint is off
-    assert doc["metrics"]["idle_rejected_preempted"]["a_median"] > 0
-    assert doc["metrics"]["idle_rejected_preempted"]["b_median"] == 0
+    assert doc["metrics"]["idle_rejected_preempted"]["a"]["median"] > 0
+    assert doc["metrics"]["idle_rejected_preempted"]["b"]["median"] == 0
     png = out / "compare.png"
     cmp = subprocess.run([VNUMA, "compare", str(out), "--plot", str(png)],
                          capture_output=True, text=True)

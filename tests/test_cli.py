@@ -97,3 +97,14 @@ def test_doctor_without_bcc_reports_it(fixture_root):
 def test_entry_point_installed():
     res = subprocess.run([VNUMA, "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and "vnuma-sched" in res.stdout
+
+
+def test_ab_help_shows_named_arms_and_boots():
+    res = invoke("ab", "--help")
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    for needle in ("--arm ref=vnuma_debug.emulate_halt_preempted=0",
+                   "--arm off=kvm_guest.idle_halt_hint=off",
+                   "--arm on=kvm_guest.idle_halt_hint=on --runs 6 --boots 3",
+                   "--a SPEC", "Shorthand for --arm a=SPEC", "--boots INTEGER"):
+        assert needle in text, needle

@@ -40,3 +40,23 @@ def test_compare_flags_noise():
     clear = stats.compare([10, 11, 10, 12, 11], [1, 2, 1, 2, 1])
     assert not clear["inconclusive"] and clear["p"] == pytest.approx(0.010417773157830204)
     assert clear["ratio"] == pytest.approx(1 / 11)
+
+
+def test_iqr_inclusive_quartiles():
+    assert stats.iqr([1, 2, 3, 4]) == 1.5 and stats.iqr([4, 14]) == 5.0
+    assert stats.iqr([7]) is None and stats.iqr([]) is None
+
+
+def test_spread_between_and_within_boots():
+    s = stats.spread([[1, 2, 3], [11, 12, 13]])
+    assert s["median"] == 7 and s["n"] == 6 and s["boot_medians"] == [2, 12]
+    assert s["between_boots_iqr"] == 5.0 and s["within_boot_iqr"] == 1.0
+    assert s["boots_dominate"] is True
+    calm = stats.spread([[1, 5, 9], [4, 5, 6], [2, 5, 8]])
+    assert calm["between_boots_iqr"] == 0 and calm["within_boot_iqr"] == 3.0
+    assert calm["boots_dominate"] is False
+    one = stats.spread([[3, 1], []])   # a boot without values does not count
+    assert one["boot_medians"] == [2] and one["between_boots_iqr"] is None
+    assert one["within_boot_iqr"] == 1.0 and one["boots_dominate"] is None
+    single_runs = stats.spread([[1], [3], [8]])   # one run per boot: no spread within
+    assert single_runs["within_boot_iqr"] is None and single_runs["between_boots_iqr"] == 3.5

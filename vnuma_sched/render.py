@@ -9,6 +9,7 @@ never wrapped.
 import json
 import shutil
 import sys
+import textwrap
 import time
 
 from tabulate import tabulate
@@ -212,27 +213,79 @@ def _num(x):
     return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
 
 
-def compare_rows(mets, first=()):
-    """Rows of B-against-A statistics: the ``first`` metrics in their order, then the
-    rest (without the per-cause migrations_to_idle counts)."""
-    names = [n for n in first if n in mets] + [n for n in mets if n not in first
-                                               and not n.startswith("migrations_to")]
+def _metric_order(mets, first):
+    """The ``first`` metrics in their order, then the rest (without the per-cause
+    migrations_to_idle counts)."""
+    return [n for n in first if n in mets] + [n for n in mets if n not in first
+                                              and not n.startswith("migrations_to")]
+
+
+def _ci(m):
+    return "-" if not m["ci95"] else f"{m['ci95'][0]:.2f}..{m['ci95'][1]:.2f}"
+
+
+def compare_rows(mets, names, first=()):
+    """Two arms: a row per metric, B (names[1]) against A (names[0])."""
     rows = []
-    for name in names:
-        m = mets[name]
-        ci = "-" if not m["ci95"] else f"{m['ci95'][0]:.2f}..{m['ci95'][1]:.2f}"
-        rows.append([name, _num(m["a_median"]), _num(m["b_median"]), _num(m["ratio"]), ci,
-                     f"{m['p']:.3g}", "noisy" if m["inconclusive"] else ""])
+    for name in _metric_order(mets, first):
+        a, b = mets[name].get(names[0]), mets[name].get(names[1])
+        if a is None or b is None:
+            continue
+        rows.append([name, _num(a["median"]), _num(b["median"]), _num(b["ratio"]), _ci(b),
+                     f"{b['p']:.3g}", "noisy" if b["inconclusive"] else ""])
     return rows
 
 
+def arm_rows(mets, names, first=()):
+    """More arms: per metric the reference's median, then a row per other arm."""
+    rows = []
+    for name in _metric_order(mets, first):
+        for arm in (a for a in names if a in mets[name]):
+            m = mets[name][arm]
+            label = name if arm == names[0] else ""
+            rows.append([label, arm, _num(m["median"])] + (["", "", "", ""] if arm == names[0]
+                        else [_num(m["ratio"]), _ci(m), f"{m['p']:.3g}",
+                              "noisy" if m["inconclusive"] else ""]))
+    return rows
+
+
+def spread_rows(mets, names, first):
+    """Per ``first`` metric and arm: spread between boots and within a boot."""
+    return [[name if arm == names[0] else "", arm, _num(m["between_boots_iqr"]),
+             _num(m["within_boot_iqr"]), "boots dominate" if m["boots_dominate"] else ""]
+            for name in (n for n in first if n in mets)
+            for arm, m in ((a, mets[name][a]) for a in names if a in mets[name])]
+
+
+def _arm_names(doc):
+    names = list(doc.get("arms") or {})
+    for entry in doc["metrics"].values():
+        names += [a for a in entry if a not in names]
+    ref = doc.get("reference")
+    return [ref] + [n for n in names if n != ref] if ref in names else names
+
+
 def ab_text(doc, first=()):
-    arms = doc.get("arms", {})
-    head = [f"A: {arms.get('a', {}).get('spec', '?')}   B: {arms.get('b', {}).get('spec', '?')}",
-            f"kernel {doc.get('kernel')}, {doc.get('runs')} runs, {doc.get('mode') or ''}"]
-    rows = compare_rows(doc["metrics"], first)
-    head.append(table(rows, ["metric", "A med", "B med", "B/A", "95% CI", "p", ""]))
-    head.append(doc.get("note", ""))
+    """Two arms: B against A, a row per metric; more: a row per metric and arm, each
+    against the reference; with several boots, the spread between and within them."""
+    arms, names = doc.get("arms", {}), _arm_names(doc)
+    tail = f"kernel {doc.get('kernel')}, {doc.get('runs')} runs, {doc.get('mode') or ''}"
+    if len(names) == 2:
+        head = ["   ".join(f"{letter}{'' if arm == letter.lower() else f' ({arm})'}: "
+                           f"{arms.get(arm, {}).get('spec', '?')}"
+                           for letter, arm in zip("AB", names)), tail,
+                table(compare_rows(doc["metrics"], names, first),
+                      ["metric", "A med", "B med", "B/A", "95% CI", "p", ""])]
+    else:
+        head = [f"arms, each against the reference {names[0] if names else '?'}:"]
+        head += [f"  {arm}: {arms.get(arm, {}).get('spec', '?')}" for arm in names]
+        head += [tail, table(arm_rows(doc["metrics"], names, first),
+                             ["metric", "arm", "median", "ratio", "95% CI", "p", ""])]
+    if (doc.get("boots") or 1) > 1:
+        head.append(table(spread_rows(doc["metrics"], names, first),
+                          ["metric", "arm", "between boots", "within a boot", ""],
+                          title="spread (IQR) of the per-boot medians and within a boot"))
+    head.append(textwrap.fill(doc.get("note", ""), 99))
     return "\n".join(head)
 
 

@@ -29,31 +29,45 @@ from vnuma_sched.runner import Runner
 @click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--kib", type=click.IntRange(8), default=256, show_default=True,
               help="omp-barrier: memory block per thread.")
-@click.option("--a", "spec_a", required=True, help="Arm A: knobs/paths/boot params/profile.")
-@click.option("--b", "spec_b", required=True, help="Arm B.")
-@click.option("--append", multiple=True, help="Kernel command line for both arms.")
+@click.option("--arm", "arm_specs", multiple=True, metavar="NAME=SPEC",
+              help="An arm: knobs/paths/boot params/profile; repeat (2 to 8), the first is "
+                   "the reference.")
+@click.option("--a", "spec_a", default=None, metavar="SPEC", help="Shorthand for --arm a=SPEC.")
+@click.option("--b", "spec_b", default=None, metavar="SPEC", help="Shorthand for --arm b=SPEC.")
+@click.option("--append", multiple=True, help="Kernel command line for every arm.")
 @click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True,
-              help="Runs per arm, interleaved A B A B ...")
+              help="Runs per arm in total, spread evenly over the boots.")
+@click.option("--boots", type=int, default=1, show_default=True,
+              help="Boots of the guest; each runs the arms interleaved, starting with the "
+                   "next arm (implied by the runs when the arms differ in boot parameters).")
 @click.option("--out", type=click.Path(file_okay=False), default="ab-out", show_default=True)
 @click.option("--timeout", type=click.IntRange(10), default=600, show_default=True,
-              help="Seconds per boot (multiplied by the runs when one boot serves all).")
+              help="Seconds per run (a boot gets this times its runs).")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
 @click.pass_obj
-def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, spec_a, spec_b,
-       append, runs, out, timeout, accel):
-    """Run arms A and B interleaved in a vNUMA guest, probes around every run.
+def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, arm_specs,
+       spec_a, spec_b, append, runs, boots, out, timeout, accel):
+    """Run named arms interleaved in a vNUMA guest, probes around every run.
 
     \b
-    Writes OUT/runs.jsonl (one line per run) and OUT/results.json (medians,
-    B/A ratio with 95% bootstrap interval, Mann-Whitney p per metric).
+    Every arm is compared with the first (the reference). Each boot runs the
+    arms in turn (ref off on ref off on ...), the next boot starting with the
+    next arm. Writes OUT/runs.jsonl (one line per run, with its boot) and
+    OUT/results.json (per metric and arm: median, spread between and within
+    boots; ratio to the reference with 95% bootstrap interval, Mann-Whitney p).
     \b
-    Example:
+    Examples:
       vnuma-sched ab --kernel /var/cache/vnuma_sched/builds/series-6.12 \\
-          --a kernel.sched_numa_idle_damp=0 --b kernel.sched_numa_idle_damp=3
+          --arm ref=vnuma_debug.emulate_halt_preempted=0 \\
+          --arm off=kvm_guest.idle_halt_hint=off \\
+          --arm on=kvm_guest.idle_halt_hint=on --runs 6 --boots 3
+      vnuma-sched ab --kernel K --a kernel.sched_numa_idle_damp=0 \\
+          --b kernel.sched_numa_idle_damp=3
     """
 
-    dirs = _profile_dirs(settings)
-    arm_a, arm_b = arms.parse_arm("a", spec_a, dirs), arms.parse_arm("b", spec_b, dirs)
+    arm_list = arms.parse_arms(arms.named_specs(arm_specs, spec_a, spec_b),
+                               _profile_dirs(settings))
+    abmod.schedule([a.name for a in arm_list], runs, boots)  # BadInput before any work
     kernel_image = vm.kernel_image(image)
     topo = vm.parse_topology(spec, vm.parse_size_mb(mem),
                              limits=vm.guest_limits([vm.image_config(kernel_image)]))
@@ -62,7 +76,7 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
     chosen, why = vm.choose_accel(accel, kernel_image, runner,
                                   os.path.join(cache_dir(), "accel.json"))
     progress(settings)(f"guest {spec} under {chosen} ({why}); workload {' '.join(wl['argv'])}")
-    doc = abmod.run(kernel_image, topo, wl, arm_a, arm_b, runs, out, runner,
+    doc = abmod.run(kernel_image, topo, wl, arm_list, runs, boots, out, runner,
                     progress(settings), chosen, timeout, list(append))
     click.echo(ab_text(doc, PRIMARY))
     click.echo(f"results: {Path(out) / 'results.json'}")
@@ -71,15 +85,17 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, sp
 @click.command("compare")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG: ratios with intervals, migration heatmaps per arm.")
+              help="Write a PNG: every arm's runs per primary metric, migration heatmaps.")
 @json_option
 @click.pass_obj
 def compare_cmd(settings, paths, plot_path, as_json):
-    """Statistics of an A/B: per metric A and B medians, B/A, 95% CI, Mann-Whitney p.
+    """Statistics of an A/B: per metric each arm against the reference (the first):
+    medians, ratio, 95% CI, Mann-Whitney p; the spread between and within boots.
 
     \b
     PATHS is an 'ab' output directory, or two recordings sets (A then B), each
     a 'vnuma-sched record' file or a directory of them (one run per file).
+    --json gives every number.
     \b
     Examples:
       vnuma-sched compare ab-out --plot ab-out/compare.png
@@ -91,17 +107,18 @@ def compare_cmd(settings, paths, plot_path, as_json):
         raise BadInput(f"--plot {plot_path}: its folder does not exist")
     if len(paths) == 1 and (Path(paths[0]) / "runs.jsonl").exists():
         doc = abmod.results(paths[0])
-        _, runs = compare.read_runs(Path(paths[0]) / "runs.jsonl")
+        _, runs, _, names = abmod.read_runs(paths[0])
         title = Path(paths[0]).resolve().name
     elif len(paths) == 2:
         runs = compare.runs_from_recordings(compare.recording_files(paths[0]),
                                             compare.recording_files(paths[1]))
-        doc = {"arms": {"a": {"spec": paths[0]}, "b": {"spec": paths[1]}},
-               "metrics": compare.metrics(runs, f"{paths[0]} and {paths[1]}"),
-               "runs": len(runs), "kernel": None}
+        names = ["a", "b"]
+        doc = {"arms": {"a": {"spec": paths[0]}, "b": {"spec": paths[1]}}, "reference": "a",
+               "metrics": compare.metrics(runs, f"{paths[0]} and {paths[1]}", names),
+               "runs": len(runs), "boots": 1, "kernel": None}
         title = f"{Path(paths[0]).name} vs {Path(paths[1]).name}"
     else:
         raise BadInput("compare takes an 'ab' directory, or two recording sets (A B)")
     if plot_path:
-        compare.plot(doc["metrics"], compare.matrices(runs), plot_path, title)
+        compare.plot(runs, doc["metrics"], names, compare.matrices(runs), plot_path, title)
     emit(settings, doc, ab_text(doc, PRIMARY) + (f"\nplot: {plot_path}" if plot_path else ""))

@@ -1,5 +1,6 @@
-"""A/B experiments: boot the guest, run arms A and B interleaved, record the
-probes around every workload run, and summarise with statistics."""
+"""A/B experiments: boot the guest (once, or --boots times), run the named arms
+interleaved in a rotating order, record the probes around every workload run, and
+summarise with statistics: every arm against the first, the reference."""
 
 import json
 import shutil
@@ -58,8 +59,21 @@ def stage(wl, out):
     return {**wl, "argv": [str(staged), *wl["argv"][1:]]}
 
 
-def order(runs):
-    return [arm for _ in range(runs) for arm in ("a", "b")]
+def order(names, runs, start=0):
+    """``runs`` rounds over the arms, starting with arm ``start`` (rotated)."""
+    k = start % len(names)
+    return (names[k:] + names[:k]) * runs
+
+
+def schedule(names, runs, boots):
+    """Per boot, its run order: ``runs`` per arm in total, spread evenly over the boots,
+    each boot starting with the next arm; BadInput when a boot would get no run."""
+    if boots < 1:
+        raise BadInput(f"--boots {boots}: at least 1")
+    if runs < boots:
+        raise BadInput(f"--runs {runs} is fewer than --boots {boots}: every boot needs a "
+                       "run of each arm")
+    return [order(names, runs // boots + (b < runs % boots), b) for b in range(boots)]
 
 
 def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
@@ -73,39 +87,50 @@ def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
     return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
 
 
-def run(image, topo, wl, arm_a, arm_b, runs, out, runner, progress, accel, timeout,
+def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, timeout,
         append=()):
-    """Writes out/runs.jsonl and out/results.json; returns the results document."""
+    """Writes out/runs.jsonl (a record per run, with its boot index) and
+    out/results.json; returns the results document."""
+    names = [a.name for a in arm_list]
+    sched, mode = _plan_boots(arm_list, runs, boots, progress)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     wl = stage(wl, out)
-    per_run = A.needs_boot_per_run(arm_a, arm_b)
-    arms = {"a": arm_a.to_dict(), "b": arm_b.to_dict()}
-    records, t0 = [], time.monotonic()
-    if not per_run:
-        progress(f"one boot, {2 * runs} runs switching run-time gates (A B A B ...)")
-        plan = {"arms": arms, "order": order(runs), "workload": wl, "probes": PROBES,
-                "mode": "one boot"}
-        records = guest_runs(image, topo, plan, out / "plan.json", runner, accel,
-                         timeout * 2 * runs, [*append, *arm_a.boot])
-    else:
-        progress(f"arms differ in boot parameters: one boot per run ({2 * runs} boots)")
-        for i, arm in enumerate(order(runs)):
-            plan = {"arms": arms, "order": [arm], "workload": wl, "probes": PROBES,
-                    "mode": "boot per run"}
-            boot = arm_a.boot if arm == "a" else arm_b.boot
-            recs = guest_runs(image, topo, plan, out / "plan.json", runner, accel, timeout,
-                          [*append, *boot])
-            for r in recs:
-                if r["type"] == "run":
-                    r["index"] = i
-            records += recs if i == 0 else [r for r in recs if r["type"] == "run"]
-            progress(f"run {i + 1}/{2 * runs} (arm {arm}) done")
+    arms = {a.name: a.to_dict() for a in arm_list}
+    cmdline = {a.name: a.boot for a in arm_list}
+    done, t0 = 0, time.monotonic()
     with open(out / "runs.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    progress(f"{2 * runs} runs in {time.monotonic() - t0:.0f} s")
-    return results(out, wl, topo, per_run)
+        for b, boot_order in enumerate(sched):
+            plan = {"arms": arms, "reference": names[0], "order": boot_order, "workload": wl,
+                    "probes": PROBES, "mode": mode, "boot": b, "boots": len(sched)}
+            recs = guest_runs(image, topo, plan, out / "plan.json", runner, accel,
+                              timeout * len(boot_order), [*append, *cmdline[boot_order[0]]])
+            for r in recs:
+                r["boot"] = b
+                if r.get("type") == "run":
+                    r["index"], done = done, done + 1
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            if len(sched) > 1:
+                progress(f"boot {b + 1}/{len(sched)} ({' '.join(boot_order)}) done")
+    progress(f"{done} runs in {time.monotonic() - t0:.0f} s")
+    return results(out, wl, topo, mode)
+
+
+def _plan_boots(arm_list, runs, boots, progress):
+    """(per-boot run orders, mode), said in progress."""
+    names = [a.name for a in arm_list]
+    sched = schedule(names, runs, boots)
+    total = runs * len(names)
+    if A.needs_boot_per_run(*arm_list):
+        progress(f"arms differ in boot parameters: one boot per run, so {total} boots"
+                 + (f" (the runs imply the boots, not --boots {boots})" if boots > 1 else ""))
+        rounds = schedule(names, runs, runs)
+        return [[arm] for rnd in rounds for arm in rnd], "boot per run"
+    rotation = " | ".join(" ".join(o[:len(names)]) + " ..." for o in sched[:3])
+    progress(f"{'one boot' if boots == 1 else f'{boots} boots'}, {total} runs switching "
+             f"run-time gates ({rotation}{' | ...' if boots > 3 else ''})")
+    return sched, ("one boot" if boots == 1 else f"{boots} boots")
 
 
 def read_plan(path):
@@ -127,19 +152,39 @@ def read_plan(path):
     return plan
 
 
-def results(out, wl=None, topo=None, per_run=None):
-    guest, run_recs = compare.read_runs(Path(out) / "runs.jsonl")
+NOTE = ("QEMU TCG timings are not hardware timings; migration counts are the primary "
+        "evidence")
+NOTE_BOOTS = ("; statistics pool all runs of an arm over the boots; spread between boots: "
+              "IQR of the per-boot medians, within a boot: median of the per-boot IQRs")
+
+
+def read_runs(out):
+    """(guest record, run records, plan, arm names, the reference first) of an 'ab'
+    directory, also of one from before named arms and boots; DataError naming a file."""
+    runs_path = Path(out) / "runs.jsonl"
+    guest, run_recs = compare.read_runs(runs_path)
     plan = read_plan(Path(out) / "plan.json")
-    doc = {"arms": plan.get("arms", {}),
-           "metrics": compare.metrics(run_recs, Path(out) / "runs.jsonl"),
+    planned = plan.get("arms", {})
+    stray = next((r["arm"] for r in run_recs if planned and r["arm"] not in planned), None)
+    if stray:
+        raise DataError(str(runs_path), f"a run of arm {stray!r}, which plan.json lacks")
+    if plan.get("mode") == "boot per run":  # recorded before runs carried a boot index
+        for n, r in enumerate(run_recs):
+            r.setdefault("boot", n)
+    return guest, run_recs, plan, compare.arm_names(run_recs, planned)
+
+
+def results(out, wl=None, topo=None, mode=None):
+    """Writes out/results.json from out/runs.jsonl and out/plan.json; returns it."""
+    guest, run_recs, plan, names = read_runs(out)
+    boots = len(compare.boots(run_recs))
+    doc = {"arms": plan.get("arms", {}), "reference": names[0],
+           "metrics": compare.metrics(run_recs, Path(out) / "runs.jsonl", names),
            "kernel": (guest or {}).get("kernel"),
            "topology": (guest or {}).get("topology") or (topo and topo_dict(topo)),
-           "workload": wl or plan.get("workload"),
-           "mode": plan.get("mode") if per_run is None else
-           ("boot per run" if per_run else "one boot"),
-           "probes": (guest or {}).get("probes"), "runs": len(run_recs),
-           "note": "QEMU TCG timings are not hardware timings; migration counts are the "
-                   "primary evidence"}
+           "workload": wl or plan.get("workload"), "mode": mode or plan.get("mode"),
+           "probes": (guest or {}).get("probes"), "runs": len(run_recs), "boots": boots,
+           "note": NOTE + (NOTE_BOOTS if boots > 1 else "")}
     (Path(out) / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 

@@ -1,5 +1,6 @@
 """A/B arms: 'sysctl=value', '/sys/module/...=value', boot parameters, or a
-tunables profile name, validated on the host before anything boots. Pure."""
+tunables profile name, validated on the host before anything boots; named
+arms (--arm NAME=SPEC, or the --a/--b shorthand), the first the reference. Pure."""
 
 import re
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from vnuma_sched.tunables import profile as P
 
 RUNTIME_PREFIXES = ("/proc/sys/", "/sys/module/")
 _BOOT = re.compile(r"^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:-]*)?$")
+NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
+MIN_ARMS, MAX_ARMS = 2, 8
 
 
 @dataclass
@@ -25,8 +28,8 @@ class Arm:
                 "boot": self.boot}
 
 
-def _item(arm, item, profile_dirs):
-    where = f"--{arm.name} {item!r}"
+def _item(arm, item, profile_dirs, option):
+    where = f"{option} {item!r}"
     if "=" not in item and f"boot.{item}" in K.REGISTRY:
         arm.boot.append(item)  # a registered boot flag such as nopvspin
         return
@@ -65,17 +68,53 @@ def _boot_word(name, value, knob):
     return f"{name}={value}"
 
 
-def parse_arm(name, spec, profile_dirs):
-    """'kernel.sched_numa_idle_damp=0 kvm_guest.idle_halt_hint=off' (spaces or commas)."""
+def parse_arm(name, spec, profile_dirs, option=None):
+    """'kernel.sched_numa_idle_damp=0 kvm_guest.idle_halt_hint=off' (spaces or commas);
+    errors name ``option`` (default --NAME)."""
+    option = option or f"--{name}"
     arm = Arm(name, spec)
     items = [i for i in re.split(r"[\s,]+", spec.strip()) if i]
     if not items:
-        raise BadInput(f"--{name}: empty arm")
+        raise BadInput(f"{option}: empty arm")
     for item in items:
-        _item(arm, item, profile_dirs)
+        _item(arm, item, profile_dirs, option)
     arm.boot = [w for w in arm.boot if w]
     return arm
 
 
-def needs_boot_per_run(a, b):
-    return sorted(a.boot) != sorted(b.boot)
+def needs_boot_per_run(*arms):
+    """True when the arms differ in boot parameters: then every run needs its own boot."""
+    return len({tuple(sorted(a.boot)) for a in arms}) > 1
+
+
+def named_specs(arm_opts, spec_a=None, spec_b=None):
+    """[(name, spec, option)] from repeated --arm NAME=SPEC, or from the --a/--b
+    shorthand (arms a and b); BadInput for a mix, a bad or repeated name, a count
+    outside MIN_ARMS..MAX_ARMS. The first arm is the reference."""
+    if (spec_a is not None or spec_b is not None) and arm_opts:
+        raise BadInput("--a/--b is shorthand for --arm a=SPEC --arm b=SPEC: give one "
+                       "form, not both")
+    if spec_a is not None or spec_b is not None:
+        if spec_a is None or spec_b is None:
+            raise BadInput("--a and --b go together (or give --arm NAME=SPEC, repeated)")
+        return [("a", spec_a, "--a"), ("b", spec_b, "--b")]
+    out = []
+    for text in arm_opts:
+        name, sep, spec = text.partition("=")
+        if not sep:
+            raise BadInput(f"--arm {text[:60]!r}: expected NAME=SPEC")
+        if not NAME.fullmatch(name):
+            raise BadInput(f"--arm {name[:40]!r}: a name is a lower-case letter and up "
+                           "to 15 more of a-z 0-9 _ -")
+        if name in (n for n, _, _ in out):
+            raise BadInput(f"--arm {name}: the name is given twice")
+        out.append((name, spec, f"--arm {name}"))
+    if not MIN_ARMS <= len(out) <= MAX_ARMS:
+        raise BadInput(f"{len(out)} arm(s): give {MIN_ARMS} to {MAX_ARMS} (--arm NAME=SPEC, "
+                       "repeated; the first is the reference), or --a SPEC --b SPEC")
+    return out
+
+
+def parse_arms(named, profile_dirs):
+    """Arms from named_specs' (name, spec, option) triples, in order."""
+    return [parse_arm(name, spec, profile_dirs, option) for name, spec, option in named]

@@ -1,9 +1,10 @@
-"""A/B results from per-run records: statistics per metric, the table, the plot."""
+"""A/B results from per-run records: statistics per metric and arm, each arm against
+the reference (the first), the spread between and within boots, the plot."""
 
 from pathlib import Path
 
 from vnuma_sched.errors import DataError
-from vnuma_sched.experiments import stats
+from vnuma_sched.experiments import arms, stats
 from vnuma_sched.probes import recording, report
 from vnuma_sched.probes.classify import matrix_total
 from vnuma_sched.probes.recording import is_number, iter_jsonl, printable
@@ -23,8 +24,12 @@ def _check_matrix(mx, size):
 
 def _check_run(rec, size):
     """ValueError unless a run record has what the statistics read; the matrix size."""
-    if rec.get("arm") not in ("a", "b") or "score" not in rec:
-        raise ValueError("run without arm a/b or score")
+    if not isinstance(rec.get("arm"), str) or not arms.NAME.fullmatch(rec["arm"]) \
+            or "score" not in rec:
+        raise ValueError("run without an arm name or score")
+    boot = rec.get("boot", 0)
+    if not isinstance(boot, int) or isinstance(boot, bool) or boot < 0:
+        raise ValueError(f"boot {boot!r:.40} is not a boot index")
     if rec["score"] is not None and not is_number(rec["score"]):
         raise ValueError(f"score {rec['score']!r:.40} is not a number")
     mets = rec.get("metrics", {})
@@ -52,10 +57,21 @@ def read_runs(path):
     return guest, runs
 
 
-def values(runs, arm, metric):
+def arm_names(runs, planned=()):
+    """The arms in order: those of the plan, then any other in order of appearance;
+    the first is the reference."""
+    names = list(planned)
+    for r in runs:
+        if r["arm"] not in names:
+            names.append(r["arm"])
+    return names
+
+
+def values(runs, arm, metric, boot=None):
+    """An arm's values of a metric in run order (of one boot when ``boot`` is given)."""
     out = []
     for r in runs:
-        if r["arm"] != arm:
+        if r["arm"] != arm or (boot is not None and r.get("boot", 0) != boot):
             continue
         v = r["score"] if metric == "workload_score" else r.get("metrics", {}).get(metric)
         if v is not None:
@@ -63,25 +79,53 @@ def values(runs, arm, metric):
     return out
 
 
+def boots(runs):
+    """The boot indices of the runs, sorted (runs without one are of boot 0)."""
+    return sorted({r.get("boot", 0) for r in runs})
+
+
 def _measured(runs, arm):
     names = {k for r in runs if r["arm"] == arm for k in r.get("metrics", {})}
     return sorted(names) + (["workload_score"] if values(runs, arm, "workload_score") else [])
 
 
-def metrics(runs, source):
-    """Statistics per metric with at least 2 values in each arm; DataError (naming
-    ``source``) when no metric has that: there is nothing to compare."""
-    names = ["workload_score"] + sorted({k for r in runs for k in r.get("metrics", {})})
+COMPARED = ("ratio", "ci95", "p", "u", "inconclusive")   # of stats.compare, per arm
+
+
+def _metric(runs, name, names, boot_ids):
+    """{arm: spread [+ comparison with the reference]}; None unless the reference and
+    another arm have at least 2 values."""
+    ref = values(runs, names[0], name)
     out = {}
-    for name in names:
-        a, b = values(runs, "a", name), values(runs, "b", name)
-        if len(a) >= 2 and len(b) >= 2:
-            out[name] = stats.compare(a, b)
+    for arm in names:
+        vals = values(runs, arm, name)
+        if len(vals) < 2 or len(ref) < 2:
+            continue
+        out[arm] = stats.spread([values(runs, arm, name, b) for b in boot_ids])
+        if arm != names[0]:
+            cmp = stats.compare(ref, vals)
+            out[arm].update({k: cmp[k] for k in COMPARED})
+    return out if len(out) >= 2 else None
+
+
+def metrics(runs, source, names=None):
+    """Per metric, per arm (the reference first): median, n, spread between and within
+    boots; the other arms also ratio to the reference, 95% CI, Mann-Whitney p. A metric
+    needs at least 2 values in the reference and in another arm; DataError (naming
+    ``source``) when none has: there is nothing to compare."""
+    names = names or arm_names(runs)
+    boot_ids = boots(runs)
+    out = {}
+    for name in ["workload_score"] + sorted({k for r in runs for k in r.get("metrics", {})}):
+        entry = _metric(runs, name, names, boot_ids) if len(names) >= 2 else None
+        if entry:
+            out[name] = entry
     if not out:
-        a, b = (", ".join(map(printable, _measured(runs, arm)[:3])) or "none"
-                for arm in ("a", "b"))
-        raise DataError(str(source), "no metric has at least 2 values in both arms, "
-                                     f"nothing to compare (A: {a}; B: {b})")
+        seen = "; ".join(f"{arm}: " + (", ".join(map(printable, _measured(runs, arm)[:3]))
+                                       or "none") for arm in names)
+        which = "both arms" if len(names) == 2 else "the reference and another arm"
+        raise DataError(str(source), f"no metric has at least 2 values in {which}, "
+                                     f"nothing to compare ({seen})")
     return out
 
 
@@ -102,45 +146,58 @@ def matrices(runs):
     return out
 
 
-def plot(mets, mats, path, title):
-    """Ratios with their intervals, and each arm's migration matrix as a heatmap."""
+def plot(runs, mets, names, mats, path, title):
+    """One panel per primary metric with every arm's runs (the reference first, a
+    colour per boot, a bar at each median), then each arm's migration matrix."""
     import matplotlib  # noqa: PLC0415 - heavy, only for --plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    names = [n for n in PRIMARY if n in mets and mets[n]["ratio"] is not None]
-    fig = plt.figure(figsize=(11, 6))
-    ax = fig.add_subplot(1, 2, 1) if mats else fig.add_subplot(1, 1, 1)
-    ys = range(len(names))
-    ratios = [mets[n]["ratio"] for n in names]
-    lo = [r - (mets[n]["ci95"] or [r, r])[0] for n, r in zip(names, ratios)]
-    hi = [(mets[n]["ci95"] or [r, r])[1] - r for n, r in zip(names, ratios)]
-    ax.errorbar(ratios, list(ys), xerr=[lo, hi], fmt="o", capsize=4)
-    ax.axvline(1.0, color="grey", linestyle="--")
-    ax.set_xscale("symlog", linthresh=0.1)  # ratios span 0 to >10; 0 stays visible
-    ax.set_xlim(left=-0.02)
-    ax.set_yticks(list(ys), names)
-    ax.set_xlabel("B median / A median (95% bootstrap CI, symlog)")
-    ax.set_title(title)
-    for i, arm in enumerate(sorted(mats)):
-        mx = mats[arm]
-        hx = fig.add_subplot(2, 2, 2 + 2 * i)
-        im = hx.imshow(mx, cmap="viridis")
-        labels = [f"node{n}" for n in range(len(mx))]
-        hx.set_xticks(range(len(mx)), labels)
-        hx.set_yticks(range(len(mx)), labels)
-        hx.set_xlabel("to")
-        hx.set_ylabel("from")
-        for s_, row in enumerate(mx):
-            for d, v in enumerate(row):
-                hx.text(d, s_, str(v), ha="center", va="center", color="white")
-        hx.set_title(f"arm {arm}: migrations, all runs")
-        fig.colorbar(im, ax=hx)
+    panels = [n for n in PRIMARY if n in mets]
+    cols = min(4, max(len(panels), len(mats), 1))
+    rows_m, rows_h = -(-len(panels) // cols), -(-len(mats) // cols)
+    fig = plt.figure(figsize=(3.6 * cols, 3.2 * (rows_m + rows_h) + 0.6))
+    fig.suptitle(f"{title}: runs per arm, colour = boot")
+    for i, metric in enumerate(panels):
+        _runs_panel(fig.add_subplot(rows_m + rows_h, cols, i + 1), runs, metric,
+                    names, mets[metric])
+    for i, arm in enumerate(a for a in names if a in mats):
+        _matrix_panel(fig, fig.add_subplot(rows_m + rows_h, cols, rows_m * cols + i + 1),
+                      arm, mats[arm])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _runs_panel(ax, runs, metric, names, entry):
+    colours = "tab:blue tab:orange tab:green tab:red tab:purple tab:brown".split()
+    shown = [a for a in names if a in entry]
+    for x, arm in enumerate(shown):
+        for k, boot in enumerate(boots(runs)):
+            ys = values(runs, arm, metric, boot)
+            xs = [x + 0.25 * ((j % 5) / 4 - 0.5) for j in range(len(ys))]
+            ax.scatter(xs, ys, s=14, color=colours[k % len(colours)], alpha=0.8)
+        ax.hlines(entry[arm]["median"], x - 0.3, x + 0.3, color="black")
+    ax.set_xticks(range(len(shown)), [arm if i == 0 or entry[arm]["ratio"] is None
+                                      else f"{arm}\n{entry[arm]['ratio']:.3g}x"
+                                      for i, arm in enumerate(shown)])
+    ax.set_title(metric, fontsize=9)
+
+
+def _matrix_panel(fig, hx, arm, mx):
+    im = hx.imshow(mx, cmap="viridis")
+    labels = [f"node{n}" for n in range(len(mx))]
+    hx.set_xticks(range(len(mx)), labels)
+    hx.set_yticks(range(len(mx)), labels)
+    hx.set_xlabel("to")
+    hx.set_ylabel("from")
+    for s_, row in enumerate(mx):
+        for d, v in enumerate(row):
+            hx.text(d, s_, str(v), ha="center", va="center", color="white")
+    hx.set_title(f"arm {arm}: migrations, all runs", fontsize=9)
+    fig.colorbar(im, ax=hx)
 
 
 def recording_files(path):

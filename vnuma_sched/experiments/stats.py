@@ -96,3 +96,25 @@ def compare(a, b, level=0.95):
     return {"a_median": median(a), "b_median": median(b), "ratio": r,
             "ci95": list(ci) if ci else None, "p": p, "u": u, "n": [len(a), len(b)],
             "inconclusive": noisy}
+
+
+def iqr(xs):
+    """Interquartile range (inclusive quartiles); None for fewer than 2 values."""
+    if len(xs) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q3 - q1
+
+
+def spread(groups):
+    """One arm's values grouped by boot: the pooled median and count, each boot's
+    median, the spread between boots (IQR of the per-boot medians) and within a boot
+    (median of the per-boot IQRs), and whether the first is the larger."""
+    groups = [g for g in groups if g]
+    meds = [median(g) for g in groups]
+    inside = [iqr(g) for g in groups if len(g) >= 2]
+    between, within = iqr(meds), (median(inside) if inside else None)
+    return {"median": median([v for g in groups for v in g]),
+            "n": sum(map(len, groups)), "boot_medians": meds,
+            "between_boots_iqr": between, "within_boot_iqr": within,
+            "boots_dominate": None if between is None or within is None else between > within}
