@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import tunables_trees
 from helpers import CACHE, DATA, REPO
 from hypothesis import settings
 
@@ -153,15 +154,17 @@ def guest_build(tree_612, repo_fragment):
     return out
 
 
-def _patched(tree, series_version):
+def _patched(tree, series_version, debug=True):
     """A worktree of the fetched tree with the series applied (reused between runs), on
     a branch of its own so that 'vnuma-sched pipeline' (make demo) never finds its
-    branch held by this worktree."""
+    branch held by this worktree. With ``debug`` (the trees built with
+    series-test.config) the debug series goes on top, in a worktree and on a branch
+    of their own ("-debug")."""
 
-    series = P.load_series(series_version)
-    work = CACHE / "series-test" / series_version / "linux"
+    series = P.load_series(series_version, debug=debug)
+    work = CACHE / "series-test" / series.name / "linux"
     return P.series_worktree(tree, series, work, Runner(), print,
-                             branch=f"vnuma-series-test-{series_version}"), series
+                             branch=f"vnuma-series-test-{series.name}"), series
 
 
 @pytest.fixture(scope="session")
@@ -175,13 +178,26 @@ def patched_61(tree_61):
 
 
 @pytest.fixture(scope="session")
-def patched_build_612(patched_612, repo_fragment):
-    """The patched 6.12 guest with the emulation test aid and lockdep."""
+def patched_main_612(tree_612):
+    """The 6.12 series alone (what 'patches apply' and bisect's --carry-patches apply)."""
+    return _patched(tree_612, "6.12", debug=False)
 
-    tree, _ = patched_612
+
+@pytest.fixture(scope="session")
+def patched_build_612(patched_612, repo_fragment):
+    """The patched 6.12 guest with the debug series' emulation test aid and lockdep."""
+
+    tree, series = patched_612
     frags = [repo_fragment, repo_fragment.parent / "series-test.config",
              repo_fragment.parent / "debug.config"]
-    out = CACHE / "builds" / "series-test-6.12"
+    out = CACHE / "builds" / f"series-test-{series.name}"
     kbuild.build(kbuild.BuildRequest(tree, out, frags, jobs=os.cpu_count() or 2), Runner(),
                  print)
     return out
+
+
+@pytest.fixture
+def kernel_features(monkeypatch):
+    """Writes to a fixture tree's sched features file act as the kernel's (one feature
+    each, the others kept)."""
+    tunables_trees.emulate_features(monkeypatch.setattr)

@@ -26,9 +26,9 @@ def parse(spec, name="a"):
 
 
 def test_arm_kinds():
-    arm = parse("kernel.sched_numa_idle_damp=3 /sys/module/haltpoll/parameters/"
+    arm = parse("kernel.numa_balancing=3 /sys/module/haltpoll/parameters/"
                 "guest_halt_poll_ns=0, nopvspin relax_domain_level=4 mitigations=off")
-    assert arm.knobs == {"kernel.sched_numa_idle_damp": "3"}
+    assert arm.knobs == {"kernel.numa_balancing": "3"}
     assert arm.paths == {"/sys/module/haltpoll/parameters/guest_halt_poll_ns": "0"}
     assert arm.boot == ["nopvspin", "relax_domain_level=4", "mitigations=off"]
 
@@ -40,7 +40,7 @@ def test_arm_profile_expands_runtime_and_boot():
 
 
 @pytest.mark.parametrize("spec,needle", [
-    ("kernel.sched_numa_idle_damp=9", "outside 0..3"),
+    ("kernel.numa_balancing=9", "outside 0..3"),
     ("/etc/passwd=1", "only /proc/sys/ and /sys/module/"),
     ("/proc/sys/../../etc/x=1", "only /proc/sys/"),
     ("no-such-profile", "profile 'no-such-profile' not found"),
@@ -53,7 +53,7 @@ def test_bad_arms(spec, needle):
 
 
 def test_boot_per_run_only_when_boot_params_differ():
-    same = parse("kernel.sched_numa_idle_damp=0"), parse("kernel.sched_numa_idle_damp=3", "b")
+    same = parse("kernel.numa_balancing=0"), parse("kernel.numa_balancing=3", "b")
     assert not arms.needs_boot_per_run(*same)
     assert arms.needs_boot_per_run(parse("nopvspin"), parse("kernel.numa_balancing=0", "b"))
     assert arms.needs_boot_per_run(*same, parse("nopvspin kernel.numa_balancing=0", "c"))

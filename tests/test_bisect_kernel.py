@@ -9,9 +9,12 @@ pytestmark = pytest.mark.kernel
 
 
 def test_carried_series_gives_the_patched_tree_and_leaves_the_user_tree(tree_612,
-                                                                       patched_612, tmp_path):
+                                                                       patched_main_612,
+                                                                       tmp_path):
+    """--carry-patches carries the series alone, never the debug series."""
     runner = Runner()
-    work, series = patched_612
+    work, series = patched_main_612
+    assert not series.debug
     base = runner.output(["git", "rev-parse", "vnuma-base"], cwd=tree_612)
     head_before = runner.output(["git", "rev-parse", "HEAD"], cwd=tree_612)
     src = tmp_path / "src"

@@ -117,21 +117,51 @@ def test_lockdown_unknown_without_securityfs(tree):
     assert c["lockdown"].status == "ok" and c["lockdown"].detail.startswith("none")
 
 
+HINT = "/sys/module/kvm_guest/parameters/idle_halt_hint"
+FEATURES = "/sys/kernel/debug/sched/features"
+
+
 def test_patched_kernel_gates(tree):
-    for p in ("/proc/sys/kernel/sched_numa_idle_damp", "/proc/sys/kernel/sched_numa_newidle_min_ns",
-              "/proc/sys/kernel/sched_steal_idle_nocap",
-              "/sys/module/kvm_guest/parameters/idle_halt_hint"):
-        write(tree, p, "0\n")
+    write(tree, HINT, "auto\n")
+    write(tree, FEATURES, "WA_IDLE NO_NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV\n")
     c = checks_for(tree)
-    assert c["vnuma_patches"].status == "ok"
+    assert c["vnuma_patches"].status == "ok" and "not checked" not in c["vnuma_patches"].detail
     v = verdict(list(c.values()))
-    assert "kvm_guest.idle_halt_hint (this kernel is patched)" in v[0]["mitigations"]
+    assert "kvm_guest.idle_halt_hint=auto|on (this kernel is patched)" in v[0]["mitigations"]
+    assert ("sched features NUMA_NEWIDLE_DAMP, NUMA_WAKE_PREV (this kernel is patched)"
+            in v[1]["mitigations"])
 
 
-def test_partly_patched(tree):
-    write(tree, "/proc/sys/kernel/sched_numa_idle_damp", "3\n")
+def test_patched_kernel_seen_by_its_parameter_when_debugfs_is_unreadable(tree):
+    write(tree, HINT, "auto\n")
     c = checks_for(tree)
-    assert c["vnuma_patches"].status == "warn" and "idle_halt_hint" in c["vnuma_patches"].detail
+    patches = c["vnuma_patches"]
+    assert patches.status == "ok" and patches.data["gates"] == ["kvm_guest.idle_halt_hint"]
+    assert ("feature.NUMA_NEWIDLE_DAMP, feature.NUMA_WAKE_PREV not checked: "
+            "/sys/kernel/debug/sched/features not readable") in patches.detail
+    v = verdict(list(c.values()))
+    assert v[1]["mitigations"][0].endswith(
+        "(this kernel is patched; its sched features cannot be read here)")
+
+
+def test_patched_kernel_seen_by_its_features(tree):
+    write(tree, FEATURES, "WA_IDLE NO_NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV\n")
+    c = checks_for(tree)           # no kvm_guest parameter (say CONFIG_KVM_GUEST=n)
+    assert c["vnuma_patches"].status == "warn"
+    assert c["vnuma_patches"].detail == "partly patched, missing: kvm_guest.idle_halt_hint"
+    v = verdict(list(c.values()))
+    assert v[0]["mitigations"][0] == ("guest patch: kvm_guest.idle_halt_hint=auto|on "
+                                      "(vnuma-sched patches)")
+    assert v[1]["mitigations"][0].endswith("(this kernel is patched)")
+
+
+def test_unpatched_kernel_with_readable_features(tree):
+    write(tree, FEATURES, "WA_IDLE NO_NEXT_BUDDY\n")
+    c = checks_for(tree)
+    assert c["vnuma_patches"].status == "missing"
+    assert "not checked" not in c["vnuma_patches"].detail
+    v = verdict(list(c.values()))
+    assert v[1]["mitigations"][0].startswith("guest patch: sched features NUMA_NEWIDLE_DAMP")
 
 
 def test_kprobes_from_tracefs_and_mounts(tree):

@@ -142,27 +142,60 @@ def test_kprobes_evidence_reads_symbols_only_when_needed(tree):
     assert asked == []
 
 
+GATES = ("kvm_guest.idle_halt_hint", "feature.NUMA_NEWIDLE_DAMP", "feature.NUMA_WAKE_PREV")
+
+
+def test_patch_gates_are_the_series_switches():
+    assert tuple(facts.PATCH_GATES) == GATES
+
+
 def test_patch_gates_unpatched(guest):
     assert facts.patch_gates_present(guest) == []
     assert facts.patch_gate_values(guest) == {g: None for g in facts.PATCH_GATES}
+    # no debugfs in the recording: the features can be neither seen nor ruled out
+    assert facts.patch_gate_states(guest) == dict(zip(GATES, (False, None, None)))
 
 
-def test_patch_gates_partly_patched(tree):
-    write(tree, facts.PATCH_GATES["kernel.sched_numa_idle_damp"], "3\n")
-    write(tree, facts.PATCH_GATES["kvm_guest.idle_halt_hint"], "auto\n")
+def test_patch_gates_from_the_parameter_and_the_features(tree):
     root = SysRoot(tree)
-    assert facts.patch_gates_present(root) == ["kernel.sched_numa_idle_damp",
-                                               "kvm_guest.idle_halt_hint"]
-    values = facts.patch_gate_values(root)
-    assert values["kernel.sched_numa_idle_damp"] == "3"
-    assert values["kvm_guest.idle_halt_hint"] == "auto"
-    assert values["kernel.sched_steal_idle_nocap"] is None
+    write(tree, facts.PATCH_GATES["kvm_guest.idle_halt_hint"], "auto\n")
+    assert facts.patch_gates_present(root) == ["kvm_guest.idle_halt_hint"]
+    assert facts.patch_gate_states(root) == dict(zip(GATES, (True, None, None)))
+    write(tree, facts.SCHED_FEATURES, "WA_IDLE NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV\n")
+    assert facts.patch_gates_present(root) == list(GATES)
+    assert facts.patch_gate_values(root) == dict(zip(GATES, ("auto", "1", "0")))
+
+
+def test_patch_gates_of_a_kernel_with_features_but_without_the_series(tree):
+    write(tree, facts.SCHED_FEATURES, "WA_IDLE NO_NEXT_BUDDY NUMA_NEWIDLE\n")
+    root = SysRoot(tree)
+    assert facts.patch_gate_states(root) == dict(zip(GATES, (False, False, False)))
+    assert facts.patch_gate_values(root) == {g: None for g in GATES}
+
+
+def test_no_features_file_with_debugfs_mounted_means_no_features(tree):
+    (tree / "sys/kernel/debug/sched").mkdir(parents=True)
+    root = SysRoot(tree)
+    assert facts.patch_gate_states(root)["feature.NUMA_NEWIDLE_DAMP"] is None
+    mounts = (tree / "proc/mounts").read_text()
+    write(tree, facts.MOUNTS, mounts + "debugfs /sys/kernel/debug debugfs rw 0 0\n")
+    assert facts.patch_gate_states(root)["feature.NUMA_NEWIDLE_DAMP"] is False
+
+
+@pytest.mark.parametrize("name,state", [("WA_IDLE", "1"), ("NEXT_BUDDY", "0"),
+                                        ("IDLE", None), ("NUMA", None), ("NO_WA_IDLE", None)])
+def test_feature_state(name, state):
+    assert facts.feature_state("WA_IDLE NO_NEXT_BUDDY NUMA_X\n", name) == state
 
 
 def test_knob_registry_takes_gate_paths_from_facts():
     for gate, path in facts.PATCH_GATES.items():
-        assert REGISTRY[gate].patch_gate
-        assert REGISTRY[gate].paths == ((None, None, path),)
+        knob = REGISTRY[gate]
+        assert knob.patch_gate
+        if gate.startswith(facts.FEATURE_GATE):     # a feature: the file of this kernel
+            assert knob.kind == "feature" and ((5, 13), None, path) in knob.paths
+        else:
+            assert knob.paths == ((None, None, path),)
 
 
 def test_kernel_facts_reads_once_and_lazily(tmp_path):

@@ -18,6 +18,16 @@ from helpers import FAKE_KERNEL, REPO, git
 from vnuma_sched.kernel import patches as P
 
 SHIPPED = ("bpf", "kconfig", "patches")
+# A made-up version folder with every part of a series' layout, added to the copy the
+# wheel is built from: the package_data globs must ship all of it, whatever the real
+# series hold today (notes.txt is no part of a series and stays out).
+PROBE = "patches/0.0-layout-probe"
+PROBE_FILES = {f"{PROBE}/series": "0001-a.patch\n",
+               f"{PROBE}/0000-cover-letter.patch": "Subject: [PATCH 0/1] probe\n",
+               f"{PROBE}/0001-a.patch": "Subject: [PATCH 1/1] a\n",
+               f"{PROBE}/debug/series": "0001-b.patch\n",
+               f"{PROBE}/debug/0001-b.patch": "Subject: [PATCH] b\n"}
+UNSHIPPED = f"{PROBE}/notes.txt"
 # Variables that would let the new venv see this checkout or its venv instead.
 _LEAKY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "VNUMA_SCHED_ROOT")
 
@@ -52,6 +62,9 @@ def venv(tmp_path_factory):
     for name in source_files():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
+    for name, text in {**PROBE_FILES, UNSHIPPED: "x\n"}.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "wheels", src],
         cwd=tmp)
     wheel, = (tmp / "wheels").glob("vnuma_sched-*.whl")
@@ -80,7 +93,7 @@ def test_installed_package_ships_its_data(venv, tmp_path):
     for key, path in paths.items():  # the venv's copy, not this checkout's
         assert path.is_relative_to(venv) and path.exists(), (key, path)
     assert paths["fragment"].is_file()
-    files = source_files()
+    files = [*source_files(), *PROBE_FILES]
     for name in SHIPPED:  # every file of bpf/, kconfig/, patches/ is in the wheel
         expected = sorted(f[len(name) + 1:] for f in files if f.startswith(name + "/"))
         shipped = sorted(str(p.relative_to(paths[name])) for p in paths[name].rglob("*")
@@ -88,10 +101,20 @@ def test_installed_package_ships_its_data(venv, tmp_path):
         assert shipped == expected, name
 
 
+def test_the_wheel_ships_cover_letters_and_debug_series(venv, tmp_path):
+    code = "from vnuma_sched import resources as r; print(r.patches_dir())"
+    patches = Path(run([venv / "bin" / "python", "-c", code], cwd=tmp_path).strip())
+    for name in PROBE_FILES:
+        assert (patches.parent / name).is_file(), name
+    assert not (patches.parent / UNSHIPPED).exists()
+
+
 def test_patches_list_shows_the_shipped_series(venv, tmp_path):
     out = vnuma(venv, tmp_path, "patches", "list")
-    for series in P.all_series(REPO / "patches"):
+    for series in P.all_series(REPO / "patches", debug=True):
         assert f"Series {series.version} (base {series.base_commit[:12]})" in out
+        if series.cover:
+            assert f"Cover letter: {P.subject(series.cover, prefix=True)}" in out
         for patch in series.patches:
             assert patch.subject in out, patch.filename
 

@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import pytest
 from click.testing import CliRunner
 from helpers import GIT_ENV, git, write
 
+from vnuma_sched.cli import kernel as kernel_cli
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, Interrupted
 from vnuma_sched.kernel import patches as P
 from vnuma_sched.kernel import pipeline
 from vnuma_sched.runner import Runner
+from vnuma_sched.system import facts
+from vnuma_sched.tunables.knobs import REGISTRY
 
 
 @pytest.fixture
@@ -28,7 +32,8 @@ def repo_and_series(tmp_path):
 
 def make_repo_and_series(tmp_path):
     """A repo at its base commit (tagged vnuma-base), and a 3-patch 6.12 series
-    under tmp_path/patches made from it."""
+    under tmp_path/patches made from it, laid out as the shipped ones: a cover letter
+    beside the series, and a one-patch debug series in debug/."""
     repo = tmp_path / "linux"
     repo.mkdir()
     git(repo, "init", "-q")
@@ -48,10 +53,15 @@ def make_repo_and_series(tmp_path):
         git(repo, "commit", "-q", "-am", subject)
     pdir = tmp_path / "patches" / "6.12"
     pdir.mkdir(parents=True)
-    git(repo, "format-patch", "-q", "-o", str(pdir), base)
-    names = sorted(p.name for p in pdir.glob("*.patch"))
+    git(repo, "format-patch", "-q", "--cover-letter", "-o", str(pdir), base)
+    names = sorted(p.name for p in pdir.glob("*.patch") if p.name != P.COVER_LETTER)
     (pdir / "series").write_text(f"# base-commit: {base}\n" + "".join(
         f"{n}  # problem=2 gates=kernel.x\n" for n in names))
+    write(repo, "kvm.c", "int a;\nint b2;\nint c;\nint debug;\n")
+    git(repo, "commit", "-q", "-am", "x86/debug: four")
+    git(repo, "format-patch", "-q", "-o", str(pdir / "debug"), "HEAD~1")
+    (pdir / "debug" / "series").write_text(
+        "0001-x86-debug-four.patch  # problem=1-debug gates=vnuma_debug.x\n")
     git(repo, "reset", "-q", "--hard", base)
     git(repo, "tag", "vnuma-base")
     return repo, P.load_series("6.12", tmp_path / "patches")
@@ -61,11 +71,63 @@ def states(statuses):
     return [s.state for s in statuses]
 
 
-def test_series_model(repo_and_series):
+MAIN_SUBJECTS = ["x86/kvm: one", "sched/fair: two", "sched/fair: three"]
+
+
+def test_series_model(repo_and_series, tmp_path):
     _, series = repo_and_series
-    assert [p.subject for p in series.patches] == ["x86/kvm: one", "sched/fair: two",
-                                                    "sched/fair: three"]
+    assert [p.subject for p in series.patches] == MAIN_SUBJECTS
     assert series.patches[0].gates == ("kernel.x",) and len(series.base_commit) == 40
+    assert not series.debug and not any(p.debug for p in series.patches)
+    assert series.name == "6.12" and P.series_branch(series) == "vnuma-series-6.12"
+    assert series.cover == tmp_path / "patches" / "6.12" / P.COVER_LETTER
+    assert P.subject(series.cover, prefix=True).startswith("[PATCH 0/3] ")
+
+
+def test_debug_series_follows_the_main_series(repo_and_series, tmp_path):
+    series = P.load_series("6.12", tmp_path / "patches", debug=True)
+    assert [p.subject for p in series.patches] == [*MAIN_SUBJECTS, "x86/debug: four"]
+    assert [p.number for p in series.patches] == [1, 2, 3, 4]
+    assert [p.debug for p in series.patches] == [False, False, False, True]
+    debug = series.patches[3]
+    assert debug.filename == "debug/0001-x86-debug-four.patch"
+    assert debug.path == tmp_path / "patches" / "6.12" / "debug" / "0001-x86-debug-four.patch"
+    assert (debug.problem, debug.gates) == ("1-debug", ("vnuma_debug.x",))
+    assert debug.to_dict()["debug"] is True and series.patches[0].to_dict()["debug"] is False
+    assert series.debug and series.name == "6.12-debug"
+    assert P.series_branch(series) == "vnuma-series-6.12-debug"
+    assert series.cover == repo_and_series[1].cover     # the cover letter is the series'
+    assert P.has_debug("6.12", tmp_path / "patches")
+
+
+def test_the_cover_letter_and_a_missing_debug_series(repo_and_series, tmp_path):
+    pdir = tmp_path / "patches" / "6.12"
+    (pdir / P.COVER_LETTER).unlink()
+    shutil.rmtree(pdir / "debug")
+    assert P.load_series("6.12", tmp_path / "patches").cover is None
+    assert not P.has_debug("6.12", tmp_path / "patches")
+    with pytest.raises(BadInput, match="no debug series for 6.12"):
+        P.load_series("6.12", tmp_path / "patches", debug=True)
+    [only] = P.all_series(tmp_path / "patches", debug=True)   # listed without one
+    assert len(only) == 3 and not only.debug
+
+
+def test_a_series_that_lists_its_cover_letter_is_refused(repo_and_series, tmp_path):
+    series_file = tmp_path / "patches" / "6.12" / "series"
+    series_file.write_text(f"{P.COVER_LETTER}\n" + series_file.read_text())
+    with pytest.raises(BadInput, match="series:1: 0000-cover-letter.patch: the cover letter"):
+        P.load_series("6.12", tmp_path / "patches")
+
+
+def test_check_and_apply_the_debug_series_on_top(repo_and_series, tmp_path):
+    repo, _ = repo_and_series
+    series = P.load_series("6.12", tmp_path / "patches", debug=True)
+    assert states(P.check(repo, series, Runner())) == [P.CLEAN] * 4
+    base = git(repo, "rev-parse", "HEAD")
+    P.apply(repo, series, "vnuma-test", Runner(), lambda m: None)
+    assert git(repo, "log", "--format=%s", f"{base}..HEAD").splitlines() == [
+        "x86/debug: four", *MAIN_SUBJECTS[::-1]]
+    assert states(P.check(repo, series, Runner())) == [P.APPLIED] * 4
 
 
 def test_check_clean_never_touches_tree(repo_and_series):
@@ -168,18 +230,39 @@ def test_unknown_version():
         P.load_series("5.15")
 
 
+SHIPPED = [  # (file, problem, gates), main series then debug series
+    ("0001-x86-kvm-Report-vCPUs-halted-in-idle-as-not-preempted.patch", "1",
+     ("kvm_guest.idle_halt_hint",)),
+    ("0002-sched-fair-Damp-newidle-balancing-across-NUMA-nodes.patch", "2",
+     ("feature.NUMA_NEWIDLE_DAMP",)),
+    ("0003-sched-fair-Keep-wake_affine-on-the-wakee-s-node.patch", "2",
+     ("feature.NUMA_WAKE_PREV",)),
+    ("debug/0001-x86-debug-Emulate-a-host-that-reports-halted-vCPUs-a.patch", "1-debug",
+     ("vnuma_debug.emulate_halt_preempted",)),
+]
+
+
 @pytest.mark.parametrize("version", ["6.12", "6.1"])
-def test_shipped_series_is_complete(version):
-    series = P.load_series(version)
-    listed = {p.filename for p in series.patches}
-    on_disk = {p.name for p in (P.default_dir() / version).glob("*.patch")}
-    assert listed == on_disk and len(series) == 7
+def test_shipped_series_layout(version):
+    """Three postable patches, a cover letter beside them, one debug patch in debug/;
+    their gates are the switches facts and the knob registry know."""
+    vdir = P.default_dir() / version
+    series = P.load_series(version, debug=True)
+    assert [(p.filename, p.problem, p.gates) for p in series.patches] == SHIPPED
+    assert [p.debug for p in series.patches] == [False, False, False, True]
+    assert len(P.load_series(version)) == 3
+    assert {p.name for p in vdir.glob("*.patch")} == \
+        {f for f, _, _ in SHIPPED[:3]} | {P.COVER_LETTER}
+    assert {f"debug/{p.name}" for p in (vdir / "debug").glob("*.patch")} == {SHIPPED[3][0]}
+    assert series.cover == vdir / P.COVER_LETTER
+    assert P.subject(series.cover, prefix=True).startswith("[PATCH 0/3] ")
+    assert {g for p in series.patches[:3] for g in p.gates} == set(facts.PATCH_GATES)
+    assert all(REGISTRY[g].patch_gate for p in series.patches for g in p.gates)
     assert len(series.base_commit) == 40
-    assert all(p.problem in P.PROBLEMS for p in series.patches)
-    assert series.patches[0].gates == ("kvm_guest.idle_halt_hint",)
+    assert any(f"base-commit: {series.base_commit}" in text for text in
+               (series.cover.read_text(), series.patches[0].path.read_text()))
     for p in series.patches:
-        assert "\nSigned-off-by: " in p.path.read_text()
-    assert f"base-commit: {series.base_commit}" in series.patches[0].path.read_text()
+        assert "\nSigned-off-by: " in p.path.read_text(), p.filename
 
 
 def test_check_whole_series_applied_even_when_later_patches_change_context(repo_and_series):
@@ -354,6 +437,60 @@ def new_file_series(tmp_path):
     return repo, P.load_series("6.12", tmp_path / "patches")
 
 
+def test_list_shows_cover_letter_series_and_debug_series(repo_and_series, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setattr(P, "default_dir", lambda: tmp_path / "patches")
+    res = CliRunner().invoke(main, ["patches", "list", "--version", "6.12"])
+    assert res.exit_code == 0, res.output
+    text = res.output
+    assert "Cover letter: [PATCH 0/3] " in text
+    main_at, debug_at = text.index("Series 6.12 (base "), text.index("Debug series 6.12")
+    assert main_at < text.index("sched/fair: three") < debug_at < text.index("x86/debug: four")
+    doc = json.loads(CliRunner().invoke(main, ["--json", "patches", "list"]).output)
+    [s612] = doc["series"]
+    assert s612["cover"] == str(tmp_path / "patches" / "6.12" / P.COVER_LETTER)
+    assert s612["cover_subject"].startswith("[PATCH 0/3] ")
+    assert [(p["file"], p["debug"]) for p in s612["patches"]][2:] == [
+        ("0003-sched-fair-three.patch", False), ("debug/0001-x86-debug-four.patch", True)]
+
+
+def test_check_and_apply_take_the_debug_series_only_when_asked(repo_and_series, tmp_path,
+                                                               monkeypatch):
+    repo, _ = repo_and_series
+    kernel_makefile(repo)
+    monkeypatch.setattr(P, "default_dir", lambda: tmp_path / "patches")
+    doc = json.loads(CliRunner().invoke(
+        main, ["--json", "patches", "check", "--tree", str(repo)]).output)
+    assert [p["file"] for p in doc["patches"]][-1] == "0003-sched-fair-three.patch"
+    assert doc["debug"] is False
+    doc = json.loads(CliRunner().invoke(
+        main, ["--json", "patches", "check", "--tree", str(repo), "--debug"]).output)
+    assert [p["file"] for p in doc["patches"]][-1] == "debug/0001-x86-debug-four.patch"
+    assert doc["debug"] is True and {p["status"] for p in doc["patches"]} == {P.CLEAN}
+    res = CliRunner().invoke(main, ["patches", "apply", "--tree", str(repo), "--branch", "t",
+                                    "--debug"])
+    assert res.exit_code == 0 and "and its debug series" in res.output
+    assert git(repo, "log", "--format=%s", "-1") == "x86/debug: four"
+
+
+def test_verify_takes_the_debug_series_by_default(repo_and_series, tmp_path, monkeypatch):
+    """The default fragments enable the debug option: verify wants main + debug, and
+    says so when the tree carries the main series alone."""
+    repo, _ = repo_and_series
+    kernel_makefile(repo)
+    monkeypatch.setattr(P, "default_dir", lambda: tmp_path / "patches")
+    P.apply(repo, P.load_series("6.12", tmp_path / "patches"), "main-only", Runner(),
+            lambda m: None)
+    res = CliRunner().invoke(main, ["patches", "verify", "--tree", str(repo), "--workdir",
+                                    str(tmp_path / "v")])
+    assert res.exit_code == 2, res.output
+    assert "does not end with the 6.12-debug series" in res.output
+    assert "is 'Makefile', expected 0001-x86-kvm-one.patch" in res.output
+    assert "--debug/--no-debug" in res.output and not (tmp_path / "v").exists()
+    help_text = CliRunner().invoke(main, ["patches", "verify", "--help"]).output
+    assert "--debug / --no-debug" in help_text and "series-test.config" in help_text
+
+
 def test_check_on_a_dirty_tree_says_so(repo_and_series, tmp_path, monkeypatch):
     repo, _ = repo_and_series
     kernel_makefile(repo)
@@ -424,6 +561,61 @@ def test_series_worktree_recreates_a_stale_one(repo_and_series, tmp_path):
     msgs = []
     assert carries(P.series_worktree(repo, series, dest, Runner(), msgs.append), base)
     assert any("stale" in m for m in msgs)
+
+
+def test_main_and_debug_worktrees_live_side_by_side(repo_and_series, tmp_path):
+    """The pipeline's worktree carries the debug series, on a branch and in a directory
+    of its own, next to one with the series alone; each is reused only as itself."""
+    repo, series = repo_and_series
+    base = git(repo, "rev-parse", "HEAD")
+    debug = P.load_series("6.12", tmp_path / "patches", debug=True)
+    cache = tmp_path / "cache"
+    work = pipeline.apply_step(repo, debug, cache, Runner(), print)
+    main_tree = P.series_worktree(repo, series, cache / "main", Runner(), print)
+    assert work == cache / "series" / "linux-6.12-debug"
+    assert git(work, "log", "--format=%s", f"{base}..HEAD").splitlines() == [
+        "x86/debug: four", *MAIN_SUBJECTS[::-1]]
+    assert carries(main_tree, base)
+    branches = git(repo, "branch", "--list", "--format=%(refname:short)").splitlines()
+    assert {"vnuma-series-6.12", "vnuma-series-6.12-debug"} <= set(branches)
+    msgs = []
+    assert pipeline.apply_step(repo, debug, cache, Runner(), msgs.append) == work
+    assert any("series already applied" in m for m in msgs)
+
+
+@pytest.mark.parametrize("first_debug", [True, False])
+def test_a_worktree_with_the_other_series_is_not_reused(repo_and_series, tmp_path,
+                                                        first_debug):
+    """All patches of the main series are applied in a main+debug tree too: reuse must
+    ask for exactly the series, or the main-only build would carry the debug patch."""
+    repo, series = repo_and_series
+    base = git(repo, "rev-parse", "HEAD")
+    debug = P.load_series("6.12", tmp_path / "patches", debug=True)
+    first, then = (debug, series) if first_debug else (series, debug)
+    dest = tmp_path / "cache" / "w"
+    P.series_worktree(repo, first, dest, Runner(), print, branch="first")
+    msgs = []
+    P.series_worktree(repo, then, dest, Runner(), msgs.append, branch="then")
+    assert any("stale, recreating" in m for m in msgs)
+    subjects = git(dest, "log", "--format=%s", f"{base}..HEAD").splitlines()
+    assert subjects[::-1] == [p.subject for p in then.patches]
+
+
+def test_pipeline_guest_command_prints_the_series_switches(tmp_path):
+    """The default guest command of 'pipeline' greps the module parameters and picks the
+    series' features (set or NO_) out of the features file."""
+    script = kernel_cli.gates_command()[2]
+    for gate, path in facts.PATCH_GATES.items():
+        if not gate.startswith(facts.FEATURE_GATE):
+            assert f"{os.path.dirname(path)}/*" in script
+    assert f"{facts.DEBUG_PARAMS_DIR}/*" in script
+    words = shlex.split(script)
+    assert words[-1] == facts.SCHED_FEATURES and words[-4:-2] == ["-Hwo", "-E"]
+    features = tmp_path / "features"
+    features.write_text("WA_IDLE NO_NUMA_NEWIDLE_DAMP NUMA_WAKE_PREV XNUMA_WAKE_PREV\n")
+    out = subprocess.run(["grep", *words[-4:-1], str(features)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == [f"{features}:NO_NUMA_NEWIDLE_DAMP", f"{features}:NUMA_WAKE_PREV"]
 
 
 def test_series_worktree_refuses_a_held_branch_without_the_series(repo_and_series, tmp_path):

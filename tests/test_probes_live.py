@@ -14,7 +14,7 @@ WORKLOAD = [sys.executable, str(Path(__file__).parent / "workloads" / "sleepwake
 
 
 # The functions that implement vcpu_is_preempted() in a guest the preempt probe can
-# hook: the series' emulation (patch 7) and KVM's steal-time one.
+# hook: the debug series' emulation and KVM's steal-time one.
 PREEMPTED_FNS = ("__vnuma_emul_vcpu_is_preempted", "__raw_callee_save___kvm_vcpu_is_preempted",
                  "__kvm_vcpu_is_preempted")
 

@@ -8,7 +8,7 @@ from vnuma_sched.errors import DataError
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.tunables import knobs
 
-KNOB = "kernel.sched_numa_newidle_min_ns"
+KNOB = "haltpoll.guest_halt_poll_allow_shrink"   # a long knob name
 PATH = "/sys/kernel/debug/sched/migration_cost_ns"
 REASON = ("debugfs is not mounted: mount -t debugfs nodev /sys/kernel/debug, "
           "then plan again to see the current value")

@@ -26,6 +26,10 @@ from vnuma_sched.tunables import engine, journal, levels
 from vnuma_sched.tunables import knobs as K
 from vnuma_sched.tunables import profile as P
 
+# the fixture trees' sched features file takes writes as the kernel's does
+pytestmark = pytest.mark.usefixtures("kernel_features")
+TESTS = Path(__file__).parent
+
 
 def tree(tmp_path, layout):
     return build(tmp_path / layout, layout)
@@ -40,6 +44,18 @@ def cli(root, *args, profiles=None):
     if profiles:
         argv += ["--profiles", str(profiles)]
     return CliRunner().invoke(main, argv + list(args))
+
+
+# The dedicated profile and a sysctl (the shipped profiles set none), so that --persist
+# also writes /etc/sysctl.d.
+PLUS = "[main]\ninclude = vnuma-guest-dedicated\n\n[sysctl]\nkernel.sched_schedstats = 1\n"
+
+
+def plus_dir(tmp_path):
+    pdir = tmp_path / "plus"
+    pdir.mkdir(exist_ok=True)
+    (pdir / "dedicated-plus.ini").write_text(PLUS)
+    return pdir
 
 
 @pytest.mark.parametrize("layout,knob,path", [
@@ -59,8 +75,8 @@ def test_paths_move_by_version(tmp_path, layout, knob, path):
 
 @pytest.mark.parametrize("layout,knob,reason", [
     ("6.12", "sched.latency_ns", "not in kernel 6.12"),
-    ("6.12", "kernel.sched_numa_idle_damp", "unpatched kernel"),
     ("6.12", "kvm_guest.idle_halt_hint", "unpatched kernel"),
+    ("6.12", "vnuma_debug.emulate_halt_preempted", "unpatched kernel"),
     ("6.12-lockdown", "sched.migration_cost_ns", "lockdown (integrity)"),
     ("6.12-lockdown", "domain.NUMA.max_newidle_lb_cost", "lockdown (integrity)"),
     ("6.12-nodebugfs", "feature.WA_IDLE", "debugfs not mounted"),
@@ -70,6 +86,38 @@ def test_unsupported_with_reason(tmp_path, layout, knob, reason):
     root = SysRoot(tree(tmp_path, layout))
     res = K.resolve(K.REGISTRY[knob], root, engine.kernel_version(root))
     assert res.paths == () and reason in res.reason
+
+
+SERIES_FEATURES = ("feature.NUMA_NEWIDLE_DAMP", "feature.NUMA_WAKE_PREV")
+
+
+@pytest.mark.parametrize("layout", ["5.4", "6.1", "6.12"])
+def test_series_features_are_unsupported_on_unpatched_kernels(tmp_path, layout):
+    p = prof("[features]\nNUMA_NEWIDLE_DAMP = 1\nNUMA_WAKE_PREV = 1\nWA_IDLE = 1\n"
+             "DELAY_DEQUEUE = 1\n")
+    rows = {r.knob: r for r in engine.plan(p, SysRoot(tree(tmp_path, layout)))}
+    for name in SERIES_FEATURES:
+        assert K.REGISTRY[name].patch_gate
+        assert (rows[name].action, rows[name].reason) == (
+            "unsupported", "feature not in this kernel: unpatched kernel (no vnuma_sched "
+                           "series)")
+    assert rows["feature.WA_IDLE"].action == "unchanged"
+    # a stock feature this kernel lacks is not blamed on the series
+    assert (rows["feature.DELAY_DEQUEUE"].action, rows["feature.DELAY_DEQUEUE"].reason) == (
+        "unsupported", "feature not in this kernel")
+    assert not K.REGISTRY["feature.DELAY_DEQUEUE"].patch_gate
+
+
+def test_series_features_on_a_patched_kernel(tmp_path):
+    root = tree(tmp_path, "6.12-patched")
+    p = prof("[features]\nNUMA_NEWIDLE_DAMP = 1\nNUMA_WAKE_PREV = 0\n")
+    rows = {r.knob: r for r in engine.plan(p, SysRoot(root))}
+    assert [(rows[n].current, rows[n].action) for n in SERIES_FEATURES] == [
+        ("0", "set"), ("0", "unchanged")]
+    engine.apply(list(rows.values()), SysRoot(root), p)
+    tokens = (root / "sys/kernel/debug/sched/features").read_text().split()
+    assert "NUMA_NEWIDLE_DAMP" in tokens and "NO_NUMA_WAKE_PREV" in tokens
+    assert "WA_IDLE" in tokens                 # the other features are still listed
 
 
 def test_domain_knob_addressed_by_name(tmp_path):
@@ -125,12 +173,19 @@ def test_shipped_profiles_load_and_include(tmp_path):
     names = set(P.available(dirs))
     assert {"vnuma-guest-dedicated", "vnuma-guest-shared", "upstream-defaults"} <= names
     ded = P.load("vnuma-guest-dedicated", dirs)
-    assert ded.settings["kernel.sched_numa_idle_damp"] == "3"
+    assert ded.settings["feature.NUMA_NEWIDLE_DAMP"] == "1"
+    assert ded.settings["kvm_guest.idle_halt_hint"] == "on"
     assert ded.settings["domain.NUMA.newidle_balance"] == "0"
     for name in names:  # no shipped profile relies on a value the kernel decays
         assert not [k for k in P.load(name, dirs).settings if K.REGISTRY[k].decays], name
-    assert ded.settings["kvm_guest.wait_poll_ns"] == "0"  # from upstream-defaults
-    assert ded.origin["kvm_guest.wait_poll_ns"].endswith("upstream-defaults.ini:20")
+    assert ded.settings["feature.NUMA_WAKE_PREV"] == "0"  # from upstream-defaults
+    assert ded.origin["feature.NUMA_WAKE_PREV"].endswith("upstream-defaults.ini:14")
+    shared = P.load("vnuma-guest-shared", dirs)
+    assert shared.settings["kvm_guest.idle_halt_hint"] == "off"
+    assert shared.settings["feature.NUMA_NEWIDLE_DAMP"] == "0"
+    upstream = P.load("upstream-defaults", dirs).settings
+    assert upstream["kvm_guest.idle_halt_hint"] == "auto"
+    assert {upstream[n] for n in SERIES_FEATURES} == {"0"}
 
 
 def test_include_loop(tmp_path):
@@ -147,7 +202,8 @@ def test_plan_on_patched_kernel(tmp_path):
     root = SysRoot(tree(tmp_path, "6.12-patched"))
     rows = {r.knob: r for r in engine.plan(P.load("vnuma-guest-dedicated", P.search_path()),
                                            root)}
-    assert rows["kernel.sched_numa_idle_damp"].action == "set"
+    assert rows["feature.NUMA_NEWIDLE_DAMP"].action == "set"
+    assert rows["feature.NUMA_WAKE_PREV"].action == "unchanged"
     assert rows["kvm_guest.idle_halt_hint"].current == "auto"
     assert rows["sched.migration_cost_ns"].action == "unchanged"
     relax = rows["domain.NUMA.newidle_balance"]
@@ -169,11 +225,12 @@ def test_apply_verify_revert_is_byte_identical(tmp_path):
     res = cli(root, "apply", "vnuma-guest-dedicated")
     assert res.exit_code == 0, res.output
     sysroot = SysRoot(root)
-    assert sysroot.read("/proc/sys/kernel/sched_numa_idle_damp") == "3"
+    assert "NUMA_NEWIDLE_DAMP" in sysroot.read("/sys/kernel/debug/sched/features").split()
     assert sysroot.read("/sys/module/kvm_guest/parameters/idle_halt_hint") == "on"
     ver = cli(root, "verify", "--json")
     statuses = {k["knob"]: k["status"] for k in json.loads(ver.output)["knobs"]}
-    assert statuses["kernel.sched_numa_idle_damp"] == "OK"
+    assert statuses["feature.NUMA_NEWIDLE_DAMP"] == "OK"
+    assert statuses["kvm_guest.idle_halt_hint"] == "OK"
     assert statuses["boot.cpuidle_haltpoll.force"] == "pending reboot"
     assert statuses["domain.NUMA.newidle_balance"] == "pending reboot"
     assert ver.exit_code == 0
@@ -214,7 +271,7 @@ def test_failed_write_restores_everything_written(tmp_path):
     root = tree(tmp_path, "6.12-patched")
     before = snapshot(root)
     p = P.load("vnuma-guest-dedicated", P.search_path())
-    failing = FailingRoot(root, fail_at=3)
+    failing = FailingRoot(root, fail_at=2)    # the feature written, then the module fails
     with pytest.raises(engine.ApplyError, match="every earlier write was restored"):
         engine.apply(engine.plan(p, failing), failing, p)
     assert snapshot(root) == before
@@ -225,10 +282,13 @@ def test_killed_between_writes_then_revert(tmp_path):
     root = tree(tmp_path, "6.12-patched")
     before = snapshot(root)
     code = f"""
-import os, signal
+import os, signal, sys
+sys.path.insert(0, {str(TESTS)!r})
+import tunables_trees
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.tunables import engine, profile as P
-p = P.load("vnuma-guest-dedicated", P.search_path())
+tunables_trees.emulate_features()
+p = P.load("dedicated-plus", [{str(plus_dir(tmp_path))!r}, *P.search_path()])
 r = SysRoot({str(root)!r})
 def between(n):
     if n == 3:
@@ -257,12 +317,12 @@ def test_second_apply_needs_replace(tmp_path):
 def test_persist_files_are_written_and_removed(tmp_path):
     root = tree(tmp_path, "6.12-patched")
     before = snapshot(root)
-    assert cli(root, "apply", "--persist", "--persist-boot",
-               "vnuma-guest-dedicated").exit_code == 0
+    assert cli(root, "apply", "--persist", "--persist-boot", "dedicated-plus",
+               profiles=plus_dir(tmp_path)).exit_code == 0
     sysctl = (root / "etc/sysctl.d/90-vnuma_sched.conf").read_text()
-    assert "kernel.sched_numa_idle_damp = 3" in sysctl
+    assert "kernel.sched_schedstats = 1" in sysctl
     modprobe = (root / "etc/modprobe.d/vnuma_sched.conf").read_text()
-    assert "options kvm_guest idle_halt_hint=on wait_poll_ns=0" in modprobe
+    assert "options kvm_guest idle_halt_hint=on\n" in modprobe
     grub = (root / "etc/default/grub.d/90-vnuma_sched.cfg").read_text()
     assert "relax_domain_level=4 cpuidle_haltpoll.force" in grub
     assert cli(root, "revert").exit_code == 0
@@ -277,7 +337,7 @@ def test_revert_without_journal(tmp_path):
 def test_bad_profile_changes_nothing(tmp_path):
     root = tree(tmp_path, "6.12-patched")
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "bad.ini").write_text("[sysctl]\nkernel.sched_numa_idle_damp = 3\n"
+    (tmp_path / "p" / "bad.ini").write_text("[sysctl]\nkernel.sched_schedstats = 1\n"
                                             "kernel.numa_balancing = 99\n")
     before = snapshot(root)
     res = cli(root, "apply", "bad", profiles=tmp_path / "p")
@@ -287,11 +347,14 @@ def test_bad_profile_changes_nothing(tmp_path):
 
 def test_export_tuned(tmp_path):
     root = tree(tmp_path, "6.12-patched")
-    res = cli(root, "export", "vnuma-guest-dedicated", "--out", str(tmp_path / "tuned"))
+    res = cli(root, "export", "dedicated-plus", "--out", str(tmp_path / "tuned"),
+              profiles=plus_dir(tmp_path))
     assert res.exit_code == 0
     conf = (tmp_path / "tuned" / "tuned.conf").read_text()
-    assert "[sysctl]\n" in conf and "kernel.sched_numa_idle_damp=3" in conf
+    assert "[sysctl]\n" in conf and "kernel.sched_schedstats=1" in conf
     assert "/sys/module/kvm_guest/parameters/idle_halt_hint=on" in conf
+    features = next(ln for ln in conf.splitlines() if "cannot express" in ln).split()
+    assert "NUMA_NEWIDLE_DAMP" in features and "NO_NUMA_WAKE_PREV" in features
     assert ("[bootloader]\ncmdline_vnuma_sched=relax_domain_level=4 cpuidle_haltpoll.force"
             in conf)
     assert "/proc/cmdline" not in conf
@@ -332,7 +395,7 @@ def test_plan_json(tmp_path):
     rows = {r["knob"]: r for r in json.loads(res.output)["plan"]}
     assert rows["sched.migration_cost_ns"]["path"] == [
         "/proc/sys/kernel/sched_migration_cost_ns"]
-    assert rows["kernel.sched_numa_idle_damp"]["action"] == "unsupported"
+    assert rows["feature.NUMA_NEWIDLE_DAMP"]["action"] == "unsupported"
 
 
 # --- bad input: one line, exit 2 naming file:line, nothing changed ---------------------
@@ -401,7 +464,7 @@ def test_user_with_home_root_is_warned_not_crashed(args):
     assert "internal error" not in res.stderr and "Traceback" not in res.stderr
     assert ("warning: skipping profile directory /root/.config/vnuma_sched/profiles: "
             "Permission denied") in res.stderr
-    assert ("vnuma-guest-dedicated" if args == ("list",) else "kernel.sched_numa_idle_damp") \
+    assert ("vnuma-guest-dedicated" if args == ("list",) else "feature.NUMA_NEWIDLE_DAMP") \
         in res.stdout
 
 
@@ -437,7 +500,7 @@ def test_sysroot_refuses_a_symlink_out_of_the_root(tmp_path):
     assert sr.read("/proc/sys/inside/sched_schedstats") == "0"
 
 
-@pytest.mark.parametrize("link", ["proc/sys/kernel/sched_numa_idle_damp", "sys/module"])
+@pytest.mark.parametrize("link", ["sys/kernel/debug/sched/features", "sys/module"])
 def test_symlinked_knob_never_writes_outside(tmp_path, link):
     root = tree(tmp_path, "6.12-patched")
     outside = tmp_path / "outside"
@@ -590,7 +653,7 @@ def test_verify_tells_drift_from_pending_and_not_applicable(tmp_path):
     root = tree(tmp_path, "6.12")
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "v.ini").write_text(
-        "[sysctl]\nkernel.numa_balancing = 0\nkernel.sched_numa_idle_damp = 3\n"
+        "[sysctl]\nkernel.numa_balancing = 0\n[features]\nNUMA_WAKE_PREV = 1\n"
         "[boot]\nnopvspin = 1\n")
     res = cli(root, "verify", "v", profiles=tmp_path / "p")
     assert res.exit_code == 1 and "DIFF" in res.output     # not applied: differs
@@ -598,7 +661,7 @@ def test_verify_tells_drift_from_pending_and_not_applicable(tmp_path):
     res = cli(root, "verify", "--json", profiles=tmp_path / "p")
     status = {k["knob"]: k["status"] for k in json.loads(res.output)["knobs"]}
     assert res.exit_code == 0 and status == {"kernel.numa_balancing": "OK",
-                                             "kernel.sched_numa_idle_damp": "not applicable here",
+                                             "feature.NUMA_WAKE_PREV": "not applicable here",
                                              "boot.nopvspin": "pending reboot"}
     (root / "proc/sys/kernel/numa_balancing").write_text("1\n")
     res = cli(root, "verify", profiles=tmp_path / "p")
@@ -670,8 +733,9 @@ def test_persist_restores_a_file_the_user_wrote(tmp_path):
     mine.write_bytes(b"# mine\nkernel.numa_balancing = 0\n\xff\n")
     mine.chmod(0o600)
     before = snapshot(root)
-    assert cli(root, "apply", "--persist", "vnuma-guest-dedicated").exit_code == 0
-    assert b"kernel.sched_numa_idle_damp = 3" in mine.read_bytes()
+    assert cli(root, "apply", "--persist", "dedicated-plus",
+               profiles=plus_dir(tmp_path)).exit_code == 0
+    assert b"kernel.sched_schedstats = 1" in mine.read_bytes()
     assert (root / JPATH).is_file()        # /var/lib: survives a reboot
     assert not (root / "run/vnuma_sched/journal.jsonl").exists()
     assert cli(root, "revert").exit_code == 0
@@ -703,9 +767,10 @@ def test_journal_of_an_earlier_boot(tmp_path):
     boot_id = root / "proc/sys/kernel/random/boot_id"
     boot_id.parent.mkdir(parents=True)
     boot_id.write_text("1111\n")
-    assert cli(root, "apply", "--persist", "vnuma-guest-dedicated").exit_code == 0
+    assert cli(root, "apply", "--persist", "dedicated-plus",
+               profiles=plus_dir(tmp_path)).exit_code == 0
     boot_id.write_text("2222\n")
-    (root / "proc/sys/kernel/sched_numa_idle_damp").write_text("0\n")    # reset by the boot
+    (root / "proc/sys/kernel/sched_schedstats").write_text("0\n")    # reset by the boot
     (root / "proc/sys/kernel/numa_balancing").write_text("1\n")
     res = cli(root, "revert")
     assert res.exit_code == 0 and "1 value(s) journaled in an earlier boot no longer hold " \
@@ -721,7 +786,8 @@ def test_journal_of_an_earlier_boot(tmp_path):
 
 def test_revert_leaves_a_file_changed_since_apply(tmp_path):
     root = tree(tmp_path, "6.12-patched")
-    assert cli(root, "apply", "--persist", "vnuma-guest-dedicated").exit_code == 0
+    assert cli(root, "apply", "--persist", "dedicated-plus",
+               profiles=plus_dir(tmp_path)).exit_code == 0
     conf = root / "etc/sysctl.d/90-vnuma_sched.conf"
     conf.write_text("# edited by the admin\n")
     res = cli(root, "revert")

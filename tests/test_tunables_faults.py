@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -28,10 +29,17 @@ from vnuma_sched.tunables import engine, journal, lock
 from vnuma_sched.tunables import knobs as K
 from vnuma_sched.tunables import profile as P
 
+# the fixture trees' sched features file takes writes as the kernel's does
+pytestmark = pytest.mark.usefixtures("kernel_features")
+TESTS = Path(__file__).parent
+
 JPATH = "var/lib/vnuma_sched/journal.jsonl"      # after apply --persist...
 RJPATH = "run/vnuma_sched/journal.jsonl"         # after an apply of run-time values only
 LOCKPATH = "run/vnuma_sched/lock"
-DEDICATED = ("--persist", "--persist-boot", "vnuma-guest-dedicated")
+# The dedicated profile and a sysctl: three run-time writes (a sched feature, a module
+# parameter, a sysctl) and three persisted files.
+PLUS = "[main]\ninclude = vnuma-guest-dedicated\n\n[sysctl]\nkernel.sched_schedstats = 1\n"
+DEDICATED = ("--persist", "--persist-boot", "dedicated-plus")
 BIG = """[domains]
 MC.imbalance_pct = 111
 MC.cache_nice_tries = 2
@@ -41,8 +49,17 @@ NUMA.cache_nice_tries = 2
 
 
 def cli(root, *args, profiles=None):
-    argv = ["--root", str(root), "tune"] + (["--profiles", str(profiles)] if profiles else [])
+    profiles = profiles or plus_dir(root)
+    argv = ["--root", str(root), "tune", "--profiles", str(profiles)]
     return CliRunner().invoke(main, argv + list(args))
+
+
+def plus_dir(root):
+    """The folder of the dedicated-plus profile, beside the root."""
+    pdir = Path(root).parent / "plus"
+    pdir.mkdir(exist_ok=True)
+    (pdir / "dedicated-plus.ini").write_text(PLUS)
+    return pdir
 
 
 def state(root):
@@ -63,9 +80,12 @@ def patched(tmp_path):
 
 INJECT = """
 import os, signal, sys
+sys.path.insert(0, {tests!r})
+import tunables_trees
 from vnuma_sched.cli.main import main
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.tunables import journal, persist
+tunables_trees.emulate_features()
 target = {{"write": (SysRoot, "write"), "file": (persist, "_write_bytes"),
           "journal": (journal.Writer, "add_file")}}[{where!r}]
 real = getattr(*target)
@@ -81,9 +101,16 @@ main({argv!r})
 """
 
 
+# 'python -m vnuma_sched' with the fixture tree's features file acting as the kernel's
+EMULATED_MAIN = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tunables_trees; "
+                 "tunables_trees.emulate_features(); from vnuma_sched.cli.main import main; "
+                 "main(sys.argv[1:])")
+
+
 def run_injected(root, where, at, sig, *args):
-    code = INJECT.format(where=where, at=at, sig=sig,
-                         argv=["--root", str(root), "tune", "apply", *args])
+    code = INJECT.format(where=where, at=at, sig=sig, tests=str(TESTS),
+                         argv=["--root", str(root), "tune", "--profiles",
+                               str(plus_dir(root)), "apply", *args])
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
@@ -159,8 +186,8 @@ class FaultyRoot(SysRoot):
         super().write(path, value)
 
 
-def dedicated():
-    return P.load("vnuma-guest-dedicated", P.search_path())
+def dedicated(root):
+    return P.load("dedicated-plus", [plus_dir(root), *P.search_path()])
 
 
 def test_immutable_target_restores_and_says_nothing_was_lost(tmp_path):
@@ -168,7 +195,7 @@ def test_immutable_target_restores_and_says_nothing_was_lost(tmp_path):
     before = state(root)
     sr = FaultyRoot(root, "idle_halt_hint")
     with pytest.raises(engine.ApplyError) as err:
-        engine.apply(engine.plan(dedicated(), sr), sr, dedicated())
+        engine.apply(engine.plan(dedicated(root), sr), sr, dedicated(root))
     msg = str(err.value)
     assert msg == ("apply failed (/sys/module/kvm_guest/parameters/idle_halt_hint: write "
                    "failed: Operation not permitted); every earlier write was restored")
@@ -177,7 +204,7 @@ def test_immutable_target_restores_and_says_nothing_was_lost(tmp_path):
 
 class TwoFaults(FaultyRoot):
     """Every write of idle_halt_hint fails (apply rolls back), and so does every write
-    of sched_numa_idle_damp after the first (its restore fails)."""
+    of the sched features after the first (its restore fails)."""
 
     def write(self, path, value):
         if "idle_halt_hint" in path:
@@ -188,17 +215,17 @@ class TwoFaults(FaultyRoot):
 def test_failed_restore_keeps_the_entry_and_names_path_and_old_value(tmp_path):
     root = patched(tmp_path)
     before = state(root)
-    sr = TwoFaults(root, "sched_numa_idle_damp", errno.EBUSY, after=2)
+    sr = TwoFaults(root, "sched/features", errno.EBUSY, after=2)
     with pytest.raises(engine.ApplyError) as err:
-        engine.apply(engine.plan(dedicated(), sr), sr, dedicated())
+        engine.apply(engine.plan(dedicated(root), sr), sr, dedicated(root))
     msg = str(err.value)
-    assert ("not restored: /proc/sys/kernel/sched_numa_idle_damp (old value 0): write "
+    assert ("not restored: /sys/kernel/debug/sched/features (old value 0): write "
             "failed: Device or resource busy") in msg
     assert "run 'vnuma-sched tune revert'" in msg and msg.count("\n") == 0
     doc = journal.load(SysRoot(root))
-    assert [e["path"] for e in doc.entries] == ["/proc/sys/kernel/sched_numa_idle_damp"]
+    assert [e["path"] for e in doc.entries] == ["/sys/kernel/debug/sched/features"]
     res = cli(root, "status")
-    assert "sched_numa_idle_damp" in res.output
+    assert "feature.NUMA_NEWIDLE_DAMP" in res.output
     assert cli(root, "revert").exit_code == 0 and state(root) == before
 
 
@@ -246,7 +273,7 @@ def test_unexpected_exception_rolls_back(tmp_path, monkeypatch):
         real(self, path, value)
 
     monkeypatch.setattr(SysRoot, "write", write)
-    res = cli(root, "apply", "vnuma-guest-dedicated")
+    res = cli(root, "apply", "dedicated-plus")
     assert res.exit_code == 1 and "apply failed (RuntimeError: boom); every earlier " \
         "write was restored" in res.output
     assert state(root) == before
@@ -274,7 +301,7 @@ def test_concurrent_applies_on_one_root(tmp_path):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "big.ini").write_text(BIG)
     before = state(root)
-    argv = [sys.executable, "-m", "vnuma_sched", "--root", str(root), "tune", "--profiles",
+    argv = [sys.executable, "-c", EMULATED_MAIN, "--root", str(root), "tune", "--profiles",
             str(tmp_path / "p"), "apply"]
     for _ in range(5):
         procs = [subprocess.Popen(argv + [name], cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -318,21 +345,21 @@ def test_vanished_paths_are_skipped_with_a_warning(tmp_path, command):
 def test_revert_force_drops_what_cannot_be_restored(tmp_path):
     root = patched(tmp_path)
     before = state(root)
-    assert cli(root, "apply", "vnuma-guest-dedicated").exit_code == 0
-    knob = root / "proc/sys/kernel/sched_steal_idle_nocap"
+    assert cli(root, "apply", "dedicated-plus").exit_code == 0
+    knob = root / "proc/sys/kernel/sched_schedstats"
     knob.unlink()
     knob.mkdir()                               # a write there now fails
     res = cli(root, "revert")
     assert res.exit_code == 1 and res.output.count("\n") == 1
-    assert ("revert incomplete: /proc/sys/kernel/sched_steal_idle_nocap (old value 0): "
+    assert ("revert incomplete: /proc/sys/kernel/sched_schedstats (old value 0): "
             "write failed: Is a directory; kept in ") in res.output
     assert "'tune revert --force'" in res.output
-    assert res.output.count("/proc/sys/kernel/sched_steal_idle_nocap") == 1   # named once
+    assert res.output.count("/proc/sys/kernel/sched_schedstats") == 1   # named once
     doc = journal.load(SysRoot(root))
-    assert [e["knob"] for e in doc.entries] == ["kernel.sched_steal_idle_nocap"]
+    assert [e["knob"] for e in doc.entries] == ["kernel.sched_schedstats"]
     res = cli(root, "revert", "--force")
     assert res.exit_code == 0
-    assert ("dropped from the journal, not restored: /proc/sys/kernel/sched_steal_idle_nocap "
+    assert ("dropped from the journal, not restored: /proc/sys/kernel/sched_schedstats "
             "(old value 0)") in res.output
     knob.rmdir()
     knob.write_text("0\n")

@@ -7,6 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from vnuma_sched.cli.main import main
+from vnuma_sched.system import facts
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.tunables import planner
 
 pytestmark = pytest.mark.root
 
@@ -57,6 +60,12 @@ def test_plan_dedicated_on_this_machine():
     res = run("tune", "plan", "--json", "vnuma-guest-dedicated")
     assert res.exit_code == 0
     rows = {r["knob"]: r for r in json.loads(res.output)["plan"]}
-    gates = Path("/proc/sys/kernel/sched_numa_idle_damp").exists()
-    assert (rows["kernel.sched_numa_idle_damp"]["action"] != "unsupported") == gates
+    gates = facts.patch_gate_states(SysRoot("/"))
+    assert (rows["kvm_guest.idle_halt_hint"]["action"] != "unsupported") == \
+        gates["kvm_guest.idle_halt_hint"]
+    damp = rows["feature.NUMA_NEWIDLE_DAMP"]
+    if gates["feature.NUMA_NEWIDLE_DAMP"]:      # patched (lockdown may still refuse writes)
+        assert damp["reason"] != planner.NO_SERIES_FEATURE
+    else:                                       # not here, or debugfs cannot be read
+        assert damp["action"] == "unsupported"
     assert rows["boot.cpuidle_haltpoll.force"]["action"] in ("boot", "unchanged")

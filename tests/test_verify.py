@@ -5,8 +5,9 @@ import shutil
 import pytest
 from helpers import FAKE_KERNEL, git
 
+from vnuma_sched.errors import BadInput
 from vnuma_sched.kernel import verify as V
-from vnuma_sched.kernel.patches import Series
+from vnuma_sched.kernel.patches import Patch, Series
 from vnuma_sched.runner import Runner
 
 
@@ -28,8 +29,20 @@ def tree(tmp_path):
     return t
 
 
-def series(n):
-    return Series("6.12", "", tuple(range(n)))
+def series(n, subjects=("one", "two")):
+    """A series whose patches have the subjects of the tree's last ``n`` commits."""
+    return Series("6.12", "", tuple(
+        Patch(i + 1, f"{i + 1:04}-{subject}.patch", None, subject, "2", ())
+        for i, subject in enumerate(subjects[-n:])))
+
+
+def test_series_commits_are_the_series_own(tree):
+    assert len(V.series_commits(tree, Runner(), series(2))) == 2
+    with pytest.raises(BadInput, match=r"HEAD does not end with the 6.12 series .*'one', "
+                                       r"expected 0001-other.patch"):
+        V.series_commits(tree, Runner(), series(2, ("other", "two")))
+    with pytest.raises(BadInput, match="expected the 4 series commits"):  # more than HEAD has
+        V.series_commits(tree, Runner(), series(4, ("x", "base", "one", "two")))
 
 
 def test_touched_objects(tree):

@@ -1,10 +1,16 @@
 """Writable sysroot trees for the tunables tests: one per kernel layout."""
 
+import errno
 from pathlib import Path
 
+from vnuma_sched.errors import DataError
+from vnuma_sched.system.sysroot import SysRoot
+
 DEBUG = "sys/kernel/debug"
+FEATURE_FILES = (f"/{DEBUG}/sched/features", f"/{DEBUG}/sched_features")
 FEATURES = ("WA_IDLE WA_WEIGHT WA_BIAS NO_NEXT_BUDDY TTWU_QUEUE NONTASK_CAPACITY "
             "SIS_UTIL")
+SERIES_FEATURES = "NO_NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV"   # a patched kernel's defaults
 
 
 def _w(root, rel, text):
@@ -58,7 +64,8 @@ def build(root, layout, cpus=4):
         return root
     if layout != "6.12-nodebugfs":
         _w(root, f"{DEBUG}/sched/migration_cost_ns", "500000\n")
-        _w(root, f"{DEBUG}/sched/features", FEATURES + "\n")
+        features = FEATURES + (" " + SERIES_FEATURES if layout == "6.12-patched" else "")
+        _w(root, f"{DEBUG}/sched/features", features + "\n")
         if layout == "6.1":
             for name, value in (("min_granularity_ns", 3000000), ("latency_ns", 24000000),
                                 ("wakeup_granularity_ns", 4000000)):
@@ -69,12 +76,7 @@ def build(root, layout, cpus=4):
     if layout == "6.12-lockdown":
         _w(root, "sys/kernel/security/lockdown", "none [integrity] confidentiality\n")
     if layout == "6.12-patched":
-        _w(root, "proc/sys/kernel/sched_numa_idle_damp", "0\n")
-        _w(root, "proc/sys/kernel/sched_numa_newidle_min_ns", "500000\n")
-        _w(root, "proc/sys/kernel/sched_steal_idle_nocap", "0\n")
         _w(root, "sys/module/kvm_guest/parameters/idle_halt_hint", "auto\n")
-        _w(root, "sys/module/kvm_guest/parameters/wait_poll_ns", "0\n")
-        _w(root, "sys/module/kvm_guest/parameters/pvspin", "auto\n")
     return root
 
 
@@ -83,3 +85,26 @@ def snapshot(root):
     root = Path(root)
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
+
+
+def _features_after(text, written, path):
+    """The features file after the kernel took ``written`` ("NAME" or "NO_NAME")."""
+    name = written.removeprefix("NO_")
+    tokens = text.split()
+    if name not in tokens and f"NO_{name}" not in tokens:
+        raise DataError(path, "write failed: Invalid argument", errno.EINVAL)
+    return " ".join(written if t in (name, f"NO_{name}") else t for t in tokens) + "\n"
+
+
+def emulate_features(set_attr=setattr):
+    """Make a tree's sched features file take writes as the kernel does: "NAME" or
+    "NO_NAME" sets one feature and leaves the others listed (a plain file would be
+    overwritten by the one word). ``set_attr``: monkeypatch.setattr in a test."""
+    real = SysRoot.write
+
+    def write(self, abspath, value):
+        if abspath in FEATURE_FILES:
+            value = _features_after(self.read(abspath), str(value).strip(), abspath)
+        real(self, abspath, value)
+
+    set_attr(SysRoot, "write", write)

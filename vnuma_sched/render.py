@@ -103,14 +103,27 @@ def build_text(result):
     return "\n".join(out)
 
 
-def patches_text(all_series):
+def patches_text(all_series, cover_subjects):
+    """Per version: the cover letter's subject (``cover_subjects``: version -> subject or
+    None), the series, then its debug patches in a table of their own."""
     out = []
     for series in all_series:
-        rows = [[p.number, p.subject, p.problem, "\n".join(p.gates) or "-"]
-                for p in series.patches]
-        title = f"Series {series.version} (base {series.base_commit[:12] or 'unknown'})"
-        out.append(table(rows, ["#", "subject", "problem", "gates"], title=title,
-                         prose=[1]))
+        base = series.base_commit[:12] or "unknown"
+        groups = (("", [p for p in series.patches if not p.debug]),
+                  ("Debug series ", [p for p in series.patches if p.debug]))
+        cover = cover_subjects.get(series.version)
+        parts = [f"Cover letter: {cover}" if cover else "Cover letter: none"]
+        for label, members in groups:
+            if not members:
+                continue
+            rows = [[p.number, p.subject, p.problem, "\n".join(p.gates) or "-"]
+                    for p in members]
+            title = (f"{label}{series.version} (test aids on top of the series, never "
+                     "for bare metal; apply with --debug)" if label else
+                     f"Series {series.version} (base {base})")
+            parts.append(table(rows, ["#", "subject", "problem", "gates"], title=title,
+                               prose=[1]))
+        out.append("\n".join(parts))
     return "\n\n".join(out)
 
 

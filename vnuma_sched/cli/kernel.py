@@ -180,26 +180,40 @@ def patches_list(settings, series_version, as_json):
     """Each patch: number, subject, problem it addresses, gates, versions.
 
     \b
+    Per version: the cover letter's subject, the series, then the debug
+    series (test aids, applied on top only with --debug; never for bare metal).
+    \b
     Example:
       vnuma-sched patches list --version 6.12
     """
 
     settings = merge_json(settings, as_json)
-    all_series = [P.load_series(series_version)] if series_version else P.all_series()
+    all_series = ([P.load_series(series_version, debug=P.has_debug(series_version))]
+                  if series_version else P.all_series(debug=True))
+    covers = {s.version: P.subject(s.cover, prefix=True) if s.cover else None
+              for s in all_series}
     doc = {"series": [{"version": s.version, "base_commit": s.base_commit,
+                       "cover": str(s.cover) if s.cover else None,
+                       "cover_subject": covers[s.version],
                        "patches": [p.to_dict() for p in s.patches]} for s in all_series]}
-    emit(settings, doc, patches_text(all_series))
+    emit(settings, doc, patches_text(all_series, covers))
 
 
-def _tree_series(tree):
-    return P.load_series(tree_version(tree).series)
+def _tree_series(tree, debug):
+    return P.load_series(tree_version(tree).series, debug=debug)
+
+
+DEBUG_HELP = ("Also the debug series (test aids, never for bare metal) on top of the "
+              "series.")
+debug_option = click.option("--debug", is_flag=True, help=DEBUG_HELP)
 
 
 @patches.command("check")
 @click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
+@debug_option
 @json_option
 @click.pass_obj
-def patches_check(settings, tree, as_json):
+def patches_check(settings, tree, debug, as_json):
     """Per patch: clean, already-applied or conflict (file and hunk). Never touches TREE.
 
     \b
@@ -212,7 +226,7 @@ def patches_check(settings, tree, as_json):
     """
 
     settings = merge_json(settings, as_json)
-    series = _tree_series(tree)
+    series = _tree_series(tree, debug)
     runner = Runner()
     statuses = P.check(tree, series, runner)
     dirty = P.dirty_files(tree, runner)
@@ -221,7 +235,8 @@ def patches_check(settings, tree, as_json):
         text += (f"\ntree has uncommitted changes ({len(dirty)} files: {', '.join(dirty[:3])}"
                  f"{', ...' if len(dirty) > 3 else ''}); the statuses are for HEAD and "
                  "'patches apply' refuses the tree until they are committed or stashed")
-    emit(settings, {"version": series.version, "tree": str(tree), "dirty": dirty,
+    emit(settings, {"version": series.version, "debug": series.debug, "tree": str(tree),
+                    "dirty": dirty,
                     "patches": [s.to_dict() for s in statuses]}, text)
     if dirty or any(s.state == P.CONFLICT for s in statuses):
         settings_exit(1)
@@ -231,8 +246,9 @@ def patches_check(settings, tree, as_json):
 @click.option("--tree", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--branch", default="vnuma-sched", show_default=True,
               help="New branch created from the current HEAD.")
+@debug_option
 @click.pass_obj
-def patches_apply(settings, tree, branch):
+def patches_apply(settings, tree, branch, debug):
     """Apply the series to TREE on a new branch with git am, patch by patch.
 
     \b
@@ -240,13 +256,15 @@ def patches_apply(settings, tree, branch):
     patches are skipped. On a conflict nothing is changed: same HEAD, same
     branch, clean tree.
     \b
-    Example:
+    Examples:
       vnuma-sched patches apply --tree ~/linux --branch vnuma
+      vnuma-sched patches apply --tree ~/linux --branch vnuma-test --debug
     """
 
-    series = _tree_series(tree)
+    series = _tree_series(tree, debug)
     P.apply(tree, series, branch, Runner(), progress(settings))
-    click.echo(f"{tree}: branch {branch} carries the {series.version} series")
+    click.echo(f"{tree}: branch {branch} carries the {series.version} series"
+               + (" and its debug series" if series.debug else ""))
 
 
 @patches.command("verify")
@@ -258,22 +276,27 @@ def patches_apply(settings, tree, branch):
               help="Worktree and build dirs [default: $VNUMA_SCHED_CACHE/verify/<version>].")
 @click.option("--w1/--no-w1", default=True, show_default=True,
               help="Also compare W=1 warnings of the touched files with the base tree.")
+@click.option("--debug/--no-debug", default=True, show_default=True,
+              help="The series plus the debug series on top (the default fragments' "
+                   "series-test.config enables the debug option), or the series alone.")
 @json_option
 @click.pass_obj
-def patches_verify(settings, tree, fragments, workdir, w1, as_json):
+def patches_verify(settings, tree, fragments, workdir, w1, debug, as_json):
     """Build every patch of the series in every variant (bisectability).
 
     \b
     For each patch in order and each variant in kconfig/variants (plus the
     default), compile the objects the series has touched so far. Long: run it
-    when the series changes, not on every commit.
+    when the series changes, not on every commit. By default TREE's HEAD must
+    end with the series and the debug series ('patches apply --debug'), since
+    series-test.config enables the debug option; --no-debug for the series alone.
     \b
     Example:
-      vnuma-sched patches verify --tree /var/cache/vnuma_sched/series/linux-6.12
+      vnuma-sched patches verify --tree /var/cache/vnuma_sched/series/linux-6.12-debug
     """
 
     settings = merge_json(settings, as_json)
-    series = _tree_series(tree)
+    series = _tree_series(tree, debug)
     frags = [Path(f).resolve() for f in fragments] or [
         default_fragment(), default_fragment().parent / "series-test.config"]
     work = Path(workdir or os.path.join(cache_dir(), "verify", series.version))
@@ -282,21 +305,24 @@ def patches_verify(settings, tree, fragments, workdir, w1, as_json):
                          progress(settings))
     new = V.w1_new_warnings(Path(tree).resolve(), series, frags[:1], work, runner,
                             progress(settings)) if w1 else []
-    emit(settings, {"version": series.version, "cells": [c.__dict__ for c in cells],
+    emit(settings, {"version": series.version, "debug": series.debug,
+                    "cells": [c.__dict__ for c in cells],
                     "w1_new_warnings": [list(w) for w in new]}, matrix_text(cells, new))
     if any(c.status == "FAIL" for c in cells) or new:
         settings_exit(1)
 
 
 def gates_command():
-    """The default guest command of 'pipeline': topology and the series' gates."""
+    """The default guest command of 'pipeline': topology and the series' switches (module
+    parameters, and its scheduler features as debugfs lists them)."""
     exe = os.path.join(os.path.dirname(sys.executable), "vnuma-sched")
-    gates = facts.PATCH_GATES.values()
-    sysctls = [p for p in gates if p.startswith("/proc/sys/")]
-    params = sorted({os.path.dirname(p) for p in gates if p.startswith("/sys/module/")}
-                    | {facts.DEBUG_PARAMS_DIR})
+    params = sorted({os.path.dirname(p) for p in facts.PATCH_GATES.values()
+                     if p.startswith("/sys/module/")} | {facts.DEBUG_PARAMS_DIR})
+    features = "|".join(f"(NO_)?{g[len(facts.FEATURE_GATE):]}" for g in facts.PATCH_GATES
+                        if g.startswith(facts.FEATURE_GATE))
     return ["sh", "-c", f"{shlex.quote(exe)} topology && echo && grep -H . "
-            + " ".join(sysctls + [f"{d}/*" for d in params])]
+            + " ".join(f"{d}/*" for d in params)
+            + f" && grep -Hwo -E {shlex.quote(features)} {facts.SCHED_FEATURES}"]
 
 
 @click.command()
@@ -310,9 +336,10 @@ def pipeline(settings, series_version, spec, mem, timeout, command):
     """Fetch, apply the series, build the patched guest and boot it (the main job).
 
     \b
-    Reuses the fetched tree, the patched worktree and the build when nothing
-    changed. Without COMMAND the guest prints its topology and the series'
-    gates.
+    The debug series goes on top (series-test.config enables its test aid),
+    in a worktree of its own. Reuses the fetched tree, the patched worktree and
+    the build when nothing changed. Without COMMAND the guest prints its
+    topology and the series' switches.
     \b
     Example:
       vnuma-sched pipeline --version 6.12 --topology 2x2

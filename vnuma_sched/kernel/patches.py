@@ -22,8 +22,9 @@ from vnuma_sched.runner import CommandFailed, signals_ignored, sigterm_as_interr
 
 CLEAN, APPLIED, CONFLICT = "clean", "already-applied", "conflict"
 PROBLEMS = {"1": "halted vCPU reported preempted", "2": "idle-time cross-node migration",
-            "1-debug": "test aid for problem 1 (not for upstream)",
-            "docs": "documentation"}
+            "1-debug": "test aid for problem 1 (not for upstream)"}
+COVER_LETTER = "0000-cover-letter.patch"   # beside the series file, never in it
+DEBUG_DIR = "debug"     # <version>/debug/series: test aids, applied on top when asked
 _FAILED = re.compile(r"error: patch failed: (\S+):(\d+)")
 _NOT_APPLY = re.compile(r"error: (\S+): patch does not apply")
 _CREATED = re.compile(r"^diff --git a/\S+ b/(\S+)\nnew file mode ", re.M)
@@ -32,38 +33,54 @@ _PATCH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 @dataclass(frozen=True)
 class Patch:
-    number: int
-    filename: str
+    number: int             # position in the series as loaded (debug patches follow)
+    filename: str           # relative to patches/<version>: "debug/..." for a debug patch
     path: Path
     subject: str
     problem: str
     gates: tuple
+    debug: bool = False     # from the debug series: a test aid, never for bare metal
 
     def to_dict(self):
         return {"number": self.number, "file": self.filename, "subject": self.subject,
                 "problem": self.problem, "problem_text": PROBLEMS.get(self.problem, ""),
-                "gates": list(self.gates)}
+                "gates": list(self.gates), "debug": self.debug}
 
 
 @dataclass(frozen=True)
 class Series:
+    """The postable patches of one version, followed by the debug ones when loaded with
+    debug=True; ``cover``: the cover letter (not a patch of the series) or None."""
+
     version: str
     base_commit: str
     patches: tuple
+    cover: Path = None
 
     def __len__(self):
         return len(self.patches)
+
+    @property
+    def debug(self):
+        """True when the debug series is part of this one (on top of the main series)."""
+        return any(p.debug for p in self.patches)
+
+    @property
+    def name(self):
+        """"6.12", or "6.12-debug" with the debug series: for branch and directory names."""
+        return f"{self.version}-debug" if self.debug else self.version
 
 
 def default_dir():
     return resources.patches_dir()
 
 
-def _subject(path):
+def subject(path, prefix=False):
+    """A patch's (or cover letter's) Subject; without its "[PATCH n/m]" unless ``prefix``."""
     with open(path, "rb") as f:
         msg = email.message_from_binary_file(f, policy=email.policy.default)
-    subject = str(msg.get("Subject", "")).replace("\n", " ")
-    return re.sub(r"^\[PATCH[^\]]*\]\s*", "", subject).strip()
+    text = str(msg.get("Subject", "")).replace("\n", " ").strip()
+    return text if prefix else re.sub(r"^\[PATCH[^\]]*\]\s*", "", text).strip()
 
 
 def _parse_meta(comment):
@@ -72,13 +89,13 @@ def _parse_meta(comment):
     return meta.get("problem", ""), gates
 
 
-def load_series(version, patches_dir=None):
-    """Read patches/<version>/series; BadInput for an unknown version or missing file."""
+def _version_dir(version, patches_dir):
     check_supported(version)
-    base = Path(patches_dir or default_dir()).absolute() / version
-    series_file = base / "series"
-    if not series_file.is_file():
-        raise BadInput(f"no series for {version} ({series_file})")
+    return Path(patches_dir or default_dir()).absolute() / version
+
+
+def _read_series(series_file, first, debug):
+    """(base commit, patches numbered from ``first``) of one series file."""
     base_commit, patches = "", []
     for lineno, line in enumerate(series_file.read_text().splitlines(), 1):
         m = re.match(r"#\s*base-commit:\s*([0-9a-f]{40})", line)
@@ -90,17 +107,46 @@ def load_series(version, patches_dir=None):
             continue
         if not _PATCH_NAME.fullmatch(name):
             raise BadInput(f"{series_file}:{lineno}: {name[:60]!r}: not a patch file name")
-        path = base / name
+        if name == COVER_LETTER:
+            raise BadInput(f"{series_file}:{lineno}: {name}: the cover letter is not a patch "
+                           "of the series (it stays beside it, unlisted)")
+        path = series_file.parent / name
         if not path.is_file():
             raise BadInput(f"{series_file}:{lineno}: {name}: no such patch file")
         problem, gates = _parse_meta(comment)
-        patches.append(Patch(len(patches) + 1, name, path, _subject(path), problem, gates))
-    return Series(version, base_commit, tuple(patches))
+        shown = f"{DEBUG_DIR}/{name}" if debug else name
+        patches.append(Patch(first + len(patches), shown, path, subject(path), problem,
+                             gates, debug))
+    return base_commit, patches
 
 
-def all_series(patches_dir=None):
+def load_series(version, patches_dir=None, debug=False):
+    """Read patches/<version>/series, and with ``debug`` the debug series after it;
+    BadInput for an unknown version or a missing file."""
+    base = _version_dir(version, patches_dir)
+    series_file = base / "series"
+    if not series_file.is_file():
+        raise BadInput(f"no series for {version} ({series_file})")
+    base_commit, patches = _read_series(series_file, 1, False)
+    if debug:
+        debug_file = base / DEBUG_DIR / "series"
+        if not debug_file.is_file():
+            raise BadInput(f"no debug series for {version} ({debug_file})")
+        patches += _read_series(debug_file, len(patches) + 1, True)[1]
+    cover = base / COVER_LETTER
+    return Series(version, base_commit, tuple(patches), cover if cover.is_file() else None)
+
+
+def has_debug(version, patches_dir=None):
+    """Whether patches/<version> has a debug series."""
+    return (_version_dir(version, patches_dir) / DEBUG_DIR / "series").is_file()
+
+
+def all_series(patches_dir=None, debug=False):
+    """Every version's series; with ``debug``, each with its debug series where it has one."""
     base = Path(patches_dir or default_dir())
-    return [load_series(v, base) for v in SUPPORTED if (base / v / "series").is_file()]
+    return [load_series(v, base, debug and has_debug(v, base))
+            for v in SUPPORTED if (base / v / "series").is_file()]
 
 
 @dataclass(frozen=True)
@@ -339,9 +385,10 @@ def _restore(tree, start, branch, runner):
         runner.run(["git", "branch", "-q", "-D", branch], cwd=tree)
 
 
-def series_branch(version):
-    """The branch ``series_worktree`` applies a series on by default."""
-    return f"vnuma-series-{version}"
+def series_branch(series):
+    """The branch ``series_worktree`` applies a series on by default: one per version,
+    and another one for the series with its debug patches."""
+    return f"vnuma-series-{series.name}"
 
 
 def _worktrees(base_tree, runner):
@@ -373,8 +420,11 @@ def carries_series(base_tree, series, base, rev, runner):
                                    for s in check(base_tree, series, runner, rev))
 
 
-def _reusable(dest, series, runner, progress):
-    if all(s.state == APPLIED for s in check(dest, series, runner)):
+def _reusable(base_tree, dest, series, base, runner, progress):
+    """Whether the worktree at ``dest`` is ``base`` plus exactly this series: a tree with
+    the debug patches on top is no tree of the main series alone, and the reverse."""
+    head = _git_out(dest, runner, "rev-parse", "HEAD")
+    if head and carries_series(base_tree, series, base, head, runner):
         progress(f"{dest}: series already applied")
         return True
     progress(f"{dest}: stale, recreating")
@@ -382,34 +432,35 @@ def _reusable(dest, series, runner, progress):
 
 
 def series_worktree(base_tree, series, dest, runner, progress, branch=None):
-    """A git worktree of ``base_tree`` at its base with the series applied, reused if intact.
+    """A git worktree of ``base_tree`` at its base with the series applied, reused if it
+    carries exactly that series.
 
     Keeps the fetched tree itself clean: builds of the patched kernel use the
-    worktree. The series goes on ``branch`` (default series_branch()); when
-    another worktree has that branch checked out and it carries exactly the
-    series at the base, the new worktree is made at its tip instead. Returns
-    the worktree's path.
+    worktree. The series goes on ``branch`` (default series_branch(), which
+    differs with and without the debug patches); when another worktree has that
+    branch checked out and it carries exactly the series at the base, the new
+    worktree is made at its tip instead. Returns the worktree's path.
     """
     dest = Path(dest).absolute()
-    branch = gitargs.not_option(branch or series_branch(series.version), "branch")
+    branch = gitargs.not_option(branch or series_branch(series), "branch")
     runner.run(["git", "worktree", "prune"], cwd=base_tree)
     trees = _worktrees(base_tree, runner)
     key = str(dest.resolve())
+    base = _base_rev(base_tree, runner)
     if key in trees:
-        if _reusable(dest, series, runner, progress):
+        if _reusable(base_tree, dest, series, base, runner, progress):
             return dest
         runner.run(["git", "worktree", "remove", "--force", str(dest)], cwd=base_tree)
         del trees[key]
     elif dest.exists():
         raise BadInput(f"{dest}: exists but is not a worktree of {base_tree}; remove it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    base = _base_rev(base_tree, runner)
     holder = next((path for path, name in trees.items() if name == branch), None)
     if holder is None:
         return _fresh_worktree(base_tree, series, dest, base, branch, runner, progress)
     if not carries_series(base_tree, series, base, branch, runner):
         raise BadInput(f"branch {branch} is checked out in {holder} and does not carry the "
-                       f"{series.version} series on {base}; remove that worktree "
+                       f"{series.name} series on {base}; remove that worktree "
                        "('git worktree remove') and try again")
     progress(f"{dest}: at branch {branch} (checked out in {holder})")
     runner.run(["git", "worktree", "add", "-q", "--detach", str(dest), branch], cwd=base_tree)

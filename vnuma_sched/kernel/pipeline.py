@@ -30,9 +30,10 @@ def _timed(result, progress, name, fn):
 
 
 def apply_step(tree, series, cache, runner, progress):
-    """The patched worktree under ``cache``: reused when it carries the series, and
-    made at the series branch's tip when another worktree (the tests') holds it."""
-    dest = Path(cache) / "series" / f"linux-{series.version}"
+    """The patched worktree under ``cache`` (one per version, another one with the debug
+    patches): reused when it carries exactly the series, and made at the series
+    branch's tip when another worktree (the tests') holds it."""
+    dest = Path(cache) / "series" / f"linux-{series.name}"
     return patches.series_worktree(tree, series, dest, runner, progress)
 
 
@@ -40,14 +41,15 @@ def run(version, cache, topology, mem_mb, command, runner, progress, euid, accel
         timeout=300):
     cache = Path(cache).absolute()
     res = PipelineResult()
-    series = patches.load_series(version)
+    # series-test.config turns on the debug series' option: apply that series too
+    series = patches.load_series(version, debug=True)
     frags = [KCONFIG / "vnuma-guest.config", KCONFIG / "series-test.config"]
     topo = vm.parse_topology(topology, mem_mb, limits=vm.guest_limits(frags))
     tree = _timed(res, progress, "fetch", lambda: (
         (t := ktree.fetch_debian(version, cache / "trees", runner, progress, euid)), str(t)))
     work = _timed(res, progress, "apply", lambda: (
         (w := apply_step(tree, series, cache, runner, progress)),
-        f"{len(series)} patches on {w}"))
+        f"{len(series)} patches ({series.name}) on {w}"))
     out = cache / "builds" / f"series-{version}"
     req = kbuild.BuildRequest(work, out, frags, jobs=os.cpu_count() or 2)
     build = _timed(res, progress, "build", lambda: (

@@ -66,11 +66,22 @@ def _worktree(tree, work, runner):
     runner.run(["git", "worktree", "add", "-q", "--detach", str(work), "HEAD"], cwd=tree)
 
 
-def series_commits(tree, runner, count):
-    revs = runner.output(["git", "rev-list", "--reverse", f"HEAD~{count}..HEAD"],
+def series_commits(tree, runner, series):
+    """The commits of ``series`` on HEAD, oldest first: the last len(series) commits,
+    with the patches' subjects in order (so the main series alone is not taken for the
+    series with its debug patches, or the reverse)."""
+    count = len(series)
+    revs = runner.output(["git", "rev-list", "--reverse", f"--max-count={count}", "HEAD"],
                          cwd=tree).split()
     if len(revs) != count:
         raise BadInput(f"--tree {tree}: expected the {count} series commits on HEAD")
+    for rev, patch in zip(revs, series.patches):
+        found = runner.output(["git", "log", "-1", "--format=%s", rev], cwd=tree)
+        if found != patch.subject:
+            raise BadInput(f"--tree {tree}: HEAD does not end with the {series.name} series "
+                           f"({rev[:12]} is {found[:60]!r}, expected {patch.filename}); "
+                           "apply that series, or choose the one the tree carries with "
+                           "--debug/--no-debug")
     return revs
 
 
@@ -95,10 +106,10 @@ def run_matrix(tree, series, base_fragments, workdir, runner, progress, jobs=2):
     for frags in variants(base_fragments).values():
         for frag in frags:
             kconfig.read_fragment(frag)  # BadInput before any worktree or build
+    revs = series_commits(tree, runner, series)  # BadInput before any worktree too
     workdir = Path(workdir).absolute()
     work = workdir / "tree"
     _worktree(tree, work, runner)
-    revs = series_commits(work, runner, len(series))
     runner.run(["git", "checkout", "-q", "--detach", revs[-1]], cwd=work)
     so_far = objects_so_far(work, runner, revs)
     cells = []
@@ -136,7 +147,7 @@ def w1_new_warnings(tree, series, base_fragments, workdir, runner, progress, job
     work = workdir / "tree"
     if not work.exists():
         _worktree(tree, work, runner)
-    revs = series_commits(work, runner, len(series))
+    revs = series_commits(tree, runner, series)
     runner.run(["git", "checkout", "-q", "--detach", revs[-1]], cwd=work)
     objs = objects_so_far(work, runner, revs)[-1]
     found = {}

@@ -225,15 +225,22 @@ def check_lockdown(env):
 
 
 def check_patches(env):
-    present = facts.patch_gates_present(env.sysroot)
-    if len(present) == len(facts.PATCH_GATES):
-        return Check("vnuma_patches", OK, "patched: " + ", ".join(present), {"gates": present})
+    """Patched: the kvm_guest parameter, or the series' features in debugfs (when it can
+    be read); a feature gate that cannot be read is neither present nor missing."""
+    states = facts.patch_gate_states(env.sysroot)
+    present = [g for g, s in states.items() if s]
+    missing = [g for g, s in states.items() if s is False]
+    unknown = [g for g, s in states.items() if s is None]
+    data = {"gates": present, "unknown": unknown}
+    note = (f"; {', '.join(unknown)} not checked: {facts.SCHED_FEATURES} not readable"
+            if unknown else "")
     if not present:
         return Check("vnuma_patches", MISSING, "unpatched kernel (no vnuma_sched gates; "
-                     "see 'vnuma-sched patches')", {"gates": []})
-    missing = [g for g in facts.PATCH_GATES if g not in present]
-    return Check("vnuma_patches", WARN, "partly patched, missing: " + ", ".join(missing),
-                 {"gates": present})
+                     f"see 'vnuma-sched patches'){note}", data)
+    if missing:
+        return Check("vnuma_patches", WARN, "partly patched, missing: " + ", ".join(missing)
+                     + note, data)
+    return Check("vnuma_patches", OK, "patched: " + ", ".join(present) + note, data)
 
 
 def _guarded(name, fn, *args):
@@ -266,6 +273,21 @@ def _by_name(checks):
     return {c.name: c for c in checks}
 
 
+SERIES_FEATURES = [g for g in facts.PATCH_GATES if g.startswith(facts.FEATURE_GATE)]
+
+
+def _gate_mitigation(c, gates, what):
+    """The series' switches against a problem: here (patched), here as far as can be
+    told (the features cannot be read), or a guest patch away."""
+    data = c["vnuma_patches"].data
+    if all(g in data.get("gates", []) for g in gates):
+        return f"{what} (this kernel is patched)"
+    if data.get("gates") and all(g in data.get("gates", []) + data.get("unknown", [])
+                                 for g in gates):
+        return f"{what} (this kernel is patched; its sched features cannot be read here)"
+    return f"guest patch: {what} (vnuma-sched patches)"
+
+
 def _problem1(c):
     hv, steal = c.get("hypervisor"), c.get("pv:steal_time")
     if hv is None or hv.data.get("kvm") is False:
@@ -278,11 +300,8 @@ def _problem1(c):
         exposure = ("possible: KVM steal time exposes vcpu_is_preempted(); the host "
                     "decides (<= 5.18 flags halted vCPUs). Measure: idle CPUs rejected "
                     "as preempted")
-    mit = []
-    if "kvm_guest.idle_halt_hint" in c["vnuma_patches"].data.get("gates", []):
-        mit.append("kvm_guest.idle_halt_hint (this kernel is patched)")
-    else:
-        mit.append("guest patch: kvm_guest.idle_halt_hint (vnuma-sched patches)")
+    mit = [_gate_mitigation(c, ["kvm_guest.idle_halt_hint"],
+                            "kvm_guest.idle_halt_hint=auto|on")]
     if c.get("cpuidle") is not None and c["cpuidle"].data.get("driver") == "haltpoll":
         mit.append("haltpoll cpuidle: guest polling before HLT (active)")
     mit.append("host: halt polling or QEMU -overcommit cpu-pm=on")
@@ -300,11 +319,8 @@ def _problem2(c):
         exposure = "yes: tasks can be pulled across nodes by newidle balance and wake_affine"
     else:
         exposure = "no: fewer than 2 nodes with CPUs"
-    mit = []
-    if "kernel.sched_numa_idle_damp" in c["vnuma_patches"].data.get("gates", []):
-        mit.append("kernel.sched_numa_idle_damp (this kernel is patched)")
-    else:
-        mit.append("guest patch: kernel.sched_numa_idle_damp (vnuma-sched patches)")
+    names = ", ".join(g[len(facts.FEATURE_GATE):] for g in SERIES_FEATURES)
+    mit = [_gate_mitigation(c, SERIES_FEATURES, f"sched features {names}")]
     mit.append("boot: relax_domain_level (no newidle balance across nodes)")
     lock = c["lockdown"].data.get("mode", "none")
     if c["debugfs"].status == OK and lock == "none":

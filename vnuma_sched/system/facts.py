@@ -1,10 +1,12 @@
 """Kernel facts, each read and parsed in one place, through a SysRoot.
 
 Kernel release and version, lockdown mode, steal time, mounts, tracefs,
-kprobes, kallsyms symbols and the project's patch gates. Pure: every function
-takes the SysRoot to read; nothing here points at the live system.
+kprobes, kallsyms symbols, scheduler features and the project's patch gates.
+Pure: every function takes the SysRoot to read; nothing here points at the live
+system.
 """
 
+import errno
 import re
 
 from vnuma_sched.errors import DataError
@@ -15,16 +17,22 @@ PROC_STAT = "/proc/stat"
 MOUNTS = "/proc/mounts"
 KALLSYMS = "/proc/kallsyms"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+DEBUGFS = "/sys/kernel/debug"
+# The scheduler features (5.13+; CONFIG_SCHED_DEBUG): "NAME" when set, "NO_NAME" when not.
+SCHED_FEATURES = f"{DEBUGFS}/sched/features"
+FEATURE_GATE = "feature."
 
-# Files that exist only on a kernel carrying the project's series: gate name -> path.
+# The switches of the project's series (the gates= of patches/<version>/series), only on
+# a kernel that carries it: gate name -> the file that shows it. A "feature.NAME" gate
+# is a scheduler feature the series adds: the kernel has it when SCHED_FEATURES lists it.
 PATCH_GATES = {
-    "kernel.sched_numa_idle_damp": "/proc/sys/kernel/sched_numa_idle_damp",
-    "kernel.sched_numa_newidle_min_ns": "/proc/sys/kernel/sched_numa_newidle_min_ns",
-    "kernel.sched_steal_idle_nocap": "/proc/sys/kernel/sched_steal_idle_nocap",
     "kvm_guest.idle_halt_hint": "/sys/module/kvm_guest/parameters/idle_halt_hint",
+    "feature.NUMA_NEWIDLE_DAMP": SCHED_FEATURES,
+    "feature.NUMA_WAKE_PREV": SCHED_FEATURES,
 }
 
-# The debug series' module (patch 7: old-host emulation); not a gate of the postable series.
+# The debug series' module (old-host emulation, a test aid); not a gate of the postable
+# series.
 DEBUG_PARAMS_DIR = "/sys/module/vnuma_debug/parameters"
 
 _STEAL_FIELD = 8    # cpuN user nice system idle iowait irq softirq steal ...
@@ -120,14 +128,61 @@ def kprobes_evidence(sysroot, tracefs_dir, syms=None):
     return None
 
 
+def feature_state(text, name):
+    """"1" or "0" for scheduler feature ``name`` in the text of the features file
+    (NAME or NO_NAME), None when the kernel has no such feature."""
+    tokens = text.split()
+    if name in tokens:
+        return "1"
+    if f"NO_{name}" in tokens:
+        return "0"
+    return None
+
+
+def _features_text(sysroot):
+    """SCHED_FEATURES' text; "" when this kernel has no features file (debugfs is
+    mounted and readable without it: no CONFIG_SCHED_DEBUG); None when that cannot be
+    told (debugfs not mounted, readable by root only, or lockdown)."""
+    try:
+        return sysroot.read(SCHED_FEATURES)
+    except DataError as err:
+        known = (err.errno == errno.ENOENT and "debugfs" in mounts(sysroot)
+                 and sysroot.readable(DEBUGFS))
+        return "" if known else None
+
+
+def patch_gate_states(sysroot):
+    """Gate name -> True (this kernel has it), False (it has not) or None (cannot tell:
+    a feature gate while the scheduler features cannot be read), in PATCH_GATES order."""
+    features = _features_text(sysroot)
+    out = {}
+    for gate, path in PATCH_GATES.items():
+        if not gate.startswith(FEATURE_GATE):
+            out[gate] = sysroot.exists(path)
+        elif features is None:
+            out[gate] = None
+        else:
+            out[gate] = feature_state(features, gate[len(FEATURE_GATE):]) is not None
+    return out
+
+
 def patch_gates_present(sysroot):
-    """Names of the patch gates this kernel has, in PATCH_GATES order."""
-    return [g for g, p in PATCH_GATES.items() if sysroot.exists(p)]
+    """Names of the patch gates this kernel is seen to have, in PATCH_GATES order."""
+    return [g for g, present in patch_gate_states(sysroot).items() if present]
 
 
 def patch_gate_values(sysroot):
-    """Gate name -> its current text, None when the gate is absent."""
-    return {g: sysroot.read_optional(p) for g, p in PATCH_GATES.items()}
+    """Gate name -> its current text ("1"/"0" for a feature), None when the gate is
+    absent or cannot be read."""
+    features = sysroot.read_optional(SCHED_FEATURES)
+    out = {}
+    for gate, path in PATCH_GATES.items():
+        if not gate.startswith(FEATURE_GATE):
+            out[gate] = sysroot.read_optional(path)
+        else:
+            out[gate] = (None if features is None
+                         else feature_state(features, gate[len(FEATURE_GATE):]))
+    return out
 
 
 class KernelFacts:

@@ -16,7 +16,7 @@ from vnuma_sched.system import facts
 SYSCTL, SCHED, FEATURE, DOMAIN, MODULE, BOOT = (
     "sysctl", "sched", "feature", "domain", "module", "boot")
 DOMAIN_BOOT = "domain-boot"     # a domain setting that only a boot parameter can make
-DEBUGFS = "/sys/kernel/debug"
+DEBUGFS = facts.DEBUGFS
 DOMAIN_LEVELS = ("SMT", "CLS", "MC", "PKG", "DIE", "NUMA")
 DOMAIN_PARAMS = ("imbalance_pct", "cache_nice_tries", "max_newidle_lb_cost")
 DOMAIN_PATH = re.compile(rf"{DEBUGFS}/sched/domains/cpu[0-9]+/domain[0-9]+/([a-z_]+)")
@@ -32,6 +32,15 @@ DECAY_DOC = ("decays: the kernel lowers it ~1%/s (update_newidle_cost(): *253/25
              "raises it to the measured cost; needs 'tune hold'")
 SCHED_FEATURES = ("WA_IDLE", "WA_WEIGHT", "WA_BIAS", "NI_RANDOM", "DELAY_DEQUEUE",
                   "NONTASK_CAPACITY", "TTWU_QUEUE", "SIS_UTIL", "NEXT_BUDDY")
+# The features the series adds (its "feature." gates): only on patched kernels.
+SERIES_FEATURES = tuple(g[len(facts.FEATURE_GATE):] for g in facts.PATCH_GATES
+                        if g.startswith(facts.FEATURE_GATE))
+FEATURE_DOCS = {
+    "NUMA_NEWIDLE_DAMP": "series: newidle balancing stops at NUMA domains unless avg_idle "
+                         ">= sched.migration_cost_ns",
+    "NUMA_WAKE_PREV": "series: wake_affine keeps a cross-node wakee on its previous node "
+                      "when that LLC has an allowed idle CPU",
+}
 
 
 @dataclass(frozen=True)
@@ -133,19 +142,22 @@ def _boot(name, **kw):
     return Knob(f"boot.{name}", BOOT, **kw)
 
 
+def _feature(name):
+    """A scheduler feature (NO_ prefix clears it); the series' own are patch gates."""
+    return Knob(f"feature.{name}", FEATURE, vtype="bool", patch_gate=name in SERIES_FEATURES,
+                paths=((None, (5, 13), f"{DEBUGFS}/sched_features"),
+                       ((5, 13), None, facts.SCHED_FEATURES)),
+                doc=FEATURE_DOCS.get(name, "sched feature (NO_ prefix clears it)"))
+
+
 REGISTRY = {k.name: k for k in [
     _sysctl("kernel.numa_balancing", lo=0, hi=3,
             doc="0 stops NUMA-balancing task and page moves"),
     _sysctl("kernel.sched_schedstats", vtype="bool", doc="scheduler statistics"),
-    _gate("kernel.sched_numa_idle_damp", SYSCTL, lo=0, hi=3,
-          doc="series: bit 0 newidle, bit 1 wake_affine across NUMA nodes"),
-    _gate("kernel.sched_numa_newidle_min_ns", SYSCTL, lo=0, hi=4_000_000_000,
-          doc="series: idle period from which newidle may cross nodes"),
-    _gate("kernel.sched_steal_idle_nocap", SYSCTL, vtype="bool",
-          doc="series: idle-time steal does not lower capacity"),
     _sched("migration_cost_ns", "/proc/sys/kernel/sched_migration_cost_ns",
            (((5, 13), None, f"{DEBUGFS}/sched/migration_cost_ns"),), lo=0, hi=10**9,
-           doc="task_hot() threshold"),
+           doc="task_hot() threshold; with feature.NUMA_NEWIDLE_DAMP also the idle "
+               "time from which newidle balancing crosses NUMA domains"),
     _sched("base_slice_ns", "/proc/sys/kernel/sched_min_granularity_ns",
            (((5, 13), (6, 6), f"{DEBUGFS}/sched/min_granularity_ns"),
             ((6, 6), None, f"{DEBUGFS}/sched/base_slice_ns")), lo=100_000, hi=10**9,
@@ -156,10 +168,7 @@ REGISTRY = {k.name: k for k in [
     _sched("wakeup_granularity_ns", "/proc/sys/kernel/sched_wakeup_granularity_ns",
            (((5, 13), (6, 6), f"{DEBUGFS}/sched/wakeup_granularity_ns"),), lo=0, hi=10**9,
            doc="removed in 6.6 (EEVDF)"),
-    *[Knob(f"feature.{f}", FEATURE, vtype="bool",
-           paths=((None, (5, 13), f"{DEBUGFS}/sched_features"),
-                  ((5, 13), None, f"{DEBUGFS}/sched/features")),
-           doc="sched feature (NO_ prefix clears it)") for f in SCHED_FEATURES],
+    *[_feature(f) for f in SCHED_FEATURES + SERIES_FEATURES],
     *[Knob(f"domain.{lvl}.{p}", DOMAIN, lo=0, hi=10**9,
            decays=(p == "max_newidle_lb_cost"),
            doc=(DECAY_DOC if p == "max_newidle_lb_cost" else f"{p} of every {lvl} sched domain"))
@@ -172,11 +181,10 @@ REGISTRY = {k.name: k for k in [
     _module("haltpoll", "guest_halt_poll_shrink", lo=0, hi=100),
     _module("haltpoll", "guest_halt_poll_allow_shrink", vtype="bool"),
     _gate("kvm_guest.idle_halt_hint", MODULE, vtype="choice", choices=("auto", "on", "off"),
-          doc="series: halted-in-idle vCPUs are not preempted"),
-    _module("kvm_guest", "wait_poll_ns", lo=0, hi=10**9, patch_gate=True,
-            doc="series: poll a contended lock before halting"),
+          doc="series: report vCPUs halted in idle as not preempted (auto, the default: "
+              "when it detects an old host at run time)"),
     _module("vnuma_debug", "emulate_halt_preempted", vtype="bool", patch_gate=True,
-            doc="series test aid: emulate an old host"),
+            doc="debug series (test aid, never on bare metal): emulate an old host"),
     _boot("relax_domain_level", lo=-1, hi=7,
           doc="no newidle/wake balancing in domains with sd->level >= N (every level of "
               "the topology table counts, not the debugfs domainN index)"),
@@ -185,7 +193,8 @@ REGISTRY = {k.name: k for k in [
     _boot("no-steal-acc", vtype="bool", doc="no steal time accounting"),
     _boot("kvm_guest.idle_halt_hint", vtype="choice", choices=("auto", "on", "off"),
           patch_gate=True),
-    _boot("kvm_guest.pvspin", vtype="choice", choices=("auto", "on", "off"), patch_gate=True),
+    _boot("vnuma_debug.emulate_halt_preempted", vtype="bool", patch_gate=True,
+          doc="debug series (test aid, never on bare metal): emulate an old host from boot"),
 ]}
 
 
@@ -207,6 +216,7 @@ class Resolved:
 
 
 DEBUGFS_MOUNT_HINT = f"mount -t debugfs nodev {DEBUGFS}"
+UNPATCHED = "unpatched kernel (no vnuma_sched series)"
 
 
 def _has_sched_files(sysroot):
@@ -278,7 +288,7 @@ def resolve(knob, sysroot, version):
     if sysroot.exists(path):
         return Resolved((path,))
     if knob.patch_gate:
-        return Resolved((), "unpatched kernel (no vnuma_sched series)")
+        return Resolved((), UNPATCHED)
     if knob.kind == MODULE:
         return Resolved((), f"module {knob.name.split('.')[0]} not loaded or built in")
     return Resolved((), f"{path} absent on this kernel")

@@ -31,13 +31,8 @@ class Row:
                 "boot": self.boot}
 
 
-def _feature_state(sysroot, path, name):
-    tokens = sysroot.read(path).split()
-    if name in tokens:
-        return "1"
-    if f"NO_{name}" in tokens:
-        return "0"
-    return None
+NO_FEATURE = "feature not in this kernel"
+NO_SERIES_FEATURE = f"{NO_FEATURE}: {K.UNPATCHED}"
 
 
 def _boot_value(knob, cmdline):
@@ -52,7 +47,7 @@ def _boot_value(knob, cmdline):
 def read(knob, path, sysroot):
     """Current normalised value of one path of a knob."""
     if knob.kind == K.FEATURE:
-        return _feature_state(sysroot, path, knob.name.split(".", 1)[1])
+        return facts.feature_state(sysroot.read(path), knob.name.split(".", 1)[1])
     if knob.kind == K.BOOT:
         return _boot_value(knob, sysroot.read(path))
     return knob.decode(sysroot.read(path).strip())
@@ -122,7 +117,7 @@ def _row(name, target, sysroot, version, profile):
         return Row(name, knob.kind, res.paths, "-", target, UNSUPPORTED, why)
     if any(v is None for v in values):
         return Row(name, knob.kind, res.paths, "-", target, UNSUPPORTED,
-                   "feature not in this kernel")
+                   NO_SERIES_FEATURE if knob.patch_gate else NO_FEATURE)
     if knob.kind == K.BOOT:
         return _boot_row(name, knob, target, values, res.paths)
     action = UNCHANGED if set(values) == {target} else SET
