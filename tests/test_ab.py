@@ -121,8 +121,8 @@ def test_named_arms_refused(opts, a, b, needle):
 def test_an_empty_named_arm_names_its_option():
     with pytest.raises(BadInput, match="^--arm on: empty arm$"):
         arms.parse_arms(arms.named_specs(["ref=x=1", "on= ,"]), P.search_path())
-    with pytest.raises(BadInput, match=re.escape("--arm ref 'kernel.sched_numa_idle_damp=9'")):
-        arms.parse_arms(arms.named_specs(["ref=kernel.sched_numa_idle_damp=9", "b=x=1"]),
+    with pytest.raises(BadInput, match=re.escape("--arm ref 'kernel.numa_balancing=9'")):
+        arms.parse_arms(arms.named_specs(["ref=kernel.numa_balancing=9", "b=x=1"]),
                         P.search_path())
 
 
@@ -347,7 +347,7 @@ def _arms(*items):
     return arms.parse_arms(arms.named_specs(list(items)), P.search_path())
 
 
-THREE = ("ref=kernel.sched_numa_idle_damp=0", "off=kvm_guest.idle_halt_hint=off",
+THREE = ("ref=kernel.numa_balancing=0", "off=kvm_guest.idle_halt_hint=off",
          "on=kvm_guest.idle_halt_hint=on")
 
 
@@ -396,8 +396,8 @@ def test_three_arms_over_two_boots(tmp_path, monkeypatch):
 
 
 def test_arms_differing_in_boot_parameters_boot_once_per_run(tmp_path, monkeypatch):
-    arm_list = _arms("ref=kernel.sched_numa_idle_damp=0", "pv=nopvspin",
-                     "mit=mitigations=off kernel.sched_numa_idle_damp=0")
+    arm_list = _arms("ref=kernel.numa_balancing=0", "pv=nopvspin",
+                     "mit=mitigations=off kernel.numa_balancing=0")
     doc, guest, said = _run(tmp_path, monkeypatch, arm_list, 2, 2)
     assert [p["order"] for p in guest.plans] == [["ref"], ["pv"], ["mit"],
                                                  ["pv"], ["mit"], ["ref"]]
@@ -411,8 +411,8 @@ def test_arms_differing_in_boot_parameters_boot_once_per_run(tmp_path, monkeypat
 
 
 def test_two_arms_in_one_boot_keep_the_old_plan(tmp_path, monkeypatch):
-    arm_list = arms.parse_arms(arms.named_specs([], "kernel.sched_numa_idle_damp=0",
-                                                "kernel.sched_numa_idle_damp=3"),
+    arm_list = arms.parse_arms(arms.named_specs([], "kernel.numa_balancing=0",
+                                                "kernel.numa_balancing=3"),
                                P.search_path())
     doc, guest, said = _run(tmp_path, monkeypatch, arm_list, 3, 1)
     (plan,) = guest.plans
@@ -420,7 +420,7 @@ def test_two_arms_in_one_boot_keep_the_old_plan(tmp_path, monkeypatch):
     assert set(plan) >= {"arms", "order", "workload", "probes", "mode"}
     assert doc["boots"] == 1 and "pool" not in doc["note"]
     assert any(s.startswith("one boot, 6 runs") for s in said)
-    assert "A: kernel.sched_numa_idle_damp=0   B: kernel.sched_numa_idle_damp=3" in \
+    assert "A: kernel.numa_balancing=0   B: kernel.numa_balancing=3" in \
         ab_text(doc, PRIMARY)
 
 
@@ -492,11 +492,11 @@ def test_ab_cli_with_three_arms_and_boots(tmp_path, monkeypatch):
     assert doc["metrics"]["cross_node_migrations"]["on"]["n"] == 3
 
 
-ARMS2 = ["--arm", "ref=kernel.sched_numa_idle_damp=0", "--arm", "on=kernel.sched_numa_idle_damp=3"]
+ARMS2 = ["--arm", "ref=kernel.numa_balancing=0", "--arm", "on=kernel.numa_balancing=3"]
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--arm", "ref=kernel.sched_numa_idle_damp=0", "--arm", "ref=nopvspin"],
+    (["--arm", "ref=kernel.numa_balancing=0", "--arm", "ref=nopvspin"],
      "--arm ref: the name is given twice"),
     (["--arm", "Ref=nopvspin", "--arm", "on=nopvspin"], "--arm 'Ref': a name is"),
     (["--arm", "ref=", "--arm", "on=nopvspin"], "--arm ref: empty arm"),
@@ -506,8 +506,8 @@ ARMS2 = ["--arm", "ref=kernel.sched_numa_idle_damp=0", "--arm", "on=kernel.sched
     (["--b", "nopvspin"], "--a and --b go together"),
     ([*ARMS2, "--boots", "0"], "--boots 0: at least 1"),
     ([*ARMS2, "--runs", "2", "--boots", "3"], "--runs 2 is fewer than --boots 3"),
-    (["--arm", "ref=kernel.sched_numa_idle_damp=9", "--arm", "on=nopvspin"],
-     "--arm ref 'kernel.sched_numa_idle_damp=9'"),
+    (["--arm", "ref=kernel.numa_balancing=9", "--arm", "on=nopvspin"],
+     "--arm ref 'kernel.numa_balancing=9'"),
 ])
 def test_ab_refuses_bad_arms_before_anything(tmp_path, monkeypatch, args, needle):
     def no_work(*a, **kw):
