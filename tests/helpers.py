@@ -61,16 +61,20 @@ def debian_source_version(series):
 # --- recordings ----------------------------------------------------------------------
 
 def interval(topo_nodes, dt=1.0):
-    """One interval record with known counters (5 wake and 2 newidle migrations...)."""
+    """One interval record with known counters (5 wake and 2 newidle migrations, 3 of
+    the wake ones avoidable...)."""
     mx = {c: {"busy": [[0] * topo_nodes for _ in range(topo_nodes)],
               "idle": [[0] * topo_nodes for _ in range(topo_nodes)]} for c in E.CAUSE_NAMES}
     mx["wake"]["busy"][0][1] = 5
     mx["newidle"]["idle"][1][1] = 2
+    avoidable = {c: [[0] * topo_nodes for _ in range(topo_nodes)] for c in E.CAUSE_NAMES}
+    avoidable["wake"][0][1] = 3     # 3 of the 5 wake-up moves left an idle allowed CPU
     return {"type": "interval", "t": 0.0, "dt": dt, "probes": {
         "ipi": {"per_cpu": [[3, 4, 0, 1], [1, 0, 0, 0], [0, 2, 0, 0], [5, 5, 1, 0]]},
         "halt": {"count": [[2] + [0] * 7] * 4, "ns": [[3_000_000] + [0] * 7] * 4,
                  "hist": [0, 1, 4, 2] + [0] * 28, "pvspin": [[0, 0]] * 4},
-        "migrate": {"matrix": mx, "wake_place": [20, 3]},
+        "migrate": {"matrix": mx, "wake_place": [20, 3], "avoidable": avoidable,
+                    "avoid_seen": [7, 5, 0, 0]},
         "preempt": {"checked": [4, 4, 0, 0], "rejected": [1, 2, 0, 0]},
         "steal": {"ms": [0, 1, 0, 2]}}}
 
@@ -95,3 +99,38 @@ def one_line(res, code, *needles):
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+# --- BTF ------------------------------------------------------------------------------
+
+def btf_blob(structs, order="<"):
+    """A minimal BTF blob (Documentation/bpf/btf.rst): type 1 is a 4-byte int, then one
+    struct per entry of ``structs`` ({name: [(member, byte offset, type)]}, type "int"
+    or the name of another struct of the dict; "" names an anonymous struct), in order."""
+    import struct as S  # noqa: PLC0415 - only for this builder
+
+    strings, offsets = bytearray(b"\0"), {"": 0}
+
+    def name_off(name):
+        if name not in offsets:
+            offsets[name] = len(strings)
+            strings.extend(name.encode() + b"\0")
+        return offsets[name]
+
+    ids = {"int": 1, **{name: 2 + i for i, name in enumerate(structs)}}
+    types = bytearray(S.pack(order + "3I", name_off("int"), 1 << 24, 4) +
+                      S.pack(order + "I", 32))
+    for key, members in structs.items():
+        name = key.split("#")[0]       # "#n" makes anonymous keys unique
+        size = max((off + 8 for _, off, _ in members), default=0)
+        types += S.pack(order + "3I", name_off(name), (4 << 24) | len(members), size)
+        for member, off, typ in members:
+            types += S.pack(order + "3I", name_off(member), ids[typ], off * 8)
+    header = S.pack(order + "HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types),
+                    len(strings))
+    return header + bytes(types) + bytes(strings)
+
+
+TASK_BTF = {"thread_info": [("flags", 0, "int"), ("status", 16, "int"), ("cpu", 20, "int")],
+            "task_struct": [("thread_info", 0, "thread_info"), ("cpus_ptr", 800, "int"),
+                            ("pid", 1264, "int"), ("comm", 1752, "int")]}

@@ -1,6 +1,7 @@
 """Probes without bcc or root: the C/Python mirror, parameters, availability,
 classification (6.1 and 6.12 enum layouts), interval math, recordings, renderers."""
 
+import ctypes
 import io
 import json
 import os
@@ -10,7 +11,7 @@ import tarfile
 
 import pytest
 from click.testing import CliRunner
-from helpers import golden, interval, one_line, write_recording
+from helpers import TASK_BTF, btf_blob, golden, interval, one_line, write_recording
 
 from vnuma_sched.cli.main import main
 from vnuma_sched.cli.probes import _split_top_args, check_record_args
@@ -31,11 +32,17 @@ def test_python_mirror_matches_c_header():
         assert d[f"CAUSE_{name.upper()}"] == i
     assert d["NR_CAUSES"] == E.NR_CAUSES and d["IDLE_NEWLY"] == E.IDLE_NEWLY
     assert d["MAX_IDLE_STATES"] == E.MAX_IDLE_STATES and d["HIST_SLOTS"] == E.HIST_SLOTS
+    for i, name in enumerate(E.SEEN_NAMES):
+        assert d[f"SEEN_{name.upper()}"] == i
+    assert d["NR_SEEN"] == E.NR_SEEN
     text = (E.BPF_DIR / "vnuma.h").read_text()
-    c_fields = [ln.split()[-1].rstrip(";").split("[")[0] for ln in
-                text[text.index("struct migrate_event {"):].splitlines()[1:11]]
+    body = text[text.index("struct migrate_event {"):].split("};")[0]
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    c_fields = [ln.split()[-1].rstrip(";").split("[")[0] for ln in body.splitlines()[1:]
+                if ln.strip()]
     assert c_fields == [f for f, _ in E.MigrateEvent._fields_]
     assert E.MigrateEvent.__dict__["comm"].size == 16
+    assert E.MigrateEvent.__dict__["allowed"].offset == 48 and ctypes.sizeof(E.MigrateEvent) == 56
 
 
 @pytest.mark.parametrize("value", ["1", 1.5, True, None, "7; system('x')"])
@@ -52,8 +59,11 @@ def test_bpf_parameter_range_and_name():
         catalog.int_flag("max cpus", 1)
 
 
-def make_tracefs(root, tracepoints, kprobes=False, symbols=(), migrate_comm=True):
+def make_tracefs(root, tracepoints, kprobes=False, symbols=(), migrate_comm=True, btf=None):
     (root / "sys/kernel/tracing/events").mkdir(parents=True, exist_ok=True)
+    if btf is not None:
+        (root / "sys/kernel/btf").mkdir(parents=True, exist_ok=True)
+        (root / "sys/kernel/btf/vmlinux").write_bytes(btf)
     for tp in tracepoints:
         cat, name = tp.split(":")
         (root / f"sys/kernel/tracing/events/{cat}/{name}").mkdir(parents=True, exist_ok=True)
@@ -79,11 +89,15 @@ def avail(sysroot, name, euid=0):
 def test_availability_full_guest(tmp_path):
     root = make_tracefs(tmp_path, ALL_TP, kprobes=True,
                         symbols=["available_idle_cpu", "sched_balance_rq", "kvm_wait",
-                                 "kvm_kick_cpu", "__vnuma_emul_vcpu_is_preempted"])
+                                 "kvm_kick_cpu", "__vnuma_emul_vcpu_is_preempted"],
+                        btf=btf_blob(TASK_BTF))
     assert avail(root, "ipi").flags == {"HAVE_IPI_SEND_CPU": 1}
     m = avail(root, "migrate")
-    assert m.flags == {"HAVE_MIGRATE_COMM": 1, "HAVE_NUMA_TP": 1, "BALANCE_FN_KPROBE": 1}
-    assert m.attach == {"balance": "sched_balance_rq"}
+    assert m.flags == {"HAVE_MIGRATE_COMM": 1, "HAVE_NUMA_TP": 1, "BALANCE_FN_KPROBE": 1,
+                       "HAVE_AVOIDABLE": 1, "TASK_PID_OFF": 1264, "TASK_COMM_OFF": 1752,
+                       "TASK_CPUS_PTR_OFF": 800, "TASK_CPU_OFF": 20}
+    assert m.attach == {"balance": "sched_balance_rq", "migrate_raw": "sched_migrate_task"}
+    assert m.unsupported == {} and m.notes == []
     p = avail(root, "preempt")
     assert p.ok and p.attach == {"preempted": "__vnuma_emul_vcpu_is_preempted"}
     assert avail(root, "halt").flags == {"HAVE_KPROBES": 1}

@@ -182,6 +182,11 @@ def top_text(view):
     if view["causes"] is not None:
         parts = [f"{c} {cross}/{total}" for c, cross, total in view["causes"]]
         out.append("migrations cross-node/all: " + (", ".join(parts) or "none"))
+    if view.get("avoidable") is not None:
+        parts = [f"{c} {n}" for c, n in view["avoidable"] if n]
+        total = sum(n for _, n in view["avoidable"])
+        out.append(f"cross-node avoidable: {total}" + (f" ({', '.join(parts)})" if parts
+                                                       else ""))
     return "\n".join(out)
 
 
@@ -209,17 +214,28 @@ def report_text(doc):
     out = [head, table(rows, ["metric", "total", "per second"])]
     for cause, mx in doc.get("matrix", {}).items():
         if any(map(any, mx)):
-            ids = [f"node{i}" for i in range(len(mx))]
-            out.append(table([[f"from node{s}", *row] for s, row in enumerate(mx)],
-                             [f"{cause} migrations", *[f"to {i}" for i in ids]]))
+            out.append(_node_table(mx, f"{cause} migrations"))
+    avoidable = doc.get("avoidable_matrix") or {}
+    if any(any(map(any, mx)) for mx in avoidable.values()):
+        first = next(iter(avoidable.values()))
+        total = [[sum(mx[s][d] for mx in avoidable.values()) for d in range(len(first))]
+                 for s in range(len(first))]
+        out.append(_node_table(total, "avoidable cross-node"))
     if "idle_hist_us" in doc:
         out.append("idle residency (log2 us)\n" +
                    "\n".join(log2_hist_lines(doc["idle_hist_us"])))
     skipped = [f"{n}: {p['reason']}" for n, p in doc.get("probes", {}).items()
                if not p.get("available")]
+    skipped += [f"{m}: {why}" for m, why in doc.get("unsupported_metrics", {}).items()
+                if "." not in m]      # a family's per-cause names share its reason
     if skipped:
         out.append("not recorded: " + "; ".join(skipped))
     return "\n\n".join(out)
+
+
+def _node_table(mx, title):
+    return table([[f"from node{s}", *row] for s, row in enumerate(mx)],
+                 [title, *[f"to node{d}" for d in range(len(mx))]])
 
 
 def _num(x):

@@ -71,8 +71,10 @@ class Guest:
         if runs and not values(runs, metric):
             guest = next((r for r in recs if r.get("type") == "guest"), {})
             why = guest.get("probes", {}).get(self.probes[0], {})
-            raise Abort(f"the guest reported no {metric}: probe {self.probes[0]} "
-                        f"{why.get('reason') or 'not loaded'}")
+            unsupported = (why.get("unsupported") or {}).get(metric)
+            raise Abort(f"the guest reported no {metric}: " + (
+                f"unsupported: {unsupported}" if unsupported else
+                f"probe {self.probes[0]} {why.get('reason') or 'not loaded'}"))
         return runs
 
 

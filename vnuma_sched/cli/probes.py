@@ -49,7 +49,8 @@ def probes_cmd(settings, as_json):
     for probe in catalog.PROBES.values():
         a = catalog.availability(probe, facts)
         rows.append({"probe": probe.name, "side": probe.side, "available": a.ok,
-                     "reason": a.reason, "notes": a.notes, "doc": probe.doc})
+                     "reason": a.reason, "notes": a.notes, "unsupported": a.unsupported,
+                     "doc": probe.doc})
     emit(settings, {"probes": rows}, table(
         [[r["probe"], r["side"], "yes" if r["available"] else "no",
           r["reason"] or "; ".join(r["notes"]) or r["doc"]] for r in rows],
@@ -83,7 +84,9 @@ def top_cmd(settings, args, per_cpu, as_json):
     object per interval. Columns: resch/csq reschedule and call-function-
     single IPIs received, noipi wake-ups without IPI, idle/idlems idle
     entries and time, rejpre idle CPUs rejected as preempted, stealms steal
-    time, migin/xnodein migrations into the node (from other nodes).
+    time, migin/xnodein migrations into the node (from other nodes); then
+    migrations by cause and the cross-node avoidable ones (moved off a node
+    that had an idle CPU the task was allowed on).
     \b
     Examples:
       sudo vnuma-sched top                 all probes, every second
@@ -95,9 +98,8 @@ def top_cmd(settings, args, per_cpu, as_json):
     if catalog.needs_bpf(names):
         need_root(settings, "loading BPF probes")
     session = _probe_session(settings, names).start()
-    for name, a in session.status.items():
-        if not a.ok:
-            progress(settings)(f"{name}: unsupported: {a.reason}")
+    for line in catalog.unsupported_lines(session.status):
+        progress(settings)(line)
     if not session.running():
         raise BadInput("no probe can run here (see 'vnuma-sched probes')")
     sampler, n = Sampler(session), 0

@@ -45,7 +45,8 @@ def run_plan(plan, sysroot):
     session = Session(plan["probes"], sysroot, os.geteuid(), topo).start()
     _emit({"type": "guest", "kernel": facts.release(sysroot),
            "cmdline": sysroot.read("/proc/cmdline"), "topology": topo.to_dict(),
-           "probes": {n: {"available": a.ok, "reason": a.reason}
+           "probes": {n: {"available": a.ok, "reason": a.reason,
+                          "unsupported": a.unsupported}
                       for n, a in session.status.items()}})
     wl = plan["workload"]
     env = {**os.environ, **wl.get("env", {})}

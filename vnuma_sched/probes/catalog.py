@@ -17,6 +17,7 @@ class Availability:
     flags: dict = field(default_factory=dict)     # -D NAME=int
     attach: dict = field(default_factory=dict)    # role -> kernel symbol
     notes: list = field(default_factory=list)     # degraded but usable
+    unsupported: dict = field(default_factory=dict)   # metric name -> why not measured
 
 
 def availability(probe, facts):
@@ -44,6 +45,19 @@ def availability(probe, facts):
     return Availability(False, why_not) if why_not else avail
 
 
+def unsupported_lines(status):
+    """One line per probe that cannot run and per metric a running probe cannot measure
+    (a metric family once: its per-cause names share the reason)."""
+    lines = []
+    for name, a in status.items():
+        if not a.ok:
+            lines.append(f"{name}: unsupported: {a.reason}")
+            continue
+        lines += [f"{name}: {metric} unsupported: {why}"
+                  for metric, why in a.unsupported.items() if "." not in metric]
+    return lines
+
+
 def int_flag(name, value, lo=0, hi=1 << 20):
     """'-DNAME=value' for a validated integer; anything else is BadInput."""
     if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
@@ -55,8 +69,11 @@ def int_flag(name, value, lo=0, hi=1 << 20):
     return f"-D{name}={value}"
 
 
-def cflags(avail, max_cpus, max_nodes, with_events=False):
+def cflags(avail, max_cpus, max_nodes, with_events=False, max_node_cpus=None):
+    """The -D flags of one probe: the sizes (MAX_NODE_CPUS, the CPUs of the largest
+    node, defaults to MAX_CPUS), WITH_EVENTS and what the probe's configure decided."""
     flags = {"MAX_CPUS": max_cpus, "MAX_NODES": max_nodes,
+             "MAX_NODE_CPUS": max_node_cpus or max_cpus,
              "WITH_EVENTS": int(with_events), **avail.flags}
     return [int_flag(k, v) for k, v in sorted(flags.items())]
 

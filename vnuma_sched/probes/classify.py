@@ -1,5 +1,5 @@
-"""Pure functions over probe data: the migration cause decision (mirror of
-bpf/migrate.bpf.c), interval deltas, matrices and per-node rows."""
+"""Pure functions over probe data: the migration cause and avoidability decisions
+(mirrors of bpf/migrate.bpf.c), interval deltas, matrices and per-node rows."""
 
 from vnuma_sched.probes import events as E
 
@@ -77,6 +77,62 @@ def by_cause(matrix):
         out[cause] = {"cross": cross_node(matrix, [cause]), "same": same_node(matrix, [cause]),
                       "to_idle": sum(map(sum, idle))}
     return out
+
+
+def node_cpu_slots(topology, max_cpus, max_nodes, max_node_cpus):
+    """What the migrate probe's node_cpus map holds: {node * max_node_cpus + i: (i-th
+    CPU of the node) + 1}; a 0 (absent) entry ends a node's list. Nodes and CPUs the
+    maps have no room for are left out (node_of() in the probe reads them as node 0)."""
+    out = {}
+    for node in topology.nodes:
+        if node.id < max_nodes:
+            cpus = sorted(c for c in node.cpus if c < max_cpus)[:max_node_cpus]
+            out.update({node.id * max_node_cpus + i: cpu + 1 for i, cpu in enumerate(cpus)})
+    return out
+
+
+def is_avoidable(orig_cpu, dest_cpu, cpu_node, node_cpus, idle, allowed):
+    """The avoidability decision of migrate.bpf.c, on its maps' contents: a move to
+    another node while a CPU of the previous node other than the destination was idle
+    and in the task's allowed mask (an int, bit n = CPU n). None for a same-node move.
+    cpu_node: {cpu: node}; node_cpus: {node: [cpus]}; idle: {cpu: bool}."""
+    src = cpu_node.get(orig_cpu, 0)
+    if src == cpu_node.get(dest_cpu, 0):
+        return None
+    return any(c != dest_cpu and idle.get(c) and allowed >> c & 1
+               for c in node_cpus.get(src, ()))
+
+
+def unflatten_cause_matrix(flat, max_nodes, nodes):
+    """[cause][src][dst] flat counts -> {cause: n x n}."""
+    out = {}
+    for c, cause in enumerate(E.CAUSE_NAMES):
+        base = c * max_nodes * max_nodes
+        out[cause] = [[flat[base + s * max_nodes + d] for d in range(nodes)]
+                      for s in range(nodes)]
+    return out
+
+
+def cause_matrix_total(matrix, causes=None):
+    """n x n sum of a {cause: n x n} matrix over causes."""
+    causes = causes or list(matrix)
+    n = len(next(iter(matrix.values())))
+    return [[sum(matrix[c][s][d] for c in causes) for d in range(n)] for s in range(n)]
+
+
+def off_diagonal(square):
+    return sum(v for s, row in enumerate(square) for d, v in enumerate(row) if s != d)
+
+
+def avoidable_metrics(avoidable, seen):
+    """cross_node_avoidable (total and per cause) and cross_node_unchecked from the
+    migrate probe's avoidable {cause: n x n} and avoid_seen counters."""
+    m = {"cross_node_avoidable": off_diagonal(cause_matrix_total(avoidable)),
+         "cross_node_unchecked": (seen[E.SEEN_CROSS_UNREADABLE] +
+                                  seen[E.SEEN_TASK_UNREADABLE])}
+    for cause, square in avoidable.items():
+        m[f"cross_node_avoidable.{cause}"] = off_diagonal(square)
+    return m
 
 
 def node_rows(topology, per_cpu_columns, per_cpu=False):

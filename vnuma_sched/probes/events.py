@@ -17,6 +17,10 @@ CAUSE_WAKE, CAUSE_NEWIDLE, CAUSE_PERIODIC, CAUSE_NOHZ, CAUSE_NUMA, CAUSE_OTHER =
 NR_CAUSES = 6
 CAUSE_NAMES = ("wake", "newidle", "periodic", "nohz", "numa", "other")
 IDLE_NEWLY = 2
+# avoid_seen: what the migrate probe's raw tracepoint handler saw
+SEEN_EXAMINED, SEEN_CROSS_CHECKED, SEEN_CROSS_UNREADABLE, SEEN_TASK_UNREADABLE = range(4)
+NR_SEEN = 4
+SEEN_NAMES = ("examined", "cross_checked", "cross_unreadable", "task_unreadable")
 MAX_IDLE_STATES = 8
 HIST_SLOTS = 32
 
@@ -32,13 +36,15 @@ class MigrateEvent(ctypes.Structure):
                 ("orig_cpu", ctypes.c_uint32), ("dest_cpu", ctypes.c_uint32),
                 ("cur_cpu", ctypes.c_uint32), ("cause", ctypes.c_uint8),
                 ("dest_idle", ctypes.c_uint8), ("cross_node", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8), ("comm", ctypes.c_char * 16)]
+                ("avoidable", ctypes.c_uint8), ("comm", ctypes.c_char * 16),
+                ("pad", ctypes.c_uint32), ("allowed", ctypes.c_uint64)]
 
     def to_dict(self):
         return {"ts": self.ts, "pid": self.pid, "orig_cpu": self.orig_cpu,
                 "dest_cpu": self.dest_cpu, "cur_cpu": self.cur_cpu,
                 "cause": CAUSE_NAMES[self.cause] if self.cause < NR_CAUSES else "other",
                 "dest_idle": bool(self.dest_idle), "cross_node": bool(self.cross_node),
+                "avoidable": bool(self.avoidable), "allowed": self.allowed,
                 "comm": self.comm.decode("utf-8", "replace")}
 
 

@@ -6,7 +6,7 @@ import sys
 import tempfile
 
 from vnuma_sched.probes import spec
-from vnuma_sched.probes.classify import unflatten_matrix
+from vnuma_sched.probes.classify import unflatten_cause_matrix, unflatten_matrix
 from vnuma_sched.probes.kheaders import kernel_source
 
 NOOP_PROGRAM = b"int vnuma_sched_noop(void *ctx) { return 0; }"
@@ -82,18 +82,22 @@ class LoadedProbe:
                 failure = err
         if failure is not None:  # the compiler's message is complete only now
             raise RuntimeError(_first_error(errors, str(failure))) from failure
-        self._attach(avail)
-        for map_name, key in probe.fills:
-            self._fill(map_name, context.get(key) or {})
+        try:
+            for map_name, key in probe.fills:   # before attaching: no event sees them empty
+                self._fill(map_name, context.get(key) or {})
+            self._attach(avail)
+        except Exception:  # bcc raises bare Exception; nothing stays attached
+            self.bpf.cleanup()
+            raise
         self.events = bool(probe.events and on_event is not None and self.flags.get("WITH_EVENTS"))
         if self.events:
             self.bpf[probe.events].open_perf_buffer(on_event, page_cnt=64, lost_cb=self._lost)
 
     def _fill(self, name, mapping):
         table = self.bpf[name]
-        for cpu, value in mapping.items():
-            if cpu < self.max_cpus:
-                table[table.Key(cpu)] = table.Leaf(value)
+        for index, value in mapping.items():
+            if 0 <= index < table.max_entries:
+                table[table.Key(index)] = table.Leaf(value)
 
     def _lost(self, count):
         self.lost += count
@@ -102,6 +106,9 @@ class LoadedProbe:
         for a in self.probe.attach:
             symbol = avail.attach.get(a.symbol[1:]) if a.symbol.startswith("@") else a.symbol
             if symbol is None:  # a role this kernel does not offer (see the catalog's notes)
+                continue
+            if a.kind == "raw_tracepoint":
+                self.bpf.attach_raw_tracepoint(tp=symbol, fn_name=a.fn)
                 continue
             attach = self.bpf.attach_kprobe if a.kind == "kprobe" else self.bpf.attach_kretprobe
             attach(event=symbol, fn_name=a.fn)
@@ -141,9 +148,11 @@ class LoadedProbe:
             if m.when_flag and not self.flags.get(m.when_flag):
                 continue
             out[m.key] = self._read(m)
+            nodes = len(self.context["topology"].nodes)
             if m.matrix:
-                out[m.key] = unflatten_matrix(out[m.key], self.max_nodes,
-                                              len(self.context["topology"].nodes))
+                out[m.key] = unflatten_matrix(out[m.key], self.max_nodes, nodes)
+            elif m.cause_matrix:
+                out[m.key] = unflatten_cause_matrix(out[m.key], self.max_nodes, nodes)
         return out
 
     def close(self):

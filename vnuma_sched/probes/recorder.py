@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from vnuma_sched.errors import BadInput, Missing
-from vnuma_sched.probes import recording
+from vnuma_sched.probes import catalog, recording
 
 
 def check_output(output, force):
@@ -63,9 +63,8 @@ def _write(fh, rec):
 def record(session, sysroot, output, interval, duration, command, progress, force=False):
     """Returns the exit code: the command's, or 0 after a duration (130 on Ctrl-C).
     ``output`` is created (replaced only with ``force``)."""
-    for name, a in session.status.items():
-        if not a.ok:
-            progress(f"{name}: unsupported: {a.reason}")
+    for line in catalog.unsupported_lines(session.status):
+        progress(line)
     if not session.running():
         session.close()
         raise BadInput("no probe can run here (see 'vnuma-sched probes')")

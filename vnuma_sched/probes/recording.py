@@ -23,7 +23,8 @@ def meta(session, sysroot, interval, command=None):
             "cmdline": sysroot.read_optional("/proc/cmdline", ""),
             "topology": session.topology.to_dict(), "gates": facts.patch_gate_values(sysroot),
             "interval_s": interval, "command": command,
-            "probes": {n: {"available": a.ok, "reason": a.reason, "notes": a.notes}
+            "probes": {n: {"available": a.ok, "reason": a.reason, "notes": a.notes,
+                           "unsupported": a.unsupported}
                        for n, a in session.status.items()},
             "started": time.time()}
 
@@ -126,6 +127,10 @@ def _check_meta(rec):
         if not isinstance(p, dict) or not isinstance(p.get("available", False), bool) \
                 or not (p.get("available") or isinstance(p.get("reason"), str)):
             raise ValueError(f"meta: probe {name!r}: expected available and a reason")
+        unsupported = p.get("unsupported", {})
+        if not (isinstance(unsupported, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in unsupported.items())):
+            raise ValueError(f"meta: probe {name!r}: unsupported is not metric -> reason")
     if not isinstance(rec.get("gates", {}), dict):
         raise ValueError("meta: gates is not an object")
     command = rec.get("command")

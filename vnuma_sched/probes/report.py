@@ -54,6 +54,8 @@ def _check_probe(name, data):
     if name == "migrate":
         for cause in CAUSE_NAMES:
             classify.matrix_total(data["matrix"], [cause])
+            if "avoidable" in data:
+                classify.cause_matrix_total(data["avoidable"], [cause])
     if name == "halt" and not (isinstance(data["hist"], list) and _numbers(data["hist"])):
         raise ValueError("hist is not a list of numbers")
 
@@ -92,8 +94,20 @@ def top_view(rec, topology, per_cpu=False):
                         sum(mx[s][i] for s in range(len(mx)) if s != i)]
         causes = [(c, v["cross"], v["cross"] + v["same"])
                   for c, v in classify.by_cause(matrix).items() if v["cross"] + v["same"]]
+    avoidable = None
+    if "migrate" in probes and "avoidable" in probes["migrate"]:
+        avoidable = [(c, classify.off_diagonal(mx))
+                     for c, mx in probes["migrate"]["avoidable"].items()]
     return {"t": rec["t"], "dt": rec["dt"], "label": "cpu" if per_cpu else "node",
-            "columns": cols, "rows": rows, "causes": causes}
+            "columns": cols, "rows": rows, "causes": causes, "avoidable": avoidable}
+
+
+def unsupported_metrics(meta_probes):
+    """Metric name -> why it was not measured, from a recording's probe statuses."""
+    out = {}
+    for p in meta_probes.values():
+        out.update(p.get("unsupported") or {})
+    return out
 
 
 def summarize(meta, intervals, events, end):
@@ -104,12 +118,15 @@ def summarize(meta, intervals, events, end):
            "intervals": len(intervals), "lost_events": (end or {}).get("lost", 0),
            "complete": end is not None, "exit_code": (end or {}).get("exit_code"),
            "probes": meta.get("probes", {}), "gates": meta.get("gates", {}),
+           "unsupported_metrics": unsupported_metrics(meta.get("probes", {})),
            "metrics": {k: {"total": v, "rate": round(v / seconds, 3) if seconds else None}
                        for k, v in mets.items()},
            "events": len(events)}
     if "migrate" in tot:
         doc["matrix"] = {c: classify.matrix_total(tot["migrate"]["matrix"], [c])
                          for c in CAUSE_NAMES}
+        if "avoidable" in tot["migrate"]:
+            doc["avoidable_matrix"] = tot["migrate"]["avoidable"]
     if "halt" in tot:
         doc["idle_hist_us"] = tot["halt"]["hist"]
     return doc

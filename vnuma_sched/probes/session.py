@@ -8,6 +8,7 @@ import os
 
 from vnuma_sched.errors import VnumaError
 from vnuma_sched.probes import catalog, kheaders
+from vnuma_sched.probes.classify import node_cpu_slots
 from vnuma_sched.probes.events import BPF_DIR, MigrateEvent
 from vnuma_sched.system import facts
 from vnuma_sched.system.topology import llc_of_cpus
@@ -19,6 +20,12 @@ def steal_ms(sysroot, ncpus=0):
     hz = os.sysconf("SC_CLK_TCK")
     ms = [ticks * 1000 // hz for ticks in facts.steal_ticks_per_cpu(sysroot)]
     return ms + [0] * (ncpus - len(ms))
+
+
+def map_sizes(topology):
+    """(MAX_CPUS, MAX_NODES, MAX_NODE_CPUS) of the probes' maps for a topology."""
+    return (max(topology.cpus, default=0) + 1, max(len(topology.nodes), 1),
+            max((len(n.cpus) for n in topology.nodes), default=0) or 1)
 
 
 class Session:
@@ -37,21 +44,33 @@ class Session:
         needs_bpf = [p for p in self.probes if p.bpf and self.status[p.name].ok]
         headers = self._headers() if needs_bpf else None
         needs_bpf = [p for p in needs_bpf if self.status[p.name].ok]
+        sizes = map_sizes(self.topology)
         context = {"topology": self.topology, "cpu_node": self.topology.cpu_node,
-                   "llc": llc_of_cpus(self.sysroot, self.topology)}
-        max_cpus = max(self.topology.cpus, default=0) + 1
-        max_nodes = max(len(self.topology.nodes), 1)
+                   "llc": llc_of_cpus(self.sysroot, self.topology),
+                   "node_cpus": node_cpu_slots(self.topology, *sizes)}
         for probe in needs_bpf:
-            avail = self.status[probe.name]
-            events = self.with_events and bool(probe.events)
-            flags = catalog.cflags(avail, max_cpus, max_nodes, events)
+            self._load(loader, probe, context, sizes, headers)
+        return self
+
+    def _load(self, loader, probe, context, sizes, headers):
+        """Compile and attach one probe; when that fails and the probe can do without an
+        optional part (its spec's degrade), once more without it."""
+        avail = self.status[probe.name]
+        events = self.with_events and bool(probe.events)
+        max_cpus, max_nodes, max_node_cpus = sizes
+        for _ in range(2):
+            flags = catalog.cflags(avail, max_cpus, max_nodes, events, max_node_cpus)
             try:
                 self.loaded[probe.name] = loader.LoadedProbe(
                     probe, avail, flags, context, BPF_DIR,
                     on_event=self._event if events else None, headers=headers)
+                return
             except Exception as err:  # a compile or attach failure: this probe only
-                self.status[probe.name] = catalog.Availability(False, f"load failed: {err}")
-        return self
+                failure = err
+                if not (probe.degrade and probe.degrade(avail, err)):
+                    break
+                self.log(f"{probe.name}: {avail.notes[-1]}; loading without it")
+        self.status[probe.name] = catalog.Availability(False, f"load failed: {failure}")
 
     def _headers(self):
         """Kernel headers for bcc; when they cannot be had safely, the BPF probes are

@@ -31,11 +31,13 @@ class Map:
     when_flag: str = ""           # read only when this -D flag is 1
     listing: bool = False         # rows of a hash map, not counters: left out of totals
     matrix: bool = False          # flat [cause][dest idle][src][dst]: n x n per cause
+    cause_matrix: bool = False    # flat [cause][src][dst]: n x n per cause
 
 
 @dataclass(frozen=True)
 class Attach:
-    """A kprobe or kretprobe; ``symbol`` "@role" is resolved per kernel (Availability.attach)."""
+    """A kprobe, kretprobe or raw_tracepoint; ``symbol`` "@role" is resolved per kernel
+    (Availability.attach; a role the kernel does not offer is not attached)."""
 
     kind: str
     symbol: str
@@ -67,6 +69,8 @@ class Probe:
     columns: Callable = None      # one interval's data -> {top column: [value per cpu]}
     files: tuple = ()             # system files it reads (user-space probes)
     configure: Callable = None    # (facts, Availability) -> why it cannot run, or None
+    degrade: Callable = None      # (Availability, load error) -> True when an optional
+    #                               part was turned off (a reload may succeed)
 
 
 def _col(per_cpu, index):
@@ -131,6 +135,10 @@ def _matrix_size(max_cpus, max_nodes):
     return E.NR_CAUSES * 2 * max_nodes * max_nodes
 
 
+def _avoidable_size(max_cpus, max_nodes):
+    return E.NR_CAUSES * max_nodes * max_nodes
+
+
 def _migrate_derive(t):
     mx = t["matrix"]
     m = {"cross_node_migrations": classify.cross_node(mx),
@@ -141,7 +149,37 @@ def _migrate_derive(t):
         m[f"cross_node_migrations.{cause}"] = c["cross"]
         m[f"migrations.{cause}"] = c["cross"] + c["same"]
         m[f"migrations_to_idle.{cause}"] = c["to_idle"]
+    if "avoidable" in t:      # absent when unsupported (Availability.unsupported says why)
+        m.update(classify.avoidable_metrics(t["avoidable"], t["avoid_seen"]))
     return m
+
+
+def _avoidable_unsupported(avail, why):
+    avail.flags["HAVE_AVOIDABLE"] = 0
+    avail.attach.pop("migrate_raw", None)
+    for name in AVOIDABLE_METRICS:
+        avail.unsupported[name] = why
+    avail.notes.append(f"cross_node_avoidable unsupported: {why}")
+
+
+def _migrate_avoidable(facts, avail):
+    """The raw tracepoint handler with the task_struct offsets from BTF, or the reason
+    why cross_node_avoidable cannot be measured here."""
+    offsets, why = facts.task_offsets
+    if offsets is None:
+        _avoidable_unsupported(avail, f"the task's allowed CPUs cannot be read: {why}")
+        return
+    avail.flags["HAVE_AVOIDABLE"] = 1
+    avail.flags.update(offsets)
+    avail.attach["migrate_raw"] = "sched_migrate_task"
+
+
+def _migrate_degrade(avail, error):
+    """After a failed load with the raw tracepoint: without it, the rest still runs."""
+    if not avail.flags.get("HAVE_AVOIDABLE"):
+        return False
+    _avoidable_unsupported(avail, f"raw tracepoint sched_migrate_task failed: {error}")
+    return True
 
 
 def _migrate_configure(facts, avail):
@@ -156,18 +194,30 @@ def _migrate_configure(facts, avail):
         avail.attach["balance"] = fn
     else:
         avail.notes.append("balance causes not separated (no kprobes): counted as other")
+    _migrate_avoidable(facts, avail)
     return None
+
+
+AVOIDABLE_DOC = ("migrations to another node while the previous node had an idle CPU "
+                 "(other than the destination) the task was allowed to run on")
+AVOIDABLE_METRICS = ("cross_node_avoidable", "cross_node_unchecked",
+                     *(f"cross_node_avoidable.{c}" for c in E.CAUSE_NAMES))
 
 
 def _migrate_metrics():
     out = [Metric("cross_node_migrations", "migrate", "migrations between nodes"),
            Metric("same_node_migrations", "migrate", "migrations within a node"),
+           Metric("cross_node_avoidable", "migrate", AVOIDABLE_DOC),
+           Metric("cross_node_unchecked", "migrate",
+                  "migrations not checked for cross_node_avoidable (task or affinity "
+                  "unreadable): when > 0, cross_node_avoidable is a lower bound"),
            Metric("wakeups", "migrate", "wake-ups seen"),
            Metric("wakeups_busy_idle_llc", "migrate",
                   "wake-ups placed on a busy CPU while its LLC had an idle one")]
     for kind, what in (("cross_node_migrations", "cross-node migrations"),
                        ("migrations", "migrations"),
-                       ("migrations_to_idle", "migrations onto an idle CPU")):
+                       ("migrations_to_idle", "migrations onto an idle CPU"),
+                       ("cross_node_avoidable", "avoidable cross-node migrations")):
         out += [Metric(f"{kind}.{cause}", "migrate", f"{what} caused by {cause}")
                 for cause in E.CAUSE_NAMES]
     return tuple(out)
@@ -241,15 +291,20 @@ PROBES = {p.name: p for p in [
                    Metric("pv_kick_hypercalls", "hltexit", "KVM_HC_KICK_CPU hypercalls")),
           derive=_hltexit_derive),
     Probe("migrate", "migrate.bpf.c", "any",
-          "migrations by node pair, cause and idle destination",
+          "migrations by node pair, cause and idle destination; avoidable ones",
           tracepoints=("sched:sched_migrate_task", "sched:sched_waking", "power:cpu_idle"),
           attach=(Attach("kprobe", "@balance", "on_balance_enter"),
-                  Attach("kretprobe", "@balance", "on_balance_return")),
+                  Attach("kretprobe", "@balance", "on_balance_return"),
+                  Attach("raw_tracepoint", "@migrate_raw", "on_migrate_raw")),
           maps=(Map("matrix", "matrix", "sum", _matrix_size, matrix=True),
-                Map("wake_place", "wake_place", "sum", 2)),
-          fills=(("cpu_node", "cpu_node"), ("cpu_llc", "llc")),
+                Map("wake_place", "wake_place", "sum", 2),
+                Map("avoidable", "avoidable", "sum", _avoidable_size,
+                    when_flag="HAVE_AVOIDABLE", cause_matrix=True),
+                Map("avoid_seen", "avoid_seen", "sum", E.NR_SEEN,
+                    when_flag="HAVE_AVOIDABLE")),
+          fills=(("cpu_node", "cpu_node"), ("cpu_llc", "llc"), ("node_cpus", "node_cpus")),
           events="events", metrics=_migrate_metrics(),
-          derive=_migrate_derive, configure=_migrate_configure),
+          derive=_migrate_derive, configure=_migrate_configure, degrade=_migrate_degrade),
     Probe("preempt", "preempt.bpf.c", "guest",
           "idle CPUs rejected because vcpu_is_preempted() said so",
           kprobes=("available_idle_cpu",),
@@ -274,7 +329,8 @@ WORKLOAD_SCORE = Metric("workload_score", None, "the workload's own figure, high
 METRICS = {m.name: m for m in (WORKLOAD_SCORE, *(m for p in PROBES.values() for m in p.metrics))}
 
 # The metrics comparisons show first, in this order.
-PRIMARY = ("workload_score", "cross_node_migrations", "idle_rejected_preempted",
+PRIMARY = ("workload_score", "cross_node_migrations", "cross_node_avoidable",
+           "idle_rejected_preempted",
            "wakeups_busy_idle_llc", "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
            "migrations.periodic", "migrations.nohz", "cross_node_migrations.wake",
            "cross_node_migrations.newidle", "cross_node_migrations.periodic")
@@ -297,7 +353,7 @@ def metrics_help():
         names = [m.name for m in p.metrics if "." not in m.name]
         if p.name == "migrate":
             names += ["migrations.CAUSE", "cross_node_migrations.CAUSE",
-                      "migrations_to_idle.CAUSE"]
+                      "migrations_to_idle.CAUSE", "cross_node_avoidable.CAUSE"]
         lines.append(f"{p.name}: {', '.join(names)}")
     return "\b\nMetrics, by the probe that measures them:\n" + "\n".join(
         f"  {ln}" for ln in lines) + f"\n  (CAUSE: {causes})\n"

@@ -188,9 +188,9 @@ def check_bcc(env):
 
 
 def check_btf(env):
-    if env.sysroot.exists("/sys/kernel/btf/vmlinux"):
-        return Check("btf", OK, "/sys/kernel/btf/vmlinux")
-    return Check("btf", MISSING, "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=n)")
+    if env.sysroot.exists(facts.BTF_VMLINUX):
+        return Check("btf", OK, facts.BTF_VMLINUX)
+    return Check("btf", MISSING, f"no {facts.BTF_VMLINUX} (CONFIG_DEBUG_INFO_BTF=n)")
 
 
 def check_fs(env, fstype, hint):

@@ -10,6 +10,7 @@ import errno
 import re
 
 from vnuma_sched.errors import DataError
+from vnuma_sched.system import btf
 
 OSRELEASE = "/proc/sys/kernel/osrelease"
 LOCKDOWN = "/sys/kernel/security/lockdown"
@@ -21,6 +22,7 @@ DEBUGFS = "/sys/kernel/debug"
 # The scheduler features (5.13+; CONFIG_SCHED_DEBUG): "NAME" when set, "NO_NAME" when not.
 SCHED_FEATURES = f"{DEBUGFS}/sched/features"
 FEATURE_GATE = "feature."
+BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 
 # The switches of the project's series (the gates= of patches/<version>/series), only on
 # a kernel that carries it: gate name -> the file that shows it. A "feature.NAME" gate
@@ -166,6 +168,21 @@ def patch_gate_states(sysroot):
     return out
 
 
+def task_offsets(sysroot):
+    """({-D name: byte offset} of the task_struct fields the migrate probe reads, None),
+    or (None, why not), from the running kernel's BTF."""
+    if not sysroot.exists(BTF_VMLINUX):
+        return None, f"no {BTF_VMLINUX} (CONFIG_DEBUG_INFO_BTF=n)"
+    try:
+        with sysroot.open_binary(BTF_VMLINUX) as f:
+            blob = f.read()
+        return btf.task_offsets(blob)
+    except OSError as err:
+        return None, f"{BTF_VMLINUX}: {err.strerror or err}"
+    except DataError as err:
+        return None, f"{BTF_VMLINUX}: {err.reason}"
+
+
 def patch_gates_present(sysroot):
     """Names of the patch gates this kernel is seen to have, in PATCH_GATES order."""
     return [g for g, present in patch_gate_states(sysroot).items() if present]
@@ -193,6 +210,7 @@ class KernelFacts:
         self.tracefs = tracefs(sysroot)
         self.lockdown = lockdown(sysroot)
         self._symbols = None
+        self._task_offsets = None
 
     def tracepoint(self, spec):
         cat, name = spec.split(":")
@@ -208,3 +226,10 @@ class KernelFacts:
         if self._symbols is None:
             self._symbols = symbols(self.sysroot)
         return self._symbols
+
+    @property
+    def task_offsets(self):
+        """(offsets, None) or (None, why): see task_offsets(); read once."""
+        if self._task_offsets is None:
+            self._task_offsets = task_offsets(self.sysroot)
+        return self._task_offsets
