@@ -352,4 +352,4 @@ def test_compare_reads_the_metric_from_recordings(tmp_path):
             paths[arm].append(write_recording(tmp_path / f"{arm}{i}.jsonl", [rec]))
     runs = compare.runs_from_recordings(paths["a"], paths["b"])
     m = compare.metrics(runs, tmp_path)["cross_node_avoidable"]
-    assert m["a_median"] == 12 and m["b_median"] == 4     # + the 3 wake ones of interval()
+    assert m["a"]["median"] == 12 and m["b"]["median"] == 4    # + the 3 wake ones of interval()
