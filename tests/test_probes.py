@@ -89,7 +89,8 @@ def avail(sysroot, name, euid=0):
 def test_availability_full_guest(tmp_path):
     root = make_tracefs(tmp_path, ALL_TP, kprobes=True,
                         symbols=["available_idle_cpu", "sched_balance_rq", "kvm_wait",
-                                 "kvm_kick_cpu", "__vnuma_emul_vcpu_is_preempted"],
+                                 "kvm_kick_cpu", "__kvm_debug_vcpu_is_preempted",
+                                 "__raw_callee_save___kvm_vcpu_is_preempted"],
                         btf=btf_blob(TASK_BTF))
     assert avail(root, "ipi").flags == {"HAVE_IPI_SEND_CPU": 1}
     m = avail(root, "migrate")
@@ -99,7 +100,9 @@ def test_availability_full_guest(tmp_path):
     assert m.attach == {"balance": "sched_balance_rq", "migrate_raw": "sched_migrate_task"}
     assert m.unsupported == {} and m.notes == []
     p = avail(root, "preempt")
-    assert p.ok and p.attach == {"preempted": "__vnuma_emul_vcpu_is_preempted"}
+    # both implementations present: the probe hooks both, only the installed one fires
+    assert p.ok and p.attach == {"preempted": ("__raw_callee_save___kvm_vcpu_is_preempted",
+                                               "__kvm_debug_vcpu_is_preempted")}
     assert avail(root, "halt").flags == {"HAVE_KPROBES": 1}
 
 

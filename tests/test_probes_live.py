@@ -25,9 +25,9 @@ FLIP = [sys.executable, str(Path(__file__).parent / "workloads" / "affinityflip.
 BTF = Path("/sys/kernel/btf/vmlinux")
 
 # The functions that implement vcpu_is_preempted() in a guest the preempt probe can
-# hook: the debug series' emulation and KVM's steal-time one.
-PREEMPTED_FNS = ("__vnuma_emul_vcpu_is_preempted", "__raw_callee_save___kvm_vcpu_is_preempted",
-                 "__kvm_vcpu_is_preempted")
+# hook: KVM's steal-time one and the series' debug emulation.
+PREEMPTED_FNS = ("__raw_callee_save___kvm_vcpu_is_preempted", "__kvm_vcpu_is_preempted",
+                 "__kvm_debug_vcpu_is_preempted", "__vnuma_emul_vcpu_is_preempted")
 
 
 def kernel_symbols():

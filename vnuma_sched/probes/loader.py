@@ -104,14 +104,15 @@ class LoadedProbe:
 
     def _attach(self, avail):
         for a in self.probe.attach:
-            symbol = avail.attach.get(a.symbol[1:]) if a.symbol.startswith("@") else a.symbol
-            if symbol is None:  # a role this kernel does not offer (see the catalog's notes)
+            symbols = avail.attach.get(a.symbol[1:]) if a.symbol.startswith("@") else a.symbol
+            if symbols is None:  # a role this kernel does not offer (see the catalog's notes)
                 continue
             if a.kind == "raw_tracepoint":
                 self.bpf.attach_raw_tracepoint(tp=symbol, fn_name=a.fn)
                 continue
             attach = self.bpf.attach_kprobe if a.kind == "kprobe" else self.bpf.attach_kretprobe
-            attach(event=symbol, fn_name=a.fn)
+            for symbol in (symbols,) if isinstance(symbols, str) else symbols:
+                attach(event=symbol, fn_name=a.fn)
 
     def poll(self, timeout_ms=0):
         if self.events:

@@ -225,16 +225,19 @@ def _migrate_metrics():
 
 # ---- preempt -------------------------------------------------------------
 
-PREEMPTED_FNS = ("__vnuma_emul_vcpu_is_preempted", "__raw_callee_save___kvm_vcpu_is_preempted",
-                 "__kvm_vcpu_is_preempted")
+# Every vcpu_is_preempted() implementation a guest kernel may install: the KVM
+# one (x86-64 asm, or C elsewhere) and the series' debug emulation (v1 and v2
+# names). Only the installed one is ever called, so the probe attaches to all.
+PREEMPTED_FNS = ("__raw_callee_save___kvm_vcpu_is_preempted", "__kvm_vcpu_is_preempted",
+                 "__kvm_debug_vcpu_is_preempted", "__vnuma_emul_vcpu_is_preempted")
 
 
 def _preempt_configure(facts, avail):
-    fn = next((n for n in PREEMPTED_FNS if n in facts.symbols), None)
-    avail.flags["PREEMPTED_FN_KRETPROBE"] = int(fn is not None)
-    if fn is None:
+    fns = tuple(n for n in PREEMPTED_FNS if n in facts.symbols)
+    avail.flags["PREEMPTED_FN_KRETPROBE"] = int(bool(fns))
+    if not fns:
         return "no vcpu_is_preempted implementation installed (not a KVM guest with steal time)"
-    avail.attach["preempted"] = fn
+    avail.attach["preempted"] = fns
     return None
 
 
