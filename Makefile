@@ -1,6 +1,7 @@
 # vnuma_sched: set-up, the main job, and the tests.
 #   make install   Debian packages + .venv (idempotent; apt needs root)
-#   make demo      the main job on this machine
+#   make demo      the main job on this machine (the short headline, ~15 min cold)
+#   make evidence  the full evidence behind the series' cover letters (hours)
 #   make test      every test tier (unit, build, kernel, root, bpf, vm)
 
 SHELL := /bin/bash
@@ -11,7 +12,7 @@ DEB_PACKAGES := python3-bpfcc python3-venv qemu-system-x86 linux-source-6.1 \
 	cpio kmod xz-utils git linux-headers-amd64
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean-venv packages headers
+.PHONY: install demo evidence test clean-venv packages headers
 
 install: packages $(STAMP) headers
 
@@ -45,27 +46,76 @@ headers:
 
 VNUMA := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/vnuma-sched
 CACHE ?= $(or $(VNUMA_SCHED_CACHE),/var/cache/vnuma_sched)
-# 8 OpenMP threads on 4 vCPUs: measured, 6 threads showed about 3 cross-node
-# migrations per run (nothing to damp), 8 threads about 100; see the README.
-AB := ab --kernel $(CACHE)/builds/series-6.12 --topology 2x2 --workload omp-barrier \
-	--threads 8 --spincount 0 --iterations 3000 --runs 5
+# The workload of every experiment: OpenMP threads that sleep at each barrier
+# (GOMP_SPINCOUNT=0), the paper's problem case, in a 2-node, 4-vCPU guest. It is
+# the same for every arm and was not tuned to any patch.
+OMP := --topology 2x2 --workload omp-barrier --spincount 0 --iterations 3000
+EMU := vnuma_debug.emulate_halt_preempted
+HINT := kvm_guest.idle_halt_hint
+# Problem 1: the reference is the same kernel without the emulated old host.
+P1_ARMS := --arm ref="$(EMU)=0 $(HINT)=off" --arm off="$(EMU)=1 $(HINT)=off" \
+	--arm on="$(EMU)=1 $(HINT)=on"
+# Problem 2: damping against off (NI_RANDOM, the trees' own damping, is on in
+# every arm but noni) and against relax_domain_level=3, which clears newidle
+# balancing on the NUMA level of this guest (MC is level 1, PKG 2, NUMA 3).
+DAMP := feature.NUMA_NEWIDLE_DAMP
+WAKE := feature.NUMA_WAKE_PREV
+P2_ARMS := --arm off="$(DAMP)=0 $(WAKE)=0" --arm damp="$(DAMP)=1 $(WAKE)=0" \
+	--arm relax="$(DAMP)=0 $(WAKE)=0 relax_domain_level=3"
+P2_ALL := $(P2_ARMS) --arm wake="$(DAMP)=0 $(WAKE)=1" --arm both="$(DAMP)=1 $(WAKE)=1" \
+	--arm noni="$(DAMP)=0 $(WAKE)=0 feature.NI_RANDOM=0"
+ON := "$(DAMP)=1 $(WAKE)=1 $(HINT)=on"
+OFF := "$(DAMP)=0 $(WAKE)=0 $(HINT)=off"
+K612 := $(CACHE)/builds/series-6.12
+K61 := $(CACHE)/builds/series-6.1
+# Guests see /tmp but not /var/tmp or /var/cache: experiment output goes there first.
+EVOUT ?= /tmp/vnuma-sched-evidence
 
 demo: install
 	@echo "== 1/6 doctor: what this machine exposes"
 	$(VNUMA) doctor
 	@echo "== 2/6 topology"
 	$(VNUMA) topology
-	@echo "== 3/6 fetch Debian's 6.12, apply the series, build, boot a 2x2 guest"
+	@echo "== 3/6 fetch Debian's 6.12, apply the series (+ debug series), build, boot a 2x2 guest"
 	time $(VNUMA) pipeline --version 6.12 --topology 2x2
-	@echo "== 4/6 experiment 2: NUMA idle damping off (A) vs on (B)"
-	time $(VNUMA) $(AB) --a kernel.sched_numa_idle_damp=0 --b kernel.sched_numa_idle_damp=3 \
-		--out demo-out/damping
-	@echo "== 5/6 experiment 1: emulated old host, idle-halt hint off (A) vs on (B)"
-	time $(VNUMA) $(AB) --append vnuma_debug.emulate_halt_preempted=1 \
-		--a kvm_guest.idle_halt_hint=off --b kvm_guest.idle_halt_hint=on --out demo-out/halt
+	@echo "== 4/6 problem 1: emulated old host, idle-halt hint off and on, against the reference"
+	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 4 --runs 3 $(P1_ARMS) --out demo-out/halt
+	@echo "== 5/6 problem 2: NUMA newidle damping against off and relax_domain_level (a boot per run)"
+	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 3 $(P2_ARMS) --out demo-out/damping
 	@echo "== 6/6 comparisons"
-	$(VNUMA) compare demo-out/damping --plot demo-out/damping/compare.png
 	$(VNUMA) compare demo-out/halt --plot demo-out/halt/compare.png
+	$(VNUMA) compare demo-out/damping --plot demo-out/damping/compare.png
+
+# The full evidence behind the cover letters (hours under TCG): 10 runs per arm over
+# 3 boots, threads = vCPUs and threads > vCPUs, the regression benchmarks, and the 6.1
+# series. Writes evidence-out/<experiment>/{results.json,compare.png}, one markdown
+# table per experiment in evidence-out/table.md and the index evidence-out/results.json.
+EXPERIMENTS := p1-threads-eq-vcpus p1-threads-over-vcpus p2-damping regress-messaging \
+	regress-pipe p1-6.1 p2-damping-6.1
+evidence: install
+	$(VNUMA) pipeline --version 6.12 --topology 2x2 -- true
+	$(VNUMA) pipeline --version 6.1 --topology 2x2 -- true
+	rm -rf $(EVOUT) && mkdir -p $(EVOUT) evidence-out
+	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 4 --runs 10 --boots 3 $(P1_ARMS) \
+		--arm auto="$(EMU)=1 $(HINT)=auto" --out $(EVOUT)/p1-threads-eq-vcpus
+	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 --boots 3 $(P1_ARMS) \
+		--out $(EVOUT)/p1-threads-over-vcpus
+	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 $(P2_ALL) --out $(EVOUT)/p2-damping
+	$(VNUMA) ab --kernel $(K612) --topology 2x2 --workload perf-messaging --threads 4 \
+		--iterations 200 --runs 10 --boots 2 --arm off=$(OFF) --arm on=$(ON) \
+		--out $(EVOUT)/regress-messaging
+	$(VNUMA) ab --kernel $(K612) --topology 2x2 --workload perf-pipe --iterations 20000 \
+		--runs 10 --boots 2 --arm off=$(OFF) --arm on=$(ON) --out $(EVOUT)/regress-pipe
+	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 4 --runs 10 --boots 3 $(P1_ARMS) \
+		--out $(EVOUT)/p1-6.1
+	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 8 --runs 10 $(P2_ARMS) --out $(EVOUT)/p2-damping-6.1
+	rm -rf evidence-out && cp -r $(EVOUT) evidence-out && rm -f evidence-out/table.md
+	for e in $(EXPERIMENTS); do $(VNUMA) compare evidence-out/$$e \
+		--plot evidence-out/$$e/compare.png --markdown >> evidence-out/table.md; \
+		echo >> evidence-out/table.md; done
+	$(PY) -c 'import json, sys; json.dump({e: json.load(open(f"evidence-out/{e}/results.json")) \
+		for e in sys.argv[1:]}, open("evidence-out/results.json", "w"), indent=1)' $(EXPERIMENTS)
+	@echo "evidence-out/table.md, evidence-out/results.json"
 
 test: install
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

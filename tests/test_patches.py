@@ -231,32 +231,46 @@ def test_unknown_version():
 
 
 SHIPPED = [  # (file, problem, gates), main series then debug series
-    ("0001-x86-kvm-Report-vCPUs-halted-in-idle-as-not-preempted.patch", "1",
+    ("x86-kvm-Report-vCPUs-halted-in-idle-as-not-preempted.patch", "1",
      ("kvm_guest.idle_halt_hint",)),
-    ("0002-sched-fair-Damp-newidle-balancing-across-NUMA-nodes.patch", "2",
+    ("sched-fair-Damp-newidle-balancing-across-NUMA-nodes.patch", "2",
      ("feature.NUMA_NEWIDLE_DAMP",)),
-    ("0003-sched-fair-Keep-wake_affine-on-the-wakee-s-node.patch", "2",
+    ("sched-fair-Keep-wake_affine-on-the-wakee-s-node.patch", "2",
      ("feature.NUMA_WAKE_PREV",)),
-    ("debug/0001-x86-debug-Emulate-a-host-that-reports-halted-vCPUs-a.patch", "1-debug",
+    ("x86-kvm-Emulate-a-host-that-reports-halted-vCPUs-as-.patch", "1-debug",
      ("vnuma_debug.emulate_halt_preempted",)),
 ]
+# 6.1 needs the halt paravirt operation that 6.12 already has (a backport) first.
+PREREQUISITES = {"6.12": [], "6.1": [
+    ("x86-paravirt-Move-halt-paravirt-calls-under-CONFIG_P.patch", "1", ())]}
+
+
+def numbered(entries):
+    out = []
+    for i, (name, problem, gates) in enumerate(entries, 1):
+        debug = problem.endswith("-debug")
+        n = 1 if debug else i
+        out.append((f"debug/{n:04d}-{name}" if debug else f"{n:04d}-{name}", problem, gates))
+    return out
 
 
 @pytest.mark.parametrize("version", ["6.12", "6.1"])
 def test_shipped_series_layout(version):
-    """Three postable patches, a cover letter beside them, one debug patch in debug/;
+    """The postable patches, a cover letter beside them, one debug patch in debug/;
     their gates are the switches facts and the knob registry know."""
     vdir = P.default_dir() / version
+    want = numbered(PREREQUISITES[version] + SHIPPED)
+    n = len(want) - 1
     series = P.load_series(version, debug=True)
-    assert [(p.filename, p.problem, p.gates) for p in series.patches] == SHIPPED
-    assert [p.debug for p in series.patches] == [False, False, False, True]
-    assert len(P.load_series(version)) == 3
+    assert [(p.filename, p.problem, p.gates) for p in series.patches] == want
+    assert [p.debug for p in series.patches] == [False] * n + [True]
+    assert len(P.load_series(version)) == n
     assert {p.name for p in vdir.glob("*.patch")} == \
-        {f for f, _, _ in SHIPPED[:3]} | {P.COVER_LETTER}
-    assert {f"debug/{p.name}" for p in (vdir / "debug").glob("*.patch")} == {SHIPPED[3][0]}
+        {f for f, _, _ in want[:n]} | {P.COVER_LETTER}
+    assert {f"debug/{p.name}" for p in (vdir / "debug").glob("*.patch")} == {want[n][0]}
     assert series.cover == vdir / P.COVER_LETTER
-    assert P.subject(series.cover, prefix=True).startswith("[PATCH 0/3] ")
-    assert {g for p in series.patches[:3] for g in p.gates} == set(facts.PATCH_GATES)
+    assert P.subject(series.cover, prefix=True).startswith(f"[PATCH 0/{n}] ")
+    assert {g for p in series.patches[:n] for g in p.gates} == set(facts.PATCH_GATES)
     assert all(REGISTRY[g].patch_gate for p in series.patches for g in p.gates)
     assert len(series.base_commit) == 40
     assert any(f"base-commit: {series.base_commit}" in text for text in

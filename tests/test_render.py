@@ -59,3 +59,21 @@ def test_debugfs_reasons_name_the_fix(tmp_path):
     assert knobs.debugfs_problem(root) == ""
     err = DataError("/sys/kernel/debug/sched/migration_cost_ns", "Operation not permitted", 1)
     assert "locked down" in knobs.debugfs_read_problem(root, err)
+
+
+def test_ab_markdown_has_only_the_asked_metrics_each_arm_against_the_reference():
+    m = {"median": 10, "n": 3}
+    cmp = {"median": 5, "n": 3, "ratio": 0.5, "ci95": [0.4, 0.6], "p": 0.01,
+           "inconclusive": False}
+    doc = {"arms": {"ref": {"spec": "x=0"}, "on": {"spec": "x=1"}}, "reference": "ref",
+           "runs": 6, "mode": "one boot", "kernel": "6.12",
+           "metrics": {"cross_node_migrations": {"ref": m, "on": cmp},
+                       "halts": {"ref": m, "on": cmp}}}
+    text = render.ab_markdown(doc, ("cross_node_migrations",), "exp")
+    lines = text.splitlines()
+    assert lines[0].startswith("**exp** (6 runs, one boot, kernel 6.12; reference ref)")
+    assert "halts" not in text
+    rows = [ln for ln in lines if ln.startswith("|")]
+    assert rows[2].split("|")[1:4] == [" `cross_node_migrations` ", " ref   ", " 10       "]
+    assert [c.strip() for c in rows[3].split("|")[2:7]] == ["on", "5", "0.5", "0.40..0.60",
+                                                           "0.01"]

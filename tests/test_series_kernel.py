@@ -14,9 +14,14 @@ from vnuma_sched.runner import Runner
 
 pytestmark = pytest.mark.kernel
 
-TOUCHED = ("arch/x86/kernel/kvm.o", "arch/x86/kernel/process.o",
-           "arch/x86/kernel/paravirt-spinlocks.o", "kernel/sched/core.o",
-           "kernel/sched/fair.o")
+# What the series and its debug patch touch (6.1 also paravirt.o, through the halt
+# paravirt backport), and process.o, whose default_idle() now calls the paravirt halt.
+TOUCHED = ("arch/x86/kernel/kvm.o", "arch/x86/kernel/process.o", "arch/x86/kernel/paravirt.o",
+           "arch/x86/kernel/paravirt-spinlocks.o", "kernel/sched/fair.o")
+# The Debian trees carry no upstream history, so checkpatch cannot look up the upstream
+# commits a message cites ("commit c5b0a7eefc70 (...)"); it still checks their form.
+NO_HISTORY = re.compile(r"^WARNING: Unknown commit id '[0-9a-f]{12,40}', maybe rebased or not "
+                        r"pulled\?$")
 
 
 @pytest.fixture(scope="module", params=["6.12", "6.1"])
@@ -33,22 +38,23 @@ def test_series_applies_on_its_own_branch(patched):
 
 
 def test_checkpatch_strict_clean(patched):
-    """No errors or warnings; the only CHECKs are boot parameters that a patch of the
-    same series documents."""
+    """0 errors, 0 warnings, 0 checks on every patch, the debug one too (but for the
+    upstream commit ids the Debian tree cannot know); each module parameter a patch
+    adds is documented in kernel-parameters.txt by the same patch."""
     tree, series = patched
     assert series.debug
-    docs = "".join(p.path.read_text() for p in series.patches)
     for patch in series.patches:
         res = subprocess.run(["perl", "scripts/checkpatch.pl", "--strict", "--no-tree",
                               "--quiet", str(patch.path)], cwd=tree, capture_output=True,
                              text=True)
-        problems = re.findall(r"^(?:ERROR|WARNING):.*", res.stdout, re.M)
+        problems = [m for m in re.findall(r"^(?:ERROR|WARNING|CHECK):.*", res.stdout, re.M)
+                    if not NO_HISTORY.match(m)]
         assert not problems, f"{patch.filename}:\n{res.stdout}"
-        checks = re.findall(r"^CHECK: (.*)", res.stdout, re.M)
-        assert set(checks) <= {"__setup appears un-documented -- check "
-                               "Documentation/admin-guide/kernel-parameters.txt"}, res.stdout
-        for name in re.findall(r'__setup\("([a-z_]+=)"', res.stdout):
-            assert f"\t{name}\n" in docs, f"{name} not documented in {series.version}"
+        text = patch.path.read_text()
+        for param in re.findall(r"^\+module_param_cb\((\w+),", text, re.M):
+            prefix = re.findall(r'^\+#define MODULE_PARAM_PREFIX "(\w+\.)"', text, re.M)
+            assert any(f"+\t{p}{param}=" in text for p in prefix), \
+                f"{patch.filename}: {param} not documented"
 
 
 def test_touched_objects_compile(patched, repo_fragment, tmp_path_factory):

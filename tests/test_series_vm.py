@@ -30,30 +30,34 @@ def guest_report(patched_build_612):
 
 def test_gate_defaults(guest_report):
     assert guest_report["defaults"] == {
-        "kernel.sched_numa_idle_damp": "0",
-        "kernel.sched_numa_newidle_min_ns": "500000",
-        "kernel.sched_steal_idle_nocap": "0",
         "kvm_guest.idle_halt_hint": "auto",
-        "kvm_guest.wait_poll_ns": "0",
         "vnuma_debug.emulate_halt_preempted": "N",
+        "feature.NUMA_NEWIDLE_DAMP": "0",
+        "feature.NUMA_WAKE_PREV": "0",
     }
-    assert guest_report["read_only"]["kvm_guest.pvspin"] == {"value": "auto", "mode": "0o444"}
 
 
 def test_gates_switch_at_run_time(guest_report):
     assert guest_report["switched"] == {
-        "kernel.sched_numa_idle_damp": "3",
-        "kernel.sched_numa_newidle_min_ns": "2000000",
-        "kernel.sched_steal_idle_nocap": "1",
         "kvm_guest.idle_halt_hint": "on",
-        "kvm_guest.wait_poll_ns": "50000",
         "vnuma_debug.emulate_halt_preempted": "Y",
+        "feature.NUMA_NEWIDLE_DAMP": "1",
+        "feature.NUMA_WAKE_PREV": "1",
     }
 
 
 def test_emulated_old_host_is_corrected_by_the_hint(guest_report):
     assert guest_report["emulated_preempted_hint_off"] > 0
     assert guest_report["emulated_preempted_hint_on"] == 0
+
+
+def test_auto_detects_the_old_host_and_then_corrects_it(guest_report):
+    """auto reports flagged vCPUs until it has seen a sample in which most were halted
+    in idle (256 on one CPU), then turns the hint on for good and says so."""
+    assert guest_report["emulated_preempted_auto_first"] > 0
+    assert guest_report["emulated_preempted_auto_then"] == 0
+    assert "kvm-guest: host reports vCPUs halted in idle as preempted, idle_halt_hint on" \
+        in guest_report["dmesg"]
 
 
 def test_clean_dmesg_with_every_gate_on(guest_report):
@@ -72,14 +76,16 @@ def test_kunit_suites_passed_at_boot(guest_report):
 
 
 def test_dedicated_profile_switches_gates_and_revert_restores(patched_build_612):
-    gates = ("/proc/sys/kernel/sched_numa_idle_damp /proc/sys/kernel/sched_steal_idle_nocap "
-             "/sys/module/kvm_guest/parameters/idle_halt_hint")
-    script = (f"{VNUMA} tune apply vnuma-guest-dedicated >&2 && cat {gates} && echo --- && "
-              f"{VNUMA} tune revert >&2 && cat {gates}")
+    hint = "/sys/module/kvm_guest/parameters/idle_halt_hint"
+    show = (f"cat {hint} && tr ' ' '\\n' < /sys/kernel/debug/sched/features "
+            "| grep NUMA_NEWIDLE_DAMP")
+    script = ("mount -t debugfs nodev /sys/kernel/debug 2>/dev/null; "
+              f"{VNUMA} tune apply vnuma-guest-dedicated >&2 && {show} && echo --- && "
+              f"{VNUMA} tune revert >&2 && {show}")
     res = subprocess.run([VNUMA, "vm", "run", "--kernel", str(patched_build_612),
                           "--topology", "2x2", "--timeout", "300", "--", "sh", "-c", script],
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-2000:]
     applied, reverted = res.stdout.split("---\n")
-    assert applied.split() == ["3", "1", "on"]
-    assert reverted.split() == ["0", "0", "auto"]
+    assert applied.split() == ["on", "NUMA_NEWIDLE_DAMP"]
+    assert reverted.split() == ["auto", "NO_NUMA_NEWIDLE_DAMP"]

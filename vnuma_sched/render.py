@@ -318,6 +318,22 @@ def ab_text(doc, first=()):
     return "\n".join(head)
 
 
+def ab_markdown(doc, first, title):
+    """A GitHub-markdown table of the ``first`` metrics, every arm against the
+    reference (the cover letter's and the README's results tables)."""
+    names = _arm_names(doc)
+    primary = {k: doc["metrics"][k] for k in first if k in doc["metrics"]}
+    rows = [[f"`{r[0]}`" if r[0] else "", r[1], *r[2:6]]
+            for r in arm_rows(primary, names, first)]
+    specs = "; ".join(f"{arm}: `{doc.get('arms', {}).get(arm, {}).get('spec', '?')}`"
+                      for arm in names)
+    head = (f"**{title}** ({doc.get('runs')} runs, {doc.get('mode') or ''}, kernel "
+            f"{doc.get('kernel')}; reference {names[0] if names else '?'}). Arms: {specs}")
+    return head + "\n\n" + tabulate(rows, headers=["metric", "arm", "median", "vs ref",
+                                                   "95% CI", "p"],
+                                    tablefmt="github", disable_numparse=True) + "\n"
+
+
 def _at(entry):
     if not entry or "median" not in entry:
         return "not measured here"

@@ -2,9 +2,10 @@
 """Runs inside a guest booted from the patched kernel; prints one JSON document.
 
 Reads every gate of the series (its default), flips each at run time and reads
-it back, runs a sleep/wake workload with every gate on, and counts how often
-the emulated old host reports a CPU halted in idle as preempted, with the
-idle-halt hint off and then on (kretprobe through tracefs, no bcc needed).
+it back, counts how often the emulated old host reports a CPU halted in idle as
+preempted with the idle-halt hint off, on, and auto (which must detect the old
+host and then stop it), and runs a sleep/wake workload with every gate on
+(kretprobe through tracefs, no bcc needed).
 """
 
 import json
@@ -17,19 +18,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workloads"))
 import sleepwake  # noqa: E402
 
-GATES = {
-    "kernel.sched_numa_idle_damp": ("/proc/sys/kernel/sched_numa_idle_damp", "3"),
-    "kernel.sched_numa_newidle_min_ns": ("/proc/sys/kernel/sched_numa_newidle_min_ns",
-                                         "2000000"),
-    "kernel.sched_steal_idle_nocap": ("/proc/sys/kernel/sched_steal_idle_nocap", "1"),
+MODULE_GATES = {
     "kvm_guest.idle_halt_hint": ("/sys/module/kvm_guest/parameters/idle_halt_hint", "on"),
-    "kvm_guest.wait_poll_ns": ("/sys/module/kvm_guest/parameters/wait_poll_ns", "50000"),
     "vnuma_debug.emulate_halt_preempted": (
         "/sys/module/vnuma_debug/parameters/emulate_halt_preempted", "Y"),
 }
-READ_ONLY = {"kvm_guest.pvspin": "/sys/module/kvm_guest/parameters/pvspin"}
+FEATURES = ("NUMA_NEWIDLE_DAMP", "NUMA_WAKE_PREV")
+FEATURES_FILE = "/sys/kernel/debug/sched/features"
+HINT = MODULE_GATES["kvm_guest.idle_halt_hint"][0]
+EMULATE = MODULE_GATES["vnuma_debug.emulate_halt_preempted"][0]
 TRACING = "/sys/kernel/tracing"
 PROBE = "vnuma/emul_preempted"
+EMULATION_FN = "__kvm_debug_vcpu_is_preempted"
 
 
 def read(path):
@@ -49,13 +49,26 @@ def sleep_wake(pairs=3, rounds=1500):
     return round(time.monotonic() - t0, 2)
 
 
-def ensure_tracefs():
+def ensure_mounted():
     if not os.path.exists(f"{TRACING}/kprobe_events"):
         subprocess.run(["mount", "-t", "tracefs", "nodev", TRACING], check=True)
+    if not os.path.exists(FEATURES_FILE):
+        subprocess.run(["mount", "-t", "debugfs", "nodev", "/sys/kernel/debug"], check=True)
+
+
+def feature(name):
+    """"1" or "0" for a scheduler feature, as the features file shows it."""
+    tokens = read(FEATURES_FILE).split()
+    return "1" if name in tokens else "0" if f"NO_{name}" in tokens else "absent"
+
+
+def set_feature(name, on):
+    write(FEATURES_FILE, name if on else f"NO_{name}")
 
 
 def count_emulated_preempted():
-    """Returns of __vnuma_emul_vcpu_is_preempted() that said 'preempted' during a workload."""
+    """Returns of the emulation's vcpu_is_preempted() that said 'preempted' during a
+    workload."""
     write(f"{TRACING}/trace", "")
     write(f"{TRACING}/events/{PROBE}/enable", "1")
     sleep_wake()
@@ -65,29 +78,40 @@ def count_emulated_preempted():
 
 
 def main():
-    out = {"defaults": {}, "switched": {}, "read_only": {}}
-    for name, (path, value) in GATES.items():
+    ensure_mounted()
+    out = {"defaults": {}, "switched": {}}
+    for name, (path, _value) in MODULE_GATES.items():
         out["defaults"][name] = read(path)
-    for name, path in READ_ONLY.items():
-        out["read_only"][name] = {"value": read(path), "mode": oct(os.stat(path).st_mode & 0o777)}
-    for name, (path, value) in GATES.items():
+    for name in FEATURES:
+        out["defaults"][f"feature.{name}"] = feature(name)
+    for name, (path, value) in MODULE_GATES.items():
         old = read(path)
         write(path, value)
         out["switched"][name] = read(path)
         write(path, old)
-    ensure_tracefs()
+    for name in FEATURES:
+        set_feature(name, True)
+        out["switched"][f"feature.{name}"] = feature(name)
+        set_feature(name, False)
     # os.open: Python's "a" mode seeks to the end, which tracefs refuses
     fd = os.open(f"{TRACING}/kprobe_events", os.O_WRONLY | os.O_APPEND)
-    os.write(fd, f"r:{PROBE} __vnuma_emul_vcpu_is_preempted ret=$retval:u8\n".encode())
+    os.write(fd, f"r:{PROBE} {EMULATION_FN} ret=$retval:u8\n".encode())
     os.close(fd)
     write(f"{TRACING}/events/{PROBE}/filter", "ret != 0")
-    write(GATES["vnuma_debug.emulate_halt_preempted"][0], "Y")
-    write(GATES["kvm_guest.idle_halt_hint"][0], "off")
+    write(EMULATE, "Y")
+    write(HINT, "off")
     out["emulated_preempted_hint_off"] = count_emulated_preempted()
-    write(GATES["kvm_guest.idle_halt_hint"][0], "on")
+    write(HINT, "on")
     out["emulated_preempted_hint_on"] = count_emulated_preempted()
-    for name, (path, value) in GATES.items():
+    # "auto" detects the (emulated) old host after a sample of flagged vCPUs, then
+    # stays on for the rest of the boot
+    write(HINT, "auto")
+    out["emulated_preempted_auto_first"] = count_emulated_preempted()
+    out["emulated_preempted_auto_then"] = count_emulated_preempted()
+    for name, (path, value) in MODULE_GATES.items():
         write(path, value)
+    for name in FEATURES:
+        set_feature(name, True)
     out["workload_seconds_all_gates_on"] = sleep_wake()
     out["dmesg"] = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
     json.dump(out, sys.stdout)

@@ -11,8 +11,8 @@ from vnuma_sched.errors import BadInput
 from vnuma_sched.experiments import ab as abmod
 from vnuma_sched.experiments import arms, compare
 from vnuma_sched.kernel import vm
-from vnuma_sched.probes.spec import PRIMARY
-from vnuma_sched.render import ab_text
+from vnuma_sched.probes.spec import HEADLINE, PRIMARY
+from vnuma_sched.render import ab_markdown, ab_text
 from vnuma_sched.runner import Runner
 
 
@@ -86,9 +86,11 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, ar
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG: every arm's runs per primary metric, migration heatmaps.")
+@click.option("--markdown", is_flag=True,
+              help="A markdown table of the primary metrics instead of the text report.")
 @json_option
 @click.pass_obj
-def compare_cmd(settings, paths, plot_path, as_json):
+def compare_cmd(settings, paths, plot_path, markdown, as_json):
     """Statistics of an A/B: per metric each arm against the reference (the first):
     medians, ratio, 95% CI, Mann-Whitney p; the spread between and within boots.
 
@@ -100,6 +102,7 @@ def compare_cmd(settings, paths, plot_path, as_json):
     Examples:
       vnuma-sched compare ab-out --plot ab-out/compare.png
       vnuma-sched compare runs-off/ runs-on/
+      vnuma-sched compare ab-out --markdown > table.md
     """
 
     settings = merge_json(settings, as_json)
@@ -121,4 +124,7 @@ def compare_cmd(settings, paths, plot_path, as_json):
         raise BadInput("compare takes an 'ab' directory, or two recording sets (A B)")
     if plot_path:
         compare.plot(runs, doc["metrics"], names, compare.matrices(runs), plot_path, title)
+    if markdown and not settings.json:
+        click.echo(ab_markdown(doc, HEADLINE, title))
+        return
     emit(settings, doc, ab_text(doc, PRIMARY) + (f"\nplot: {plot_path}" if plot_path else ""))

@@ -108,7 +108,7 @@ class LoadedProbe:
             if symbols is None:  # a role this kernel does not offer (see the catalog's notes)
                 continue
             if a.kind == "raw_tracepoint":
-                self.bpf.attach_raw_tracepoint(tp=symbol, fn_name=a.fn)
+                self.bpf.attach_raw_tracepoint(tp=symbols, fn_name=a.fn)
                 continue
             attach = self.bpf.attach_kprobe if a.kind == "kprobe" else self.bpf.attach_kretprobe
             for symbol in (symbols,) if isinstance(symbols, str) else symbols:

@@ -337,6 +337,10 @@ PRIMARY = ("workload_score", "cross_node_migrations", "cross_node_avoidable",
            "wakeups_busy_idle_llc", "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
            "migrations.periodic", "migrations.nohz", "cross_node_migrations.wake",
            "cross_node_migrations.newidle", "cross_node_migrations.periodic")
+# The results tables (compare --markdown, the cover letter): the problem metrics only.
+HEADLINE = ("workload_score", "idle_rejected_preempted", "wakeups_busy_idle_llc",
+            "cross_node_migrations", "cross_node_avoidable", "cross_node_migrations.wake",
+            "cross_node_migrations.newidle", "cross_node_migrations.periodic")
 
 
 def metric_probe(name):
