@@ -30,10 +30,12 @@ def test_short_ab_writes_documented_files(patched_build_612, tmp_path):
         for arm in ("off", "on"):
             assert set(m[arm]) >= {"median", "ratio", "ci95", "p", "n", "within_boot_iqr"}
         assert m["ref"]["n"] == m["off"]["n"] == m["on"]["n"] == 2
-    # the emulated old host rejects idle CPUs only while the hint is off
+    # the emulated old host rejects idle CPUs only while the hint is off (with it on, at
+    # most the rare reader that races a waking vCPU: 1 in 1000)
     rejected = doc["metrics"]["idle_rejected_preempted"]
-    assert rejected["ref"]["median"] == 0 and rejected["on"]["median"] == 0
-    assert rejected["off"]["median"] > 0
+    assert rejected["off"]["median"] > 100
+    assert rejected["ref"]["median"] == 0
+    assert rejected["on"]["median"] <= max(1, rejected["off"]["median"] / 1000)
     png = out / "compare.png"
     cmp = subprocess.run([VNUMA, "compare", str(out), "--plot", str(png)],
                          capture_output=True, text=True)

@@ -47,17 +47,22 @@ def test_gates_switch_at_run_time(guest_report):
 
 
 def test_emulated_old_host_is_corrected_by_the_hint(guest_report):
-    assert guest_report["emulated_preempted_hint_off"] > 0
-    assert guest_report["emulated_preempted_hint_on"] == 0
+    """Thousands of idle CPUs reported preempted with the hint off; with it on, none but
+    the rare reader that races a waking vCPU (at most 1 in 1000)."""
+    assert guest_report["emulated_preempted_hint_off"] > 1000
+    assert guest_report["emulated_preempted_hint_on"] <= guest_report["corrected_at_most"]
 
 
 def test_auto_detects_the_old_host_and_then_corrects_it(guest_report):
-    """auto reports flagged vCPUs until it has seen a sample in which most were halted
-    in idle (256 on one CPU), then turns the hint on for good and says so."""
-    assert guest_report["emulated_preempted_auto_first"] > 0
-    assert guest_report["emulated_preempted_auto_then"] == 0
-    assert "kvm-guest: host reports vCPUs halted in idle as preempted, idle_halt_hint on" \
-        in guest_report["dmesg"]
+    """auto reports flagged vCPUs until one CPU has seen a sample (256) in which most
+    were flagged while halted, then turns the hint on for the boot and says so: the
+    rounds of the same workload go from hundreds to (next to) none."""
+    rounds, corrected = guest_report["emulated_preempted_auto_rounds"], \
+        guest_report["corrected_at_most"]
+    assert rounds[0] > corrected >= rounds[-1], rounds
+    assert any(ln.endswith("kvm-guest: host reports vCPUs halted in idle as preempted, "
+                           "idle_halt_hint on") for ln in guest_report["kvm_guest_log"]), \
+        guest_report["kvm_guest_log"]
 
 
 def test_clean_dmesg_with_every_gate_on(guest_report):
