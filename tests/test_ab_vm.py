@@ -33,7 +33,7 @@ def test_short_ab_writes_documented_files(patched_build_612, tmp_path):
     # the emulated old host rejects idle CPUs only while the hint is off (with it on, at
     # most the rare reader that races a waking vCPU: 1 in 1000)
     rejected = doc["metrics"]["idle_rejected_preempted"]
-    assert rejected["off"]["median"] > 100
+    assert rejected["off"]["median"] > 10
     assert rejected["ref"]["median"] == 0
     assert rejected["on"]["median"] <= max(1, rejected["off"]["median"] / 1000)
     png = out / "compare.png"
