@@ -14,7 +14,7 @@ from vnuma_sched.experiments import compare
 from vnuma_sched.experiments.workloads import build
 from vnuma_sched.kernel import vm
 
-PROBES = ["migrate", "ipi", "halt", "preempt"]
+PROBES = ["migrate", "ipi", "halt", "preempt", "schedstat"]
 
 
 class GuestFailed(VnumaError):

@@ -12,7 +12,7 @@ from vnuma_sched.experiments.workloads.build import score
 from vnuma_sched.probes import report
 from vnuma_sched.probes.classify import delta, matrix_total
 from vnuma_sched.probes.session import Session
-from vnuma_sched.system import facts
+from vnuma_sched.system import facts, schedstat
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
 from vnuma_sched.tunables import engine
@@ -41,6 +41,8 @@ def run_plan(plan, sysroot):
     for fs, where in (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug")):
         if not os.path.exists(os.path.join(where, "events" if fs == "tracefs" else "sched")):
             subprocess.run(["mount", "-t", fs, "nodev", where], stderr=subprocess.DEVNULL)
+    if "schedstat" in plan["probes"] and schedstat.enabled(sysroot) is False:
+        sysroot.write(schedstat.SCHEDSTATS_SYSCTL, "1\n")   # a test guest: counted in every arm
     topo = read_topology(sysroot)
     session = Session(plan["probes"], sysroot, os.geteuid(), topo).start()
     _emit({"type": "guest", "kernel": facts.release(sysroot),

@@ -10,7 +10,7 @@ from vnuma_sched.errors import VnumaError
 from vnuma_sched.probes import catalog, kheaders
 from vnuma_sched.probes.classify import node_cpu_slots
 from vnuma_sched.probes.events import BPF_DIR, MigrateEvent
-from vnuma_sched.system import facts
+from vnuma_sched.system import facts, schedstat
 from vnuma_sched.system.topology import llc_of_cpus
 
 
@@ -99,6 +99,8 @@ class Session:
         if "steal" in self.running():
             ncpus = max(self.topology.cpus, default=-1) + 1
             snap["steal"] = {"ms": steal_ms(self.sysroot, ncpus)}
+        if "schedstat" in self.running():
+            snap["schedstat"] = schedstat.read_wake_counts(self.sysroot, self.topology.cpu_node)
         return snap
 
     def take_events(self):

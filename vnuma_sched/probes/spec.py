@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from vnuma_sched.probes import classify
 from vnuma_sched.probes import events as E
+from vnuma_sched.system import schedstat
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,14 @@ def _hltexit_derive(t):
             "pv_kick_hypercalls": t["kicks"]}
 
 
+# ---- schedstat -------------------------------------------------------------
+
+def _schedstat_derive(t):
+    cross, local = t["cross_node"], t["in_node"]
+    return {"wake_affine_cross_node": cross[1], "wake_remote_cross_node": cross[0],
+            "wake_affine_in_node": local[1]}
+
+
 PROBES = {p.name: p for p in [
     Probe("ipi", "ipi.bpf.c", "any",
           "IPIs received per CPU by type; sent per CPU pair (6.3+)",
@@ -325,6 +334,19 @@ PROBES = {p.name: p for p in [
           metrics=(Metric("steal_ms", "steal", "steal time (ms)"),),
           derive=lambda t: {"steal_ms": sum(t["ms"])},
           columns=lambda d: {"stealms": d["ms"]}),
+    Probe("schedstat", "", "guest",
+          "the scheduler's wake-up placement counters (/proc/schedstat)",
+          files=(schedstat.SCHEDSTAT,),
+          metrics=(Metric("wake_affine_cross_node", "schedstat",
+                          "wake-ups wake_affine() moved to the waker's node "
+                          "(ttwu_move_affine at NUMA domains)"),
+                   Metric("wake_remote_cross_node", "schedstat",
+                          "wake-ups with waker and wakee on different nodes "
+                          "(ttwu_wake_remote at NUMA domains)"),
+                   Metric("wake_affine_in_node", "schedstat",
+                          "wake-ups wake_affine() moved within a node")),
+          derive=_schedstat_derive,
+          configure=lambda facts, avail: schedstat.unsupported(facts.sysroot)),
 ]}
 
 WORKLOAD_SCORE = Metric("workload_score", None, "the workload's own figure, higher is better",
