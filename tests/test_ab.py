@@ -1,6 +1,7 @@
 """A/B: arm parsing, per-run records to statistics, table and plot (no guest)."""
 
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -520,3 +521,24 @@ def test_ab_refuses_bad_arms_before_anything(tmp_path, monkeypatch, args, needle
                                     *args], env={"VNUMA_SCHED_CACHE": str(cache)})
     one_line(res, 2, needle)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["/var/cache/vnuma-ab-out", "/var/tmp/ab", "/run/ab"])
+def test_ab_refuses_an_out_dir_the_guest_cannot_see(tmp_path, monkeypatch, out):
+    def no_work(*a, **kw):
+        raise AssertionError("worked before validating")
+
+    for name in ("run", "kernel_image", "choose_accel"):
+        monkeypatch.setattr(vm, name, no_work)
+    res = CliRunner().invoke(main, ["ab", "--kernel", str(tmp_path / "k"), "--out", out, *ARMS2],
+                             env={"VNUMA_SCHED_CACHE": str(tmp_path / "cache")})
+    one_line(res, 2, f"--out {out}: a guest cannot see")
+    assert not os.path.exists(out) and list(tmp_path.iterdir()) == []
+
+
+def test_guest_visible_paths_resolve_symlinks(tmp_path):
+    link = tmp_path / "to-var-tmp"
+    link.symlink_to("/var/tmp")
+    with pytest.raises(BadInput, match="cannot see /var/tmp"):
+        vm.check_guest_visible(link / "x", "--out")
+    assert vm.check_guest_visible(tmp_path / "x", "--out") == (tmp_path / "x").resolve()

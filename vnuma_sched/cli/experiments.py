@@ -68,6 +68,7 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, ar
     arm_list = arms.parse_arms(arms.named_specs(arm_specs, spec_a, spec_b),
                                _profile_dirs(settings))
     abmod.schedule([a.name for a in arm_list], runs, boots)  # BadInput before any work
+    vm.check_guest_visible(out, "--out")
     kernel_image = vm.kernel_image(image)
     topo = vm.parse_topology(spec, vm.parse_size_mb(mem),
                              limits=vm.guest_limits([vm.image_config(kernel_image)]))

@@ -252,6 +252,23 @@ def parse_topology(spec, mem_mb, host_topology=None, limits=None):
     raise BadInput(f"--topology {spec!r}: expected NxM (e.g. 2x2), 'host', or a JSON file")
 
 
+# What virtme-ng's guest init mounts over with a fresh tmpfs (or its own
+# filesystem): a host path under one of these is not what the guest sees.
+GUEST_HIDDEN = ("/run", "/dev", "/proc", "/sys", "/var/log", "/var/tmp", "/var/cache",
+                "/var/spool/rsyslog", "/var/lib/apt", "/var/lib/sudo", "/var/lib/snapd",
+                "/var/lib/portables", "/var/lib/machines", "/var/lib/private", "/lib/modules")
+
+
+def check_guest_visible(path, what):
+    """BadInput unless the guest sees ``path`` (resolved, symlinks too) as the host does."""
+    real = Path(path).resolve()
+    for hidden in GUEST_HIDDEN:
+        if real == Path(hidden) or Path(hidden) in real.parents:
+            raise BadInput(f"{what} {path}: a guest cannot see {hidden} (its init mounts a "
+                           "tmpfs there); use a directory under /tmp or the project")
+    return real
+
+
 def _cpurange(cpus):
     return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else f"{cpus[0]}"
 
