@@ -14,9 +14,13 @@ from helpers import DATA, golden, interval, one_line, write_recording
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.experiments import ab, arms, compare
+from vnuma_sched.experiments.workloads import build
 from vnuma_sched.kernel import vm
 from vnuma_sched.probes.spec import PRIMARY
 from vnuma_sched.render import ab_text
+from vnuma_sched.runner import Runner
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.system.topology import read_topology
 from vnuma_sched.tunables import profile as P
 
 AB_DATA = DATA / "ab"
@@ -542,3 +546,23 @@ def test_guest_visible_paths_resolve_symlinks(tmp_path):
     with pytest.raises(BadInput, match="cannot see /var/tmp"):
         vm.check_guest_visible(link / "x", "--out")
     assert vm.check_guest_visible(tmp_path / "x", "--out") == (tmp_path / "x").resolve()
+
+
+def test_workload_figures_are_parsed_beside_the_score():
+    out = ("omp-barrier threads=8 iterations=3000 kib=256 seconds=2.5 checksum=1.0 "
+           "remote_run_fraction=0.125000 iter_per_s=1200.000\n")
+    assert build.figures("omp-barrier", out) == {"remote_run_fraction": 0.125}
+    assert build.score("omp-barrier", out, 9.0) == 1200.0
+    assert build.figures("omp-barrier", out.replace("remote_run_fraction=0.125000 ", "")) == {}
+    assert build.figures("perf-pipe", out) == {}
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_omp_barrier_reports_where_its_threads_ran_against_their_memory(tmp_path):
+    exe = build.omp_barrier(tmp_path, Runner())
+    res = Runner().run([str(exe), "50", "64"], env={**os.environ, "OMP_NUM_THREADS": "2",
+                                                  "GOMP_SPINCOUNT": "0"})
+    got = build.figures("omp-barrier", res.stdout)
+    assert 0.0 <= got["remote_run_fraction"] <= 1.0
+    if len(read_topology(SysRoot("/")).nodes) == 1:   # one node: nothing can be remote
+        assert got["remote_run_fraction"] == 0.0

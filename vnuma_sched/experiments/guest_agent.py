@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from vnuma_sched.experiments.workloads.build import score
+from vnuma_sched.experiments.workloads.build import figures, score
 from vnuma_sched.probes import report
 from vnuma_sched.probes.classify import delta, matrix_total
 from vnuma_sched.probes.session import Session
@@ -65,7 +65,8 @@ def run_plan(plan, sysroot):
             probes = delta(before, after)
             rec = {"type": "run", "index": i, "arm": arm_name, "seconds": round(seconds, 4),
                    "score": score(wl["kind"], res.stdout + res.stderr, seconds),
-                   "metrics": report.metrics(probes)}
+                   "metrics": {**report.metrics(probes),
+                               **figures(wl["kind"], res.stdout)}}
             if "migrate" in probes:
                 rec["matrix"] = matrix_total(probes["migrate"]["matrix"])
             _emit(rec)

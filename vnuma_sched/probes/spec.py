@@ -351,17 +351,25 @@ PROBES = {p.name: p for p in [
 
 WORKLOAD_SCORE = Metric("workload_score", None, "the workload's own figure, higher is better",
                         lower_is_worse=True)
-METRICS = {m.name: m for m in (WORKLOAD_SCORE, *(m for p in PROBES.values() for m in p.metrics))}
+REMOTE_RUN_FRACTION = Metric(
+    "remote_run_fraction", None,
+    "omp-barrier: share of the threads' compute time on a node other than the one "
+    "holding most of their memory (what becomes time on real NUMA hardware)")
+WORKLOAD_METRICS = (WORKLOAD_SCORE, REMOTE_RUN_FRACTION)
+METRICS = {m.name: m for m in (*WORKLOAD_METRICS,
+                               *(m for p in PROBES.values() for m in p.metrics))}
 
 # The metrics comparisons show first, in this order.
-PRIMARY = ("workload_score", "cross_node_migrations", "cross_node_avoidable",
+PRIMARY = ("workload_score", "remote_run_fraction", "cross_node_migrations",
+           "cross_node_avoidable", "wake_affine_cross_node",
            "idle_rejected_preempted",
            "wakeups_busy_idle_llc", "wake_ipis", "halts", "migrations.wake", "migrations.newidle",
            "migrations.periodic", "migrations.nohz", "cross_node_migrations.wake",
            "cross_node_migrations.newidle", "cross_node_migrations.periodic")
 # The results tables (compare --markdown, the cover letter): the problem metrics only.
-HEADLINE = ("workload_score", "idle_rejected_preempted", "wakeups_busy_idle_llc",
-            "cross_node_migrations", "cross_node_avoidable", "cross_node_migrations.wake",
+HEADLINE = ("workload_score", "remote_run_fraction", "idle_rejected_preempted",
+            "wakeups_busy_idle_llc", "cross_node_migrations", "cross_node_avoidable",
+            "wake_affine_cross_node", "cross_node_migrations.wake",
             "cross_node_migrations.newidle", "cross_node_migrations.periodic")
 
 
@@ -377,7 +385,7 @@ def map_size(m, max_cpus, max_nodes):
 def metrics_help():
     """The metric names, grouped by probe, for --help texts."""
     causes = " ".join(E.CAUSE_NAMES)
-    lines = [f"{WORKLOAD_SCORE.name} (lower is worse)"]
+    lines = [f"{WORKLOAD_SCORE.name} (lower is worse), {REMOTE_RUN_FRACTION.name} (omp-barrier)"]
     for p in PROBES.values():
         names = [m.name for m in p.metrics if "." not in m.name]
         if p.name == "migrate":

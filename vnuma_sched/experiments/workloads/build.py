@@ -32,6 +32,18 @@ SCORES = {
 }
 
 
+# Figures a workload prints beside its score (name -> pattern), reported as metrics.
+FIGURES = {
+    "omp-barrier": {"remote_run_fraction": re.compile(r"remote_run_fraction=([0-9.]+)")},
+}
+
+
+def figures(kind, output):
+    """The workload's other figures found in its output ({} when it printed none)."""
+    return {name: float(m.group(1)) for name, rx in FIGURES.get(kind, {}).items()
+            if (m := rx.search(output))}
+
+
 def score(kind, output, seconds):
     """The workload's figure, higher is better."""
     if kind.startswith("cmd:"):
