@@ -38,8 +38,8 @@ SERIES_FEATURES = tuple(g[len(facts.FEATURE_GATE):] for g in facts.PATCH_GATES
 FEATURE_DOCS = {
     "NUMA_NEWIDLE_DAMP": "series: newidle balancing stops at NUMA domains unless avg_idle "
                          ">= sched.migration_cost_ns",
-    "NUMA_WAKE_PREV": "series: wake_affine keeps a cross-node wakee on its previous node "
-                      "when that LLC has an allowed idle CPU",
+    "NUMA_WAKE_PREV": "series: wake_affine() never pulls a wakee across NUMA nodes by load "
+                      "(WA_WEIGHT); idle and sync decisions (WA_IDLE) stay",
 }
 
 
