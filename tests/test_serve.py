@@ -86,6 +86,9 @@ def test_exposition_agrees_with_what_record_derives(recorded):
     cross = sum(v for labels, v in got["vnuma_sched_migrations_total"]
                 if labels["src_node"] != labels["dst_node"])
     assert cross == want["cross_node_migrations"]
+    assert total(got, "vnuma_sched_cross_node_migrations_total") == cross
+    assert total(got, "vnuma_sched_cross_node_migrations_total", cause="wake") == \
+        want["cross_node_migrations.wake"]
     for cause in ("wake", "newidle"):
         assert total(got, "vnuma_sched_migrations_total", cause=cause) == \
             want[f"migrations.{cause}"]

@@ -15,6 +15,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from vnuma_sched.probes import classify
 from vnuma_sched.probes import events as E
 
 PREFIX = "vnuma_sched_"
@@ -57,6 +58,9 @@ FAMILIES = {f.name: f for f in (
            (), "hltexit"),
     _matrix("migrations_total", "task migrations by source and destination node and cause"),
     _matrix("migrations_to_idle_total", "task migrations onto an idle CPU"),
+    Family(PREFIX + "cross_node_migrations_total", "counter",
+           "task migrations between nodes, by cause (the off-diagonal of "
+           "vnuma_sched_migrations_total, which PromQL cannot select)", ("cause",), "migrate"),
     _matrix("cross_node_avoidable_migrations_total",
             "migrations to another node while the source node had an idle CPU (other than "
             "the destination) the task was allowed on"),
@@ -193,6 +197,10 @@ def _migrate(d, ctx):
         for c, m in mx.items()}, ctx)
     yield _square_family(PREFIX + "migrations_to_idle_total",
                          {c: m["idle"] for c, m in mx.items()}, ctx)
+    cross = _family(PREFIX + "cross_node_migrations_total", ctx)
+    for cause in mx:
+        cross.add_metric([cause], classify.cross_node(mx, [cause]))
+    yield cross
     if "avoidable" in d:
         yield _square_family(PREFIX + "cross_node_avoidable_migrations_total",
                              d["avoidable"], ctx)
