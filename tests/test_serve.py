@@ -46,9 +46,16 @@ class FakeSession:
         self.samples += 1
         return self.snapshot
 
+    def close(self):
+        self.snapshot = None
+
+
+def reg_of(session, root, per_cpu=True):
+    return srv.registry(srv.SessionCollector(session, SysRoot(root), per_cpu))
+
 
 def exposition_text(session, root, per_cpu=True):
-    return srv.generate_latest(srv.registry(session, SysRoot(root), per_cpu)).decode()
+    return srv.generate_latest(reg_of(session, root, per_cpu)).decode()
 
 
 def parsed(text):
@@ -201,7 +208,7 @@ def test_info_names_kernel_gates_and_profile(tmp_path, fixture_root):
 
 def test_textfile_is_replaced_whole_and_leaves_no_temporary(recorded, tmp_path):
     session, root = recorded
-    reg = srv.registry(session, SysRoot(root))
+    reg = reg_of(session, root)
     target = srv.check_textfile_dir(tmp_path)
     target.write_text("old\n")
     seen = []
@@ -229,13 +236,13 @@ def test_textfile_keeps_the_old_file_when_reading_fails(tmp_path):
     target = tmp_path / srv.TEXTFILE_NAME
     target.write_text("old\n")
     with pytest.raises(RuntimeError):
-        srv.write_textfile(target, srv.registry(Broken({}, topology(1, 1)), SysRoot(tmp_path)))
+        srv.write_textfile(target, reg_of(Broken({}, topology(1, 1)), tmp_path))
     assert target.read_text() == "old\n" and os.listdir(tmp_path) == [srv.TEXTFILE_NAME]
 
 
 def test_textfile_loop_writes_count_times_and_removes_the_file_when_stopped(recorded, tmp_path):
     session, root = recorded
-    reg = srv.registry(session, SysRoot(root))
+    reg = reg_of(session, root)
     target = tmp_path / srv.TEXTFILE_NAME
     sleeps = []
     assert srv.textfile_loop(target, reg, 2.5, count=3, sleep=sleeps.append) == 3
@@ -275,7 +282,7 @@ def http_server(recorded):
     session, root = recorded
     server = srv.bind("127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_http,
-                              args=(server, srv.registry(session, SysRoot(root))))
+                              args=(server, reg_of(session, root)))
     thread.start()
     yield server, session
     server.shutdown()
@@ -304,6 +311,13 @@ def test_http_serves_metrics_and_says_what_is_wrong(http_server):
         answer = s.makefile("rb").read()
         assert b"400" in answer and b"Bad request version" in answer
     assert http(server, "/metrics")[0] == 200          # still serving
+
+
+def test_a_closed_collector_reads_nothing(recorded):
+    session, root = recorded
+    collector = srv.SessionCollector(session, SysRoot(root))
+    collector.close()
+    assert list(collector.collect()) == [] and session.samples == 0
 
 
 def test_http_read_failure_is_a_500_with_the_reason(http_server):

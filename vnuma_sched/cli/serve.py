@@ -68,7 +68,8 @@ def serve_cmd(settings, listen, textfile, no_per_cpu, interval, count, names):
         raise
     for line in catalog.unsupported_lines(session.status):
         say(line)
-    reg = srv.registry(session, settings.sysroot(), per_cpu=not no_per_cpu)
+    collector = srv.SessionCollector(session, settings.sysroot(), per_cpu=not no_per_cpu)
+    reg = srv.registry(collector)
     with _sigterm_as_interrupt():
         try:
             if server is not None:
@@ -81,4 +82,4 @@ def serve_cmd(settings, listen, textfile, no_per_cpu, interval, count, names):
         except KeyboardInterrupt:
             pass
         finally:
-            session.close()
+            collector.close()

@@ -55,18 +55,28 @@ def applied_profile(sysroot):
 
 class SessionCollector:
     """A prometheus_client collector over a started Session (or anything with
-    sample(), status and topology): one snapshot per scrape, scrapes one at a time."""
+    sample(), status, topology and close()): one snapshot per scrape, scrapes one at a
+    time, none once closed."""
 
     def __init__(self, session, sysroot, per_cpu=True):
         self.session, self.sysroot = session, sysroot
         self.ctx = exposition.Context(dict(session.topology.cpu_node), per_cpu)
         self.lock = threading.Lock()
+        self.closed = False
 
     def describe(self):
         return []       # nothing is read at registration
 
+    def close(self):
+        """Detach the probes, after a scrape still reading them."""
+        with self.lock:
+            self.closed = True
+            self.session.close()
+
     def collect(self):
         with self.lock:
+            if self.closed:
+                return
             snapshot = self.session.sample()
         yield from exposition.families(snapshot, self.session.status, self.ctx)
         yield exposition.info(facts.release(self.sysroot, ""),
@@ -74,9 +84,9 @@ class SessionCollector:
                               applied_profile(self.sysroot))
 
 
-def registry(session, sysroot, per_cpu=True):
+def registry(collector):
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(SessionCollector(session, sysroot, per_cpu))
+    reg.register(collector)
     return reg
 
 
