@@ -2,14 +2,14 @@
 """Overhead of 'vnuma-sched serve' with all probes (and a scrape every second) on
 wake-up-heavy workloads.
 
-    sudo .venv/bin/python bench/serve_overhead.py [--runs N] [--scrape S]
+    sudo .venv/bin/python bench/serve_overhead.py [--runs N] [--scrape S] [PROBE...]
 
 Needs root and perf (Debian linux-perf). Each round runs every workload once
 without probes, then starts serve, waits until /metrics answers (bcc compiling is
 not counted), runs every workload once more while a thread scrapes /metrics every
 --scrape seconds, and stops serve: the two kinds of run are interleaved. Each
 workload reports its own time (perf bench "Total time"); the medians are compared.
-Goal: serve/plain <= 1.03.
+Goal: serve/plain <= 1.03. Name probes to see what each one costs (default: all).
 """
 
 import argparse
@@ -46,16 +46,18 @@ def scrape(url):
 
 
 class Serve:
-    """serve with every probe, in its own process group, scraped every ``every`` s."""
+    """serve with ``probes`` (all when empty), in its own process group, scraped every
+    ``every`` s."""
 
-    def __init__(self, every):
+    def __init__(self, every, probes):
         self.url = f"http://127.0.0.1:{free_port()}/metrics"
-        self.every, self.scrapes, self.stopping = every, 0, threading.Event()
+        self.every, self.probes = every, probes
+        self.scrapes, self.stopping = 0, threading.Event()
 
     def __enter__(self):
         port = self.url.split(":")[2].split("/")[0]
-        self.proc = subprocess.Popen([VNUMA, "serve", "--listen", f"127.0.0.1:{port}"],
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        argv = [VNUMA, "serve", "--listen", f"127.0.0.1:{port}", *self.probes]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -86,6 +88,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--scrape", type=float, default=1.0, help="seconds between scrapes")
+    ap.add_argument("probes", nargs="*", help="the probes serve loads (default: all)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (BPF)")
@@ -95,7 +98,7 @@ def main():
     for i in range(args.runs):
         for name, cmd in WORKLOADS.items():
             plain[name].append(run(cmd))
-        with Serve(args.scrape) as serve:
+        with Serve(args.scrape, args.probes) as serve:
             for name, cmd in WORKLOADS.items():
                 served[name].append(run(cmd))
         scrapes += serve.scrapes
@@ -104,7 +107,8 @@ def main():
     for name in WORKLOADS:
         p, s = statistics.median(plain[name]), statistics.median(served[name])
         print(f"{name:<17}{p:>9.3f}{s:>9.3f}{s / p:>7.3f}")
-    print(f"medians of {args.runs} interleaved runs each, all probes, {scrapes} scrapes "
+    probes = " ".join(args.probes) or "all probes"
+    print(f"medians of {args.runs} interleaved runs each, {probes}, {scrapes} scrapes "
           f"(every {args.scrape:g} s); goal serve/plain <= {GOAL}")
 
 
