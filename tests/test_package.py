@@ -143,3 +143,12 @@ def test_build_uses_the_shipped_guest_fragment(venv, tmp_path):
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     fragment = Path(meta["fragments"][0]["path"])
     assert fragment.name == "vnuma-guest.config" and fragment.is_relative_to(venv)
+
+
+def test_the_wheel_ships_the_serve_contrib_files(venv, tmp_path):
+    code = "from vnuma_sched import resources as r; print(r.contrib_dir())"
+    where = Path(run([venv / "bin" / "python", "-c", code], cwd=tmp_path).strip())
+    assert where.is_relative_to(venv)
+    shipped = sorted(str(p.relative_to(where)) for p in where.rglob("*") if p.is_file())
+    prefix = "vnuma_sched/contrib/"
+    assert shipped == sorted(f[len(prefix):] for f in source_files() if f.startswith(prefix))

@@ -1,5 +1,6 @@
 """The data that ships with the package: bpf/, kconfig/, patches/, the tunables
-profiles and the workload sources.
+profiles, the workload sources and contrib/ (the Grafana dashboard, Prometheus
+alert rules and systemd unit of `serve`, kept inside the package).
 
 bpf/, kconfig/ and patches/ stay at the top of the source tree (they are the
 project's face) and the wheel carries them as ``vnuma_sched/data/<name>``
@@ -49,6 +50,12 @@ def guest_fragment():
 def profiles_dir():
     """The built-in tunables profiles."""
     return _package_path("vnuma_sched.tunables", "profiles")
+
+
+def contrib_dir():
+    """The Grafana dashboard, the Prometheus alert rules and the systemd unit of
+    `serve` (package data: the top of the source tree is the project's fixed face)."""
+    return _package_path("vnuma_sched", "contrib")
 
 
 def workload_source(name):

@@ -11,7 +11,7 @@ import traceback
 import click
 
 from vnuma_sched import __version__
-from vnuma_sched.cli import bisect, experiments, kernel, probes, tune
+from vnuma_sched.cli import bisect, experiments, kernel, probes, serve, tune
 from vnuma_sched.cli.common import Settings, emit, json_option, merge_json
 from vnuma_sched.errors import BadInput, VnumaError
 from vnuma_sched.probes.loader import compile_check
@@ -124,6 +124,7 @@ def doctor(settings, as_json):
 
 for _command in (kernel.kernel, kernel.build, kernel.vm, kernel.patches, kernel.pipeline,
                  probes.probes_cmd, probes.top_cmd, probes.record_cmd, probes.report_cmd,
+                 serve.serve_cmd,
                  tune.tune, experiments.ab, experiments.compare_cmd, bisect.bisect):
     main.add_command(_command)
 
