@@ -24,7 +24,7 @@ from vnuma_sched.probes.spec import PROBES
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import Node, Topology
 
-LABELS = {"cpu", "node", "type", "cause", "src_node", "dst_node", "probe", "reason", "le",
+LABELS = {"cpu", "node", "type", "cause", "src_node", "dst_node", "probe", "reason", "le", "scope",
           "kernel", "profile"}
 
 
@@ -380,3 +380,12 @@ def test_listen_address_in_use_is_exit_1_and_nothing_started(no_probes):
 def test_bad_serve_options_are_one_line_exit_2(args, needle, no_probes):
     res = CliRunner().invoke(main, ["serve", *args])
     one_line(res, 2, needle)
+
+
+def test_schedstat_counters_are_served_by_scope(fixture_root):
+    snap = {"schedstat": {"cross_node": [12, 185, 0], "in_node": [40, 7, 0]}}
+    samples = parsed(exposition_text(FakeSession(snap, topology(2, 2)),
+                                     fixture_root / "qemu-2node"))
+    assert total(samples, "vnuma_sched_wake_affine_moves_total", scope="cross_node") == 185
+    assert total(samples, "vnuma_sched_wake_affine_moves_total", scope="in_node") == 7
+    assert total(samples, "vnuma_sched_wake_remote_total", scope="cross_node") == 12

@@ -17,6 +17,7 @@ from prometheus_client.core import (
 
 from vnuma_sched.probes import classify
 from vnuma_sched.probes import events as E
+from vnuma_sched.system import schedstat
 
 PREFIX = "vnuma_sched_"
 
@@ -75,6 +76,13 @@ FAMILIES = {f.name: f for f in (
              "idle CPUs available_idle_cpu() rejected because vcpu_is_preempted() said so",
              "preempt"),
     _per_cpu("steal_seconds_total", "steal time since boot (/proc/stat)", "steal"),
+    Family(PREFIX + "wake_affine_moves_total", "counter",
+           "wake-ups wake_affine() moved to the waker's side of a scheduling domain "
+           "(schedstat ttwu_move_affine; since boot), by scope: cross_node at domains "
+           "spanning nodes, in_node below", ("scope",), "schedstat"),
+    Family(PREFIX + "wake_remote_total", "counter",
+           "wake-ups with waker and wakee on different CPUs of a domain (schedstat "
+           "ttwu_wake_remote; since boot), by scope", ("scope",), "schedstat"),
     Family(PREFIX + "probe_up", "gauge",
            "1 when the probe is loaded and counting, 0 when not (reason says why)",
            ("probe", "reason")),
@@ -221,8 +229,16 @@ def _steal(d, ctx):
     yield _cpu_family(PREFIX + "steal_seconds_total", d["ms"], ctx, 1e-3)
 
 
+def _schedstat(d, ctx):
+    for name, index in (("wake_affine_moves_total", 1), ("wake_remote_total", 0)):
+        out = _family(PREFIX + name, ctx)
+        for scope in schedstat.SCOPES:
+            out.add_metric([scope], d[scope][index])
+        yield out
+
+
 BUILDERS = {"ipi": _ipi, "halt": _halt, "hltexit": _hltexit, "migrate": _migrate,
-            "preempt": _preempt, "steal": _steal}
+            "preempt": _preempt, "steal": _steal, "schedstat": _schedstat}
 
 
 def probe_up(status):
