@@ -55,14 +55,14 @@ HINT := kvm_guest.idle_halt_hint
 # Problem 1: the reference is the same kernel without the emulated old host.
 P1_ARMS := --arm ref="$(EMU)=0 $(HINT)=off" --arm off="$(EMU)=1 $(HINT)=off" \
 	--arm on="$(EMU)=1 $(HINT)=on"
-# Problem 2: damping against off (NI_RANDOM, the trees' own damping, is on in
-# every arm but noni) and against relax_domain_level=3, which clears newidle
-# balancing on the NUMA level of this guest (MC is level 1, PKG 2, NUMA 3).
+# Problem 2: the series' fixes against off and against relax_domain_level=3, which
+# clears newidle balancing on the NUMA level of this guest (MC is level 1, PKG 2,
+# NUMA 3). NI_RANDOM, the trees' own newidle damping, is on in every arm but noni.
 DAMP := feature.NUMA_NEWIDLE_DAMP
 WAKE := feature.NUMA_WAKE_PREV
-P2_ARMS := --arm off="$(DAMP)=0 $(WAKE)=0" --arm damp="$(DAMP)=1 $(WAKE)=0" \
+P2_ARMS := --arm off="$(DAMP)=0 $(WAKE)=0" --arm wake="$(DAMP)=0 $(WAKE)=1" \
 	--arm relax="$(DAMP)=0 $(WAKE)=0 relax_domain_level=3"
-P2_ALL := $(P2_ARMS) --arm wake="$(DAMP)=0 $(WAKE)=1" --arm both="$(DAMP)=1 $(WAKE)=1" \
+P2_ALL := $(P2_ARMS) --arm damp="$(DAMP)=1 $(WAKE)=0" --arm both="$(DAMP)=1 $(WAKE)=1" \
 	--arm noni="$(DAMP)=0 $(WAKE)=0 feature.NI_RANDOM=0"
 ON := "$(DAMP)=1 $(WAKE)=1 $(HINT)=on"
 OFF := "$(DAMP)=0 $(WAKE)=0 $(HINT)=off"
@@ -80,7 +80,7 @@ demo: install
 	time $(VNUMA) pipeline --version 6.12 --topology 2x2
 	@echo "== 4/6 problem 1: emulated old host, idle-halt hint off and on, against the reference"
 	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 4 --runs 3 $(P1_ARMS) --out demo-out/halt
-	@echo "== 5/6 problem 2: NUMA newidle damping against off and relax_domain_level (a boot per run)"
+	@echo "== 5/6 problem 2: wake_affine kept on the home node, against off and relax_domain_level (a boot per run)"
 	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 3 $(P2_ARMS) --out demo-out/damping
 	@echo "== 6/6 comparisons"
 	$(VNUMA) compare demo-out/halt --plot demo-out/halt/compare.png
