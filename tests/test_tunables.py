@@ -178,8 +178,9 @@ def test_shipped_profiles_load_and_include(tmp_path):
     assert ded.settings["domain.NUMA.newidle_balance"] == "0"
     for name in names:  # no shipped profile relies on a value the kernel decays
         assert not [k for k in P.load(name, dirs).settings if K.REGISTRY[k].decays], name
-    assert ded.settings["feature.NUMA_WAKE_PREV"] == "0"  # from upstream-defaults
-    assert ded.origin["feature.NUMA_WAKE_PREV"].endswith("upstream-defaults.ini:14")
+    assert ded.settings["feature.NUMA_WAKE_PREV"] == "1"
+    assert ded.origin["feature.NUMA_WAKE_PREV"].endswith("vnuma-guest-dedicated.ini:14")
+    assert ded.origin["kvm_guest.idle_halt_hint"].endswith("vnuma-guest-dedicated.ini:19")
     shared = P.load("vnuma-guest-shared", dirs)
     assert shared.settings["kvm_guest.idle_halt_hint"] == "off"
     assert shared.settings["feature.NUMA_NEWIDLE_DAMP"] == "0"
@@ -203,7 +204,7 @@ def test_plan_on_patched_kernel(tmp_path):
     rows = {r.knob: r for r in engine.plan(P.load("vnuma-guest-dedicated", P.search_path()),
                                            root)}
     assert rows["feature.NUMA_NEWIDLE_DAMP"].action == "set"
-    assert rows["feature.NUMA_WAKE_PREV"].action == "unchanged"
+    assert rows["feature.NUMA_WAKE_PREV"].action == "set"
     assert rows["kvm_guest.idle_halt_hint"].current == "auto"
     assert rows["sched.migration_cost_ns"].action == "unchanged"
     relax = rows["domain.NUMA.newidle_balance"]
@@ -354,7 +355,7 @@ def test_export_tuned(tmp_path):
     assert "[sysctl]\n" in conf and "kernel.sched_schedstats=1" in conf
     assert "/sys/module/kvm_guest/parameters/idle_halt_hint=on" in conf
     features = next(ln for ln in conf.splitlines() if "cannot express" in ln).split()
-    assert "NUMA_NEWIDLE_DAMP" in features and "NO_NUMA_WAKE_PREV" in features
+    assert "NUMA_NEWIDLE_DAMP" in features and "NUMA_WAKE_PREV" in features
     assert ("[bootloader]\ncmdline_vnuma_sched=relax_domain_level=4 cpuidle_haltpoll.force"
             in conf)
     assert "/proc/cmdline" not in conf
