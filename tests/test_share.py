@@ -124,8 +124,9 @@ def test_plan_rows_in_write_order(root):
     assert ("share.kthread", "/proc/14/status") not in rows
     assert ("share.kthread", "/proc/41/status") not in rows
     order = [r.knob for r in SP.plan(SysRoot(root), choose(root, per_node=1))]
-    assert order.index("share.group") < order.index("share.group.cpus") \
-        < order.index("share.group.partition") < order.index("share.irq")
+    assert order.index("share.kthread") < order.index("share.group") \
+        < order.index("share.group.cpus") < order.index("share.group.partition") \
+        < order.index("share.irq")
 
 
 def test_plan_json(root):

@@ -1,7 +1,14 @@
 """plan(): the writes that park ``target.parked`` and keep ``target.used``, as rows of
 the tunables engine (knob, path, current, target, action), in the order apply makes
-them: timer migration, the cpuset partition, the unbound workqueues, the IRQs, the
-unbound kernel threads. Revert undoes them newest first. Pure: reads only."""
+them: timer migration, the unbound kernel threads, the cpuset partition, the unbound
+workqueues, the IRQs. Revert undoes them newest first. Pure: reads only.
+
+Kernel threads come before the partition. Making or removing a partition, the kernel
+itself sets every task of the root cgroup without PF_NO_SETAFFINITY to all CPUs but
+the partitions' (cpuset_update_tasks_cpumask(), 6.12), intersected with the mask a
+sched_setaffinity() gave it. Written first, a thread's journaled value is its own
+(a node's CPUs for kswapd, kcompactd), and the affinity apply gives it is the mask
+the kernel keeps; revert removes the partition, then writes the journaled value."""
 
 from vnuma_sched.errors import DataError, Missing
 from vnuma_sched.share import kernel as KS
@@ -114,7 +121,7 @@ def plan(sysroot, target):
         raise Missing(f"cannot park vCPUs here: {why}")
     used = list(target.used)
     return [_simple("share.timer_migration", sysroot, lambda cur: "1"),
+            *_kthread_rows(sysroot, target),
             *_group_rows(sysroot, target),
             _simple("share.wq_cpumask", sysroot, lambda cur: cpumask_hex(used, cur)),
-            *_irq_rows(sysroot, used),
-            *_kthread_rows(sysroot, target)]
+            *_irq_rows(sysroot, used)]
