@@ -12,6 +12,7 @@ from vnuma_sched.system.topology import parse_cpulist
 
 CG = "/sys/fs/cgroup"
 PARKED = f"{CG}/vnuma-parked"
+WQ = "/sys/devices/virtual/workqueue/cpumask"
 MANAGED_IRQ = 25            # refuses affinity writes (EIO), as managed IRQs do
 PF_KTHREAD, PF_NO_SETAFFINITY = 0x00200000, 0x04000000
 # pid: (comm, flags, allowed CPUs, last CPU)
@@ -22,6 +23,7 @@ TASKS = {
     15: ("kworker/u8:0", PF_KTHREAD | PF_NO_SETAFFINITY, "0-3", 3),
     40: ("kcompactd0", PF_KTHREAD, "0-1", 0),
     41: ("khugepaged", PF_KTHREAD, "2", 2),
+    42: ("kpinned", PF_KTHREAD, "3", 3),        # one CPU, but movable: not per-CPU
 }
 # irq: (handler directories, smp_affinity_list, effective_affinity_list)
 IRQS = {0: (("timer",), "0", "0"), 4: (("ttyS0",), "0-3", "1"),
@@ -57,7 +59,8 @@ def build(root):
     _w(root, f"{CG}/cpuset.cpus.effective", "0-3\n")
     _w(root, f"{CG}/cpuset.cpus.isolated", "\n")
     _w(root, "/proc/sys/kernel/timer_migration", "1\n")
-    _w(root, "/sys/devices/virtual/workqueue/cpumask", "f\n")
+    _w(root, WQ, "f\n")
+    _w(root, f"{WQ}_requested", "f\n")
     _w(root, "/proc/irq/default_smp_affinity", "f\n")
     for irq, (names, cpus, eff) in IRQS.items():
         _w(root, f"/proc/irq/{irq}/smp_affinity_list", cpus + "\n")
@@ -75,10 +78,19 @@ def _cgroup_files(path):
             "cpuset.cpus.effective": "0-3\n", "cgroup.procs": ""}
 
 
+def _exclude_from_workqueues(sysroot, real_write, isolated):
+    """workqueue_unbound_exclude_cpumask(): the unbound mask is the requested one
+    minus the CPUs of isolated partitions."""
+    requested = int(sysroot.read(f"{WQ}_requested"), 16)
+    cpus = parse_cpulist(sysroot.read(f"{PARKED}/cpuset.cpus")) if isolated else []
+    mask = requested & ~sum(1 << c for c in cpus)
+    real_write(sysroot, WQ, f"{mask or requested:x}\n")
+
+
 def emulate_kernel(set_attr, invalid=None):
     """Writes act as the kernel's: a cgroup directory comes with its files and goes
     with them, "+name"/"-name" edit cgroup.subtree_control, the managed IRQ refuses
-    with EIO. ``invalid``: the partition reads back "isolated invalid (<invalid>)"."""
+    with EIO, an isolated partition takes its CPUs out of the workqueue mask. ``invalid``: the partition reads back "isolated invalid (<invalid>)"."""
     real_write, real_mkdir, real_rmdir = SysRoot.write, SysRoot.mkdir, SysRoot.rmdir
 
     def write(self, abspath, value):
@@ -95,6 +107,10 @@ def emulate_kernel(set_attr, invalid=None):
                 and invalid:
             value = f"isolated invalid ({invalid})\n"
         real_write(self, abspath, value)
+        if abspath == WQ:
+            real_write(self, f"{WQ}_requested", value)
+        if abspath == f"{PARKED}/cpuset.cpus.partition":
+            _exclude_from_workqueues(self, real_write, value.strip() == "isolated")
         if abspath.startswith("/proc/irq/") and abspath.endswith("/smp_affinity_list"):
             first = parse_cpulist(value)[0]
             real_write(self, abspath.replace("/smp_", "/effective_"), f"{first}\n")

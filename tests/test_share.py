@@ -120,13 +120,16 @@ def test_plan_rows_in_write_order(root):
     assert rows[("share.irq", "/proc/irq/0/smp_affinity_list")].action == "unchanged"
     assert rows[("share.kthread", "/proc/40/status")].target == "0"    # 0-1 -> 0
     assert rows[("share.kthread", "/proc/15/status")].action == "unsupported"
+    assert rows[("share.kthread", "/proc/42/status")].target == "0,2"   # 3 -> the used
     # per-CPU kthreads and threads on used CPUs only are not touched
     assert ("share.kthread", "/proc/14/status") not in rows
     assert ("share.kthread", "/proc/41/status") not in rows
     order = [r.knob for r in SP.plan(SysRoot(root), choose(root, per_node=1))]
-    assert order.index("share.kthread") < order.index("share.group") \
+    # what the kernel changes with a partition is written (and journaled) before it
+    assert order.index("share.kthread") < order.index("share.wq_cpumask") \
+        < order.index("share.irq") < order.index("share.group") \
         < order.index("share.group.cpus") < order.index("share.group.partition") \
-        < order.index("share.irq")
+        == len(order) - 1
 
 
 def test_plan_json(root):

@@ -119,7 +119,8 @@ class Kthread:
 
     @property
     def per_cpu(self):
-        return len(self.cpus) == 1
+        """Bound to one CPU by the kernel (kthread_bind() sets PF_NO_SETAFFINITY)."""
+        return self.fixed and len(self.cpus) == 1
 
 
 def kthreads(sysroot):

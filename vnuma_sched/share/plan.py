@@ -1,14 +1,16 @@
 """plan(): the writes that park ``target.parked`` and keep ``target.used``, as rows of
 the tunables engine (knob, path, current, target, action), in the order apply makes
-them: timer migration, the unbound kernel threads, the cpuset partition, the unbound
-workqueues, the IRQs. Revert undoes them newest first. Pure: reads only.
+them: timer migration, the unbound kernel threads, the unbound workqueue mask, the
+IRQs, and last the cpuset partition. Revert undoes them newest first: the partition
+goes first. Pure: reads only.
 
-Kernel threads come before the partition. Making or removing a partition, the kernel
-itself sets every task of the root cgroup without PF_NO_SETAFFINITY to all CPUs but
-the partitions' (cpuset_update_tasks_cpumask(), 6.12), intersected with the mask a
-sched_setaffinity() gave it. Written first, a thread's journaled value is its own
-(a node's CPUs for kswapd, kcompactd), and the affinity apply gives it is the mask
-the kernel keeps; revert removes the partition, then writes the journaled value."""
+The partition comes last because the kernel itself changes two of the other values
+when a partition appears or goes (6.12): every task of the root cgroup without
+PF_NO_SETAFFINITY is set to all CPUs but the partitions' (cpuset_update_tasks_cpumask(),
+intersected with a mask sched_setaffinity() gave it), and the unbound workqueue mask
+becomes the requested one minus the isolated CPUs (workqueue_unbound_exclude_cpumask()).
+Written before it, the journal holds the values as they were (a node's CPUs for kswapd
+and kcompactd, the whole workqueue mask) and revert ends with them."""
 
 from vnuma_sched.errors import DataError, Missing
 from vnuma_sched.share import kernel as KS
@@ -101,7 +103,7 @@ def _kthread_rows(sysroot, target):
     rows = []
     parked = set(target.parked)
     for kt in KS.kthreads(sysroot):
-        if kt.per_cpu or not parked & set(kt.cpus):
+        if kt.per_cpu or not parked & set(kt.cpus):     # per-CPU ones stay: see status
             continue
         current = format_cpulist(kt.cpus)
         if kt.fixed:
@@ -122,6 +124,6 @@ def plan(sysroot, target):
     used = list(target.used)
     return [_simple("share.timer_migration", sysroot, lambda cur: "1"),
             *_kthread_rows(sysroot, target),
-            *_group_rows(sysroot, target),
             _simple("share.wq_cpumask", sysroot, lambda cur: cpumask_hex(used, cur)),
-            *_irq_rows(sysroot, used)]
+            *_irq_rows(sysroot, used),
+            *_group_rows(sysroot, target)]
