@@ -4,9 +4,10 @@ vCPUs. Runs as root INSIDE a guest (cgroup v2 is mounted if it is not):
 
     vnuma-sched vm run --kernel K --topology 2x2 -- /usr/bin/python3 bench/park.py
 
-Each run parks (share apply: journal, partition, IRQs, workqueues, kthreads) and
-unparks (share revert), then takes the same vCPUs offline and online again through
-/sys/devices/system/cpu/cpuN/online. Prints the median of each, the ratio
+Each run parks (share apply: plan, journal, partition, IRQs, workqueues, kthreads)
+and unparks (share revert), then takes the same vCPUs offline and online again
+through /sys/devices/system/cpu/cpuN/online. The plan alone (the reads of /proc and
+/sys that park starts with) is timed too. Prints the median of each, the ratio
 hotplug/share with its 95% bootstrap interval and the Mann-Whitney p over the runs.
 The goal (issue 14): share >= 10x faster than hotplug, p < 0.05 over 10 runs. No
 assertion here: the figures go to the README.
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vnuma_sched.experiments import stats  # noqa: E402
 from vnuma_sched.share import kernel as KS  # noqa: E402
 from vnuma_sched.share import park  # noqa: E402
+from vnuma_sched.share import plan as SP  # noqa: E402
 from vnuma_sched.share import target as T  # noqa: E402
 from vnuma_sched.system.sysroot import SysRoot  # noqa: E402
 from vnuma_sched.system.topology import read_topology  # noqa: E402
@@ -60,8 +62,9 @@ def main():
     mount_cgroup2()
     sysroot = SysRoot("/")
     target = T.choose(read_topology(sysroot), KS.online(sysroot), per_node=args.per_node)
-    times = {"park": [], "unpark": [], "offline": [], "online": []}
+    times = {"plan": [], "park": [], "unpark": [], "offline": [], "online": []}
     for _ in range(args.runs):
+        times["plan"].append(timed(lambda: SP.plan(sysroot, target)))   # reads, also in park
         times["park"].append(timed(lambda: park.apply(sysroot, target)))
         times["unpark"].append(timed(lambda: park.revert(sysroot)))
         times["offline"].append(timed(lambda: hotplug(target.parked, "0")))

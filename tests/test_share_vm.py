@@ -61,7 +61,10 @@ def test_status_agrees(guest):
 def test_revert_restores_every_value(guest):
     assert guest["revert"]["rc"] == 0, guest["revert"]["stderr"]
     assert guest["after"] == guest["before"]
-    common = guest["kthreads_before"].keys() & guest["kthreads_after"].keys()
-    assert common
-    assert {p: guest["kthreads_after"][p] for p in common} == \
-        {p: guest["kthreads_before"][p] for p in common}
+    before, after = guest["kthreads_before"], guest["kthreads_after"]
+    common = before.keys() & after.keys()
+    assert len(common) > 20
+    # "comm cpus": a workqueue worker's comm names the work it last ran; compare the CPUs
+    changed = {p: (before[p], after[p]) for p in common
+               if before[p].split()[-1] != after[p].split()[-1]}
+    assert not changed
