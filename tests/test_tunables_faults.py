@@ -290,7 +290,7 @@ def test_lock_names_its_holder(tmp_path):
                      ("hold", "vnuma-guest-dedicated", "--count", "1")):
             res = cli(root, *args)
             assert res.exit_code == 1 and res.output == (
-                f"vnuma-sched: error: another tune command is running: pid {os.getpid()} "
+                f"vnuma-sched: error: another command that writes is running: pid {os.getpid()} "
                 f"(vnuma-sched tune apply other) holds {root}/{LOCKPATH}\n")
     assert state(root) == before and not (root / LOCKPATH).exists()
     assert cli(root, "apply", "vnuma-guest-dedicated").exit_code == 0
@@ -309,7 +309,7 @@ def test_concurrent_applies_on_one_root(tmp_path):
         results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
         assert sum(code == 0 for code, _ in results) >= 1, results
         for code, err in results:
-            assert code == 0 or "another tune command is running: pid " in err \
+            assert code == 0 or "another command that writes is running: pid " in err \
                 or "revert it first or use --replace" in err, err
             assert "internal error" not in err
         assert cli(root, "revert").exit_code == 0

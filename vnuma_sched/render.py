@@ -374,3 +374,22 @@ def bisect_text(doc):
         out += [f"  could be {c}" for c in doc.get("candidates", [])]
     out += ["", "git bisect log:", doc["git_log"].rstrip(), f"(saved as {doc['log_file']})"]
     return "\n".join(out)
+
+
+def share_status_text(status):
+    """'share status': the partition, a row per node, then what still uses parked CPUs."""
+    if not status.partition:
+        head = f"no parked vCPUs (no {status.group})"
+    else:
+        head = f"partition: {status.partition} ({status.group})"
+    j = status.journal
+    head += (f"\nparked by vnuma-sched at {j['created']} ({j['writes']} journaled writes)"
+             if j else "\nnot parked by vnuma-sched (no share journal)")
+    out = [head, table([[n["node"], n["used"] or "-", n["parked"] or "-"]
+                        for n in status.nodes], ["node", "used", "parked"])]
+    if status.not_moved:
+        out.append(table([[m["kind"], m["name"], m["cpus"], m["why"]] for m in
+                          status.not_moved], ["kind", "name", "cpus", "why"],
+                         title=f"Still on parked vCPUs ({len(status.not_moved)})",
+                         prose=[3]))
+    return "\n\n".join(out)

@@ -11,7 +11,7 @@ import traceback
 import click
 
 from vnuma_sched import __version__
-from vnuma_sched.cli import bisect, experiments, kernel, probes, serve, tune
+from vnuma_sched.cli import bisect, experiments, kernel, probes, serve, share, tune
 from vnuma_sched.cli.common import Settings, emit, json_option, merge_json
 from vnuma_sched.errors import BadInput, VnumaError
 from vnuma_sched.probes.loader import compile_check
@@ -31,6 +31,7 @@ Examples:
   vnuma-sched pipeline               fetch, patch, build, boot a 2x2 guest
   sudo vnuma-sched top migrate 1     cross-node migrations by cause, live
   vnuma-sched tune plan vnuma-guest-dedicated
+  sudo vnuma-sched share apply --per-node 1   park the other vCPUs
   vnuma-sched bisect run --tree T --good G --bad B --metric cross_node_migrations
 """
 
@@ -124,8 +125,8 @@ def doctor(settings, as_json):
 
 for _command in (kernel.kernel, kernel.build, kernel.vm, kernel.patches, kernel.pipeline,
                  probes.probes_cmd, probes.top_cmd, probes.record_cmd, probes.report_cmd,
-                 serve.serve_cmd,
-                 tune.tune, experiments.ab, experiments.compare_cmd, bisect.bisect):
+                 serve.serve_cmd, tune.tune, share.share, experiments.ab,
+                 experiments.compare_cmd, bisect.bisect):
     main.add_command(_command)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from vnuma_sched.errors import VnumaError
+from vnuma_sched.share import kernel as share_kernel
 from vnuma_sched.system import cpuid as cpuid_mod
 from vnuma_sched.system import facts
 from vnuma_sched.system.topology import read_topology
@@ -243,6 +244,16 @@ def check_patches(env):
     return Check("vnuma_patches", OK, "patched: " + ", ".join(present) + note, data)
 
 
+def check_parking(env):
+    """Can vCPUs be parked here ('vnuma-sched share')? cgroup v2, the cpuset controller,
+    isolated partitions, writable IRQ affinities; what is missing is unsupported, with
+    the reason, never an error."""
+    facts_ = share_kernel.cgroup_facts(env.sysroot) + [share_kernel.irq_writable(env.sysroot)]
+    return [Check(f"parking:{f.name}", OK if f.ok else MISSING,
+                  f.detail if f.ok else f"unsupported: {f.detail}", {"ok": f.ok})
+            for f in facts_]
+
+
 def _guarded(name, fn, *args):
     try:
         result = fn(*args)
@@ -260,7 +271,8 @@ def run_checks(env):
     for name, fn in (("pv_spinlocks", check_pv_spinlocks), ("steal_time", check_steal),
                      ("cpuidle", check_cpuidle), ("vnuma", check_vnuma), ("bcc", check_bcc),
                      ("btf", check_btf), ("kprobes", check_kprobes),
-                     ("lockdown", check_lockdown), ("vnuma_patches", check_patches)):
+                     ("lockdown", check_lockdown), ("vnuma_patches", check_patches),
+                     ("parking", check_parking)):
         checks += _guarded(name, fn, env)
     checks += _guarded("tracefs", check_fs, env, "tracefs",
                        "mount -t tracefs nodev /sys/kernel/tracing")

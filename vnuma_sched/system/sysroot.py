@@ -6,9 +6,11 @@ system, a recorded tree in tests or with ``--root``.
 """
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 from vnuma_sched.errors import BadInput, DataError
+from vnuma_sched.system.topology import format_cpulist
 
 
 class SysRoot:
@@ -47,6 +49,9 @@ class SysRoot:
         """Can this process read (and, for a directory, enter) the path?"""
         path = self.path(abspath)
         return os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0))
+
+    def writable(self, abspath):
+        return os.access(self.path(abspath), os.W_OK)
 
     def is_dir(self, abspath):
         return self.path(abspath).is_dir()
@@ -88,6 +93,35 @@ class SysRoot:
                 f.write(str(value))
         except OSError as err:
             raise DataError(abspath, f"write failed: {err.strerror or err}") from err
+
+    def mkdir(self, abspath):
+        """Create one directory (a cgroup: the kernel fills it with its files)."""
+        try:
+            self.path(abspath).mkdir()
+        except OSError as err:
+            raise DataError(abspath, f"mkdir failed: {err.strerror or err}", err.errno) from err
+
+    def rmdir(self, abspath):
+        """Remove one empty directory (a cgroup without tasks or children)."""
+        try:
+            os.rmdir(self.path(abspath))
+        except OSError as err:
+            raise DataError(abspath, f"rmdir failed: {err.strerror or err}", err.errno) from err
+
+    def set_affinity(self, pid, cpus):
+        """sched_setaffinity() of a task; under a recorded tree, its status file's
+        Cpus_allowed_list line is the state and is rewritten."""
+        status = f"/proc/{int(pid)}/status"
+        if not self.is_live:
+            text = re.sub(r"^Cpus_allowed_list:.*$", "Cpus_allowed_list:\t"
+                          + format_cpulist(cpus), self.read(status), flags=re.M)
+            self.write(status, text + "\n")
+            return
+        try:
+            os.sched_setaffinity(int(pid), cpus)
+        except OSError as err:
+            raise DataError(status, f"sched_setaffinity failed: {err.strerror or err}",
+                            err.errno) from err
 
     def open_binary(self, abspath):
         """An unbuffered binary file object (e.g. /dev/cpu/0/cpuid)."""

@@ -66,9 +66,9 @@ def _value_now(knob, path, sysroot):
 def restore_entry(entry, sysroot):
     """Put one journaled value back: None when it is back (or never changed), VANISHED,
     or the reason it could not be restored."""
-    knob, path, old = K.REGISTRY[entry["knob"]], entry["path"], entry["old"]
+    knob, path, old = K.known(entry["knob"]), entry["path"], entry["old"]
     try:
-        if not sysroot.exists(path):
+        if knob.kind != K.CGROUP_DIR and not sysroot.exists(path):
             return VANISHED
         if _value_now(knob, path, sysroot) == old:
             return None
@@ -97,7 +97,7 @@ def _still_ours(entry, sysroot):
     """Does the path still hold the value apply wrote (after a reboot: put there again
     by a persisted file, not reset)?"""
     try:
-        return _value_now(K.REGISTRY[entry["knob"]], entry["path"], sysroot) == entry["new"]
+        return _value_now(K.known(entry["knob"]), entry["path"], sysroot) == entry["new"]
     except VnumaError:
         return False
 
@@ -173,7 +173,7 @@ def _rollback(store, journal, sysroot, err, warn):
     if left_e or left_f:
         msg += (f"; not restored: {_listing(left_e, left_f)}; kept in "
                 f"{store.shown(journal.doc.path)}: fix the cause, then run 'vnuma-sched "
-                "tune revert'")
+                f"{store.command} revert'")
     else:
         msg += "; every earlier write was restored"
     msg += problem
@@ -192,17 +192,31 @@ def _journaled_old(knob, path, sysroot):
     return old
 
 
-def _write_rows(rows, sysroot, journal, between):
+def _write(knob, path, row, old, sysroot, refused):
+    """One write; False when the kernel refused it, the knob allows that (an IRQ that
+    cannot move) and the value is unchanged: ``refused(row, path, reason)`` is told."""
+    try:
+        write(knob, path, row.target, sysroot)
+    except DataError as err:
+        if refused is None or not knob.may_refuse or _value_now(knob, path, sysroot) != old:
+            raise
+        refused(row, path, _reason(err, path))
+        return False
+    return True
+
+
+def _write_rows(rows, sysroot, journal, between, refused=None):
     count = 0
     for row in rows:
         if row.action != SET:
             continue
-        knob = K.REGISTRY[row.knob]
+        knob = K.known(row.knob)
         olds = [_journaled_old(knob, p, sysroot) for p in row.paths]
         seqs = journal.begin([(row.knob, knob.kind, p, old, row.target)
                               for p, old in zip(row.paths, olds, strict=True)])
-        for seq, path in zip(seqs, row.paths, strict=True):
-            write(knob, path, row.target, sysroot)
+        for seq, path, old in zip(seqs, row.paths, olds, strict=True):
+            if not _write(knob, path, row, old, sysroot, refused):
+                continue        # still journaled (pending): its revert is a no-op
             journal.done(seq)
             count += 1
             if between is not None:
@@ -237,8 +251,10 @@ def _clear(store, sysroot, replace, warn):
 
 
 def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=False,
-          between=None, store=None, warn=_nowarn):
-    """Write every 'set' row, journal first; the number of writes. Hold the lock."""
+          between=None, store=None, warn=_nowarn, refused=None):
+    """Write every 'set' row, journal first; the number of writes. Hold the lock.
+    With ``refused`` (a callback), a write that the kernel refuses to a knob that may
+    refuse it is reported there instead of failing the apply."""
     store = _store(sysroot, store)
     _clear(store, sysroot, replace, warn)
     journal = None
@@ -246,7 +262,7 @@ def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=Fal
         try:
             journal = J.Writer(store, profile.name, facts.release(sysroot),
                                persistent=persist or persist_boot)
-            count = _write_rows(rows, sysroot, journal, between)
+            count = _write_rows(rows, sysroot, journal, between, refused)
             _persist(rows, sysroot, journal, persist, persist_boot)
             journal.close()
             if count == 0 and not journal.doc.files:
@@ -275,7 +291,7 @@ def revert(sysroot, store=None, force=False, warn=_nowarn):
         problem = _keep(store, doc, left_e, left_f)
         raise ApplyError(f"revert incomplete: {_listing(left_e, left_f)}; kept in "
                          f"{store.shown(doc.path)} (fix the cause and run revert again, or drop "
-                         f"them with 'tune revert --force'){problem}")
+                         f"them with '{store.command} revert --force'){problem}")
     for entry in left_e:
         warn(f"dropped from the journal, not restored: {_listing([entry], [])}")
     for rec in left_f:

@@ -39,10 +39,29 @@ PENDING, WRITTEN = "pending", "written"
 @dataclass(frozen=True)
 class Store:
     """Where the journal is, and how to name its files to the user: under the
-    --root as given (``shown_root``), not as resolved."""
+    --root as given (``shown_root``), not as resolved. ``area`` "" is the tune
+    profiles' journal; another area ("share") has a run-time journal of its own in
+    /run/vnuma_sched/<area>/, so that a profile and parked vCPUs are reverted apart."""
 
     sysroot: object
     shown_root: str = None
+    area: str = ""
+
+    @property
+    def runtime(self):
+        return f"/run/vnuma_sched/{self.area}/journal.jsonl" if self.area else RUNTIME
+
+    @property
+    def command(self):
+        """The command group that reverts this journal."""
+        return self.area or "tune"
+
+    def locations(self):
+        """(path, parser) of every place the journal may be, in the order load() looks."""
+        if self.area:
+            return ((self.runtime, C.parse_lines),)
+        return ((PERSISTENT, C.parse_lines), (RUNTIME, C.parse_lines),
+                (LEGACY, C.parse_legacy))
 
     def shown(self, abspath):
         root = self.shown_root if self.shown_root is not None else str(self.sysroot.root)
@@ -82,7 +101,7 @@ class Writer:
         self.store = store
         self.doc = Doc(profile, _printable(kernel),
                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       store.boot_id(), path=PERSISTENT if persistent else RUNTIME)
+                       store.boot_id(), path=PERSISTENT if persistent else store.runtime)
         self.fd = None
         self._guard(self._open)
 
@@ -157,7 +176,7 @@ def rewrite(store, doc):
     lines += [{"t": "file", **{k: f.get(k) for k in ("path", "old", "mode", "sha256")}}
               for f in doc.files]
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in lines)
-    path = RUNTIME if doc.legacy else doc.path
+    path = store.runtime if doc.legacy else doc.path
     try:
         store.sysroot.write_atomic(path, text)
         if doc.legacy:
@@ -168,7 +187,7 @@ def rewrite(store, doc):
 
 def remove(store):
     """Drop the journal, wherever it is."""
-    for path in (PERSISTENT, RUNTIME, LEGACY):
+    for path, _parse in store.locations():
         try:
             store.sysroot.remove(path)
         except OSError as err:
@@ -179,8 +198,7 @@ def load(store):
     """The checked journal (a Doc), or None when there is none; DataError naming it.
     ``store``: a Store, or a SysRoot."""
     store = store if isinstance(store, Store) else Store(store)
-    for abspath, parse in ((PERSISTENT, C.parse_lines), (RUNTIME, C.parse_lines),
-                           (LEGACY, C.parse_legacy)):
+    for abspath, parse in store.locations():
         try:
             present = store.sysroot.exists(abspath)
         except PermissionError as err:

@@ -64,7 +64,7 @@ def entry(rec):
     """The checked fields of a write record."""
     for key in ("knob", "kind", "path", "old", "new"):
         _need(isinstance(rec.get(key), str), f"{key} is not a string")
-    knob = K.REGISTRY.get(rec["knob"])
+    knob = K.known(rec["knob"])
     _need(knob is not None, f"unknown knob {rec['knob'][:60]!r}")
     _need(rec["kind"] == knob.kind and knob.kind not in (K.BOOT, K.DOMAIN_BOOT),
           f"{knob.name} is not a {rec['kind'][:20]!r} knob written at run time")

@@ -15,6 +15,11 @@ from vnuma_sched.system import facts
 
 SYSCTL, SCHED, FEATURE, DOMAIN, MODULE, BOOT = (
     "sysctl", "sched", "feature", "domain", "module", "boot")
+# The kinds 'share' writes (parking vCPUs): cgroup v2 files, a cgroup directory (written
+# "1" = mkdir, "0" = rmdir), a controller in cgroup.subtree_control ("+name"/"-name"),
+# IRQ affinities, the unbound workqueue mask, and a kernel thread's CPU affinity.
+CGROUP, CGROUP_DIR, CGROUP_CTL, IRQ, WORKQUEUE, AFFINITY = (
+    "cgroup", "cgroup-dir", "cgroup-controller", "irq", "workqueue", "affinity")
 DOMAIN_BOOT = "domain-boot"     # a domain setting that only a boot parameter can make
 DEBUGFS = facts.DEBUGFS
 DOMAIN_LEVELS = ("SMT", "CLS", "MC", "PKG", "DIE", "NUMA")
@@ -23,6 +28,9 @@ DOMAIN_PATH = re.compile(rf"{DEBUGFS}/sched/domains/cpu[0-9]+/domain[0-9]+/([a-z
 MAX_DIGITS = 20
 _INT = re.compile(r"-?[0-9]{1,%d}" % MAX_DIGITS)
 _TOKEN = re.compile(r"[A-Za-z0-9_.,=:+-]{0,64}")
+# cpulists and hex CPU masks as the kernel prints them, for up to 8192 CPUs
+_STORED = {"cpulist": re.compile(r"[0-9,:/-]{0,8192}"),
+           "cpumask": re.compile(r"[0-9a-f,]{1,2304}")}
 # The files 'tune apply --persist/--persist-boot' may create or replace: no others.
 SYSCTL_D = "/etc/sysctl.d/90-vnuma_sched.conf"
 MODPROBE_D = "/etc/modprobe.d/vnuma_sched.conf"
@@ -55,6 +63,9 @@ class Knob:
     decays: bool = False          # the kernel drifts it back (needs 'tune hold')
     doc: str = ""
     paths: tuple = field(default=(), compare=False)  # ((min_ver, max_ver, path), ...)
+    path_re: str = ""             # the paths of a knob with one path per IRQ, task...
+    may_refuse: bool = False      # a refused write is reported, not a failure
+    readback: bool = False        # a write is checked by reading the value back
 
     def check_value(self, raw, where):
         """Normalised value or BadInput naming ``where`` (profile:line)."""
@@ -88,7 +99,7 @@ class Knob:
             return False
         if self.vtype == "int":
             return bool(_INT.fullmatch(value))
-        return bool(_TOKEN.fullmatch(value))
+        return bool(_STORED.get(self.vtype, _TOKEN).fullmatch(value))
 
     def allows_path(self, path):
         """Is ``path`` (from a journal) one that this knob resolves to on some kernel?"""
@@ -97,16 +108,22 @@ class Knob:
         if self.kind == DOMAIN:
             m = DOMAIN_PATH.fullmatch(path)
             return bool(m) and m.group(1) == self.name.split(".")[2]
+        if self.path_re:
+            return bool(re.fullmatch(self.path_re, path))
         return path in {p for _lo, _hi, p in self.paths}
 
     def encode(self, value):
         """The text the kernel takes for a normalised value (bool module parameters: Y/N)."""
         if self.kind == MODULE and self.vtype == "bool":
             return "Y" if value == "1" else "N"
+        if self.kind == CGROUP_CTL:
+            return ("+" if value == "1" else "-") + self.name.rsplit(".", 1)[1]
         return value
 
     def decode(self, text):
         """The normalised value of the text the kernel prints (bools: Y/N -> 1/0)."""
+        if self.kind == CGROUP_CTL:
+            return "1" if self.name.rsplit(".", 1)[1] in text.split() else "0"
         if self.vtype == "bool":
             return {"Y": "1", "N": "0", "y": "1", "n": "0"}.get(text, text)
         return text
@@ -196,6 +213,45 @@ REGISTRY = {k.name: k for k in [
     _boot("vnuma_debug.emulate_halt_preempted", vtype="bool", patch_gate=True,
           doc="debug series (test aid, never on bare metal): emulate an old host from boot"),
 ]}
+
+
+# Parking vCPUs ('vnuma-sched share'): not in profiles, written by 'share apply' only.
+CGROUP_FS = "/sys/fs/cgroup"
+PARKED = f"{CGROUP_FS}/vnuma-parked"
+IRQ_DIR = "/proc/irq"
+WQ_CPUMASK = "/sys/devices/virtual/workqueue/cpumask"
+PARTITIONS = ("member", "root", "isolated")
+
+
+def _one(name, kind, path, **kw):
+    return Knob(name, kind, paths=((None, None, path),), **kw)
+
+
+SHARE = {k.name: k for k in [
+    _one("share.timer_migration", SYSCTL, "/proc/sys/kernel/timer_migration", vtype="bool",
+         doc="1: global timers of an idle CPU move to a busy one"),
+    _one("share.subtree.cpuset", CGROUP_CTL, f"{CGROUP_FS}/cgroup.subtree_control",
+         vtype="bool", doc="the cpuset controller for the root's children"),
+    _one("share.group", CGROUP_DIR, PARKED, vtype="bool", doc="the parked CPUs' cgroup"),
+    _one("share.group.cpus", CGROUP, f"{PARKED}/cpuset.cpus", vtype="cpulist"),
+    _one("share.group.partition", CGROUP, f"{PARKED}/cpuset.cpus.partition",
+         vtype="choice", choices=PARTITIONS, readback=True,
+         doc="isolated: out of the parent's CPUs and of every sched domain"),
+    _one("share.wq_cpumask", WORKQUEUE, WQ_CPUMASK, vtype="cpumask",
+         doc="the CPUs unbound workqueues run on"),
+    _one("share.irq_default", IRQ, f"{IRQ_DIR}/default_smp_affinity", vtype="cpumask",
+         doc="the affinity new IRQs get"),
+    Knob("share.irq", IRQ, vtype="cpulist", may_refuse=True,
+         path_re=rf"{IRQ_DIR}/[0-9]{{1,7}}/smp_affinity_list",
+         doc="an IRQ's affinity (managed IRQs refuse)"),
+    Knob("share.kthread", AFFINITY, vtype="cpulist", may_refuse=True,
+         path_re=r"/proc/[0-9]{1,10}/status", doc="an unbound kernel thread's affinity"),
+]}
+
+
+def known(name):
+    """A knob of the tunables registry or of 'share'; None when neither has it."""
+    return REGISTRY.get(name) or SHARE.get(name)
 
 
 def lookup(name, where):

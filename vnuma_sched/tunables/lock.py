@@ -1,4 +1,4 @@
-"""One tune command that writes at a time per root: an exclusive flock on a lock
+"""One command that writes (tune, share) at a time per root: an exclusive flock on a lock
 file beside the journal, which records who holds it (pid and command line)."""
 
 import fcntl
@@ -56,7 +56,7 @@ def _acquire(store, path):
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise Busy(f"another tune command is running: {holder} holds "
+            raise Busy(f"another command that writes is running: {holder} holds "
                        f"{store.shown(LOCK)}") from None
         if _same_file(fd, path):
             return fd

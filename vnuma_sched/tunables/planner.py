@@ -5,7 +5,8 @@ of a knob's path that apply, revert and verify share."""
 from dataclasses import dataclass
 
 from vnuma_sched.errors import DataError
-from vnuma_sched.system import facts
+from vnuma_sched.system import facts, tasks
+from vnuma_sched.system.topology import parse_cpulist
 from vnuma_sched.tunables import knobs as K
 from vnuma_sched.tunables import levels
 
@@ -50,16 +51,32 @@ def read(knob, path, sysroot):
         return facts.feature_state(sysroot.read(path), knob.name.split(".", 1)[1])
     if knob.kind == K.BOOT:
         return _boot_value(knob, sysroot.read(path))
+    if knob.kind == K.CGROUP_DIR:
+        return "1" if sysroot.is_dir(path) else "0"
+    if knob.kind == K.AFFINITY:
+        pid = tasks.pid_of(path)
+        if not tasks.stat(sysroot, pid).flags & tasks.PF_KTHREAD:
+            raise DataError(path, "not a kernel thread (the pid was reused)")
+        return tasks.allowed_cpus(sysroot, pid)
     return knob.decode(sysroot.read(path).strip())
 
 
 def write(knob, path, value, sysroot):
-    """One write of the value as the kernel prints it (newline-terminated)."""
+    """One write of the value as the kernel prints it (newline-terminated); a knob with
+    ``readback`` fails (DataError) when the kernel does not read back what was written."""
     if knob.kind == K.FEATURE:
         name = knob.name.split(".", 1)[1]
         sysroot.write(path, name if value == "1" else f"NO_{name}")
+    elif knob.kind == K.CGROUP_DIR:
+        (sysroot.mkdir if value == "1" else sysroot.rmdir)(path)
+    elif knob.kind == K.AFFINITY:
+        sysroot.set_affinity(tasks.pid_of(path), parse_cpulist(value))
     else:
         sysroot.write(path, f"{knob.encode(value)}\n")
+    if knob.readback:
+        now = read(knob, path, sysroot)
+        if now != value:
+            raise DataError(path, f"wrote {value!r}, the kernel reads back {now!r}")
 
 
 def boot_word(knob, value):

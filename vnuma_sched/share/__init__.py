@@ -1,0 +1,1 @@
+"""Parking vCPUs inside a guest (vnuma-sched share)."""

@@ -1,0 +1,128 @@
+"""What parking needs from the running kernel, read through a SysRoot: cgroup v2 with
+the cpuset controller and partitions, the IRQs, the unbound kernel threads. Shared
+by the planner, 'share status' and doctor. Pure reads."""
+
+import re
+from dataclasses import dataclass
+
+from vnuma_sched.errors import DataError
+from vnuma_sched.system import facts, tasks
+from vnuma_sched.system.topology import CPU_ONLINE, parse_cpulist
+from vnuma_sched.tunables import knobs as K
+
+PARTITION_SINCE = (5, 15)       # PRS_ISOLATED ("isolated") in kernel/cgroup/cpuset.c
+MOUNT_HINT = f"mount -t cgroup2 none {K.CGROUP_FS}"
+
+
+@dataclass(frozen=True)
+class Fact:
+    name: str
+    ok: bool
+    detail: str
+
+
+def online(sysroot):
+    try:
+        return parse_cpulist(sysroot.read(CPU_ONLINE))
+    except ValueError as err:
+        raise DataError(CPU_ONLINE, f"malformed cpulist: {err}") from err
+
+
+def cgroup_facts(sysroot):
+    """cgroup v2 at /sys/fs/cgroup, the cpuset controller, cpuset partitions: one Fact
+    each; a later one is not ok when an earlier one is not."""
+    mounted = facts.mounts(sysroot).get("cgroup2")
+    if mounted != K.CGROUP_FS:
+        why = f"at {mounted}, not {K.CGROUP_FS}" if mounted else f"not mounted ({MOUNT_HINT})"
+        return [Fact("cgroup2", False, f"cgroup v2 {why}")]
+    out = [Fact("cgroup2", True, f"cgroup v2 at {K.CGROUP_FS}")]
+    controllers = sysroot.read_optional(f"{K.CGROUP_FS}/cgroup.controllers", "").split()
+    if "cpuset" not in controllers:
+        return out + [Fact("cpuset", False, "no cpuset controller in cgroup v2 (kernel "
+                           "without CONFIG_CPUSETS, or the controller is bound to v1)")]
+    out.append(Fact("cpuset", True, "cpuset controller available"))
+    version = facts.version(sysroot)
+    if sysroot.exists(f"{K.CGROUP_FS}/cpuset.cpus.isolated"):
+        out.append(Fact("partitions", True, "isolated partitions (cpuset.cpus.isolated)"))
+    elif version >= PARTITION_SINCE:
+        out.append(Fact("partitions", True, f"isolated partitions (kernel "
+                        f"{version[0]}.{version[1]} >= 5.15)"))
+    else:
+        out.append(Fact("partitions", False, "kernel before 5.15: no isolated partitions"))
+    return out
+
+
+def cgroup_problem(sysroot):
+    """Why parking is impossible here ("" when it is possible)."""
+    return next((f.detail for f in cgroup_facts(sysroot) if not f.ok), "")
+
+
+@dataclass(frozen=True)
+class Irq:
+    number: int
+    name: str           # its handlers (the directories in /proc/irq/N), or ""
+    cpus: tuple         # smp_affinity_list
+    effective: tuple    # effective_affinity_list (= cpus when the kernel has none)
+
+    @property
+    def path(self):
+        return irq_path(self.number)
+
+
+def irq_path(number):
+    return f"{K.IRQ_DIR}/{number}/smp_affinity_list"
+
+
+def irqs(sysroot):
+    """Every IRQ with an affinity file, by number."""
+    out = []
+    numbers = sorted(int(n) for n in sysroot.listdir(K.IRQ_DIR) if re.fullmatch(r"[0-9]+", n))
+    for n in numbers:
+        base = f"{K.IRQ_DIR}/{n}"
+        text = sysroot.read_optional(f"{base}/smp_affinity_list")
+        if text is None:
+            continue
+        try:
+            cpus = tuple(parse_cpulist(text))
+            eff = sysroot.read_optional(f"{base}/effective_affinity_list")
+            effective = tuple(parse_cpulist(eff)) if eff is not None else cpus
+        except ValueError as err:
+            raise DataError(f"{base}/smp_affinity_list", f"malformed cpulist: {err}") from err
+        names = [d for d in sysroot.listdir(base) if sysroot.is_dir(f"{base}/{d}")]
+        out.append(Irq(n, ",".join(names), cpus, effective))
+    return out
+
+
+def irq_writable(sysroot):
+    """Fact: can this process write IRQ affinities (a dry check: the files' modes)?"""
+    found = irqs(sysroot)
+    if not found:
+        return Fact("irq_affinity", False, f"no {K.IRQ_DIR}/N/smp_affinity_list here")
+    writable = [i for i in found if sysroot.writable(i.path)]
+    if not writable:
+        return Fact("irq_affinity", False, f"{len(found)} IRQs, none writable by this user "
+                    "(run as root)")
+    return Fact("irq_affinity", True, f"{len(writable)} of {len(found)} IRQ affinities "
+                "writable (managed IRQs still refuse: they are reported)")
+
+
+@dataclass(frozen=True)
+class Kthread:
+    pid: int
+    comm: str
+    cpus: tuple
+    fixed: bool         # PF_NO_SETAFFINITY: user space cannot change its affinity
+
+    @property
+    def path(self):
+        return tasks.status_path(self.pid)
+
+    @property
+    def per_cpu(self):
+        """Bound to one CPU by the kernel (kthread_bind() sets PF_NO_SETAFFINITY)."""
+        return self.fixed and len(self.cpus) == 1
+
+
+def kthreads(sysroot):
+    return [Kthread(st.pid, st.comm, cpus, bool(st.flags & tasks.PF_NO_SETAFFINITY))
+            for st, cpus in tasks.kernel_threads(sysroot)]
