@@ -566,3 +566,27 @@ def test_omp_barrier_reports_where_its_threads_ran_against_their_memory(tmp_path
     assert 0.0 <= got["remote_run_fraction"] <= 1.0
     if len(read_topology(SysRoot("/")).nodes) == 1:   # one node: nothing can be remote
         assert got["remote_run_fraction"] == 0.0
+
+
+def test_a_guest_panic_keeps_the_whole_console_beside_the_plan(tmp_path, monkeypatch):
+    console = "".join(f"boot line {i}\n" for i in range(40)) + (
+        "RIP: 0010:some_function+0x1/0x2\nKernel panic - not syncing: Fatal exception\n")
+
+    def panics(image, topo, cmd, runner, accel, timeout, append=(), workdir=None):
+        res = vm.VmResult("panic", 255, accel, 1.0, console_tail=console.splitlines()[-15:],
+                          panic="Kernel panic - not syncing: Fatal exception")
+        res.console = console
+        return res
+
+    monkeypatch.setattr(vm, "run", panics)
+    wl = ab.workload("perf-pipe", tmp_path, None, 4, 0, 100, 64)
+    with pytest.raises(ab.GuestFailed, match=r"guest panic .* \(console: .*console-boot0\.log\)"):
+        ab.run("bzImage", None, wl, _arms(*THREE), 2, 1, tmp_path / "out", None,
+               lambda m: None, "tcg", 60, [])
+    assert (tmp_path / "out" / "console-boot0.log").read_text() == console
+
+
+def test_vm_result_carries_the_whole_console(tmp_path):
+    text = "x\n" * 50 + "Kernel panic - not syncing: Oops\n"
+    res = vm.classify(tmp_path, text, False, "tcg", 1.0)
+    assert res.status == "panic" and res.console == text and len(res.console_tail) == 15

@@ -82,8 +82,11 @@ def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
            "main(sys.argv[1])", str(plan_path)]
     res = vm.run(image, topo, cmd, runner, accel, timeout, append)
     if res.status != "exited" or res.exit_code != 0:
+        log = plan_path.parent / f"console-boot{plan.get('boot', 0)}.log"
+        log.write_text(res.console)      # a panic's whole trace, kept beside the plan
         tail = res.stderr.strip().splitlines()[-3:] or res.console_tail[-5:]
-        raise GuestFailed(f"guest {res.status} (exit {res.exit_code}): " + " | ".join(tail))
+        raise GuestFailed(f"guest {res.status} (exit {res.exit_code}): " + " | ".join(tail)
+                          + f" (console: {log})")
     return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
 
 

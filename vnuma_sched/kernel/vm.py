@@ -314,6 +314,7 @@ class VmResult:
     stderr: str = ""
     console_tail: list = field(default_factory=list)
     panic: str = ""
+    console: str = field(default="", repr=False)    # the whole console, for the record
 
 
 def _tail(text, n=15):
@@ -326,14 +327,16 @@ def classify(io_dir, console, timed_out, accel, seconds):
     read = lambda name: (io_dir / name).read_text(errors="replace") if (io_dir / name).exists() else ""  # noqa: E731
     panic = PANIC.search(console)
     if rc_file.exists():
-        return VmResult("exited", int(rc_file.read_text().strip() or 255), accel, seconds,
-                        read("stdout"), read("stderr"), _tail(console))
-    if panic:
-        return VmResult("panic", 255, accel, seconds, read("stdout"), read("stderr"),
-                        _tail(console), panic.group(0))
-    status = "timeout" if timed_out else "boot-failed"
-    return VmResult(status, 124 if timed_out else 255, accel, seconds, read("stdout"),
-                    read("stderr"), _tail(console))
+        res = VmResult("exited", int(rc_file.read_text().strip() or 255), accel, seconds,
+                       read("stdout"), read("stderr"), _tail(console))
+    elif panic:
+        res = VmResult("panic", 255, accel, seconds, read("stdout"), read("stderr"),
+                       _tail(console), panic.group(0))
+    else:
+        res = VmResult("timeout" if timed_out else "boot-failed", 124 if timed_out else 255,
+                       accel, seconds, read("stdout"), read("stderr"), _tail(console))
+    res.console = console
+    return res
 
 
 def kernel_image(path):
