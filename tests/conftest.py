@@ -4,6 +4,7 @@ failure, and every tier must have run at least one passing test."""
 
 import os
 import shutil
+import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,12 @@ from vnuma_sched.kernel import kbuild
 from vnuma_sched.kernel import patches as P
 from vnuma_sched.kernel.ktree import fetch_debian, source_tarball
 from vnuma_sched.runner import Runner
+
+# Started in the background by a shell without job control (nohup ... &), the test
+# run inherits SIGINT ignored, and so would every command it starts: the tests that
+# press Ctrl-C would see it ignored. Commands started from here get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # No timing in tests: hypothesis' per-example deadline fails on a loaded 2-core
 # machine (a 2,000,000-CPU list took 268 ms once), not on a broken parser.
