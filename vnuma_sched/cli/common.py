@@ -33,6 +33,10 @@ def emit(settings, obj, text):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="JSON output.")
+pin_option = click.option(
+    "--pin/--no-pin", "pin", default=None,
+    help="Pin vCPU threads 1:1 and bind node memory (default: when the topology names "
+         "host CPUs, as 'host' does); --pin places an NxM grid on the host's CPUs in order.")
 
 
 def merge_json(settings, as_json):

@@ -13,6 +13,7 @@ from vnuma_sched.cli.common import (
     emit,
     json_option,
     merge_json,
+    pin_option,
     progress,
     settings_exit,
 )
@@ -127,35 +128,43 @@ def vm():
               help="Seconds before QEMU and every child are killed.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="auto tries KVM once (cached) and falls back to TCG.")
+@pin_option
 @click.argument("command", nargs=-1, required=True)
 @json_option
 @click.pass_obj
-def vm_run(settings, image, spec, mem, append, timeout, accel, command, as_json):
+def vm_run(settings, image, spec, mem, append, timeout, accel, pin, command, as_json):
     """Boot KERNEL as a vNUMA guest, run COMMAND in it, return its exit code.
 
     \b
-    Example:
+    Full vNUMA: with '--topology host' (or a topology file naming host_cpus and
+    host_node per node) every vCPU thread is pinned to its host CPU before the
+    guest runs and each guest node's memory is bound to its host node; --pin
+    places an NxM grid on the host's CPUs in order, --no-pin places nothing.
+
+    \b
+    Examples:
       vnuma-sched vm run --kernel /var/cache/vnuma_sched/builds/linux-source-6.12 \\
           --topology 2x2 -- cat /sys/devices/system/node/node1/cpulist
+      vnuma-sched vm run --kernel K --topology host --json -- nproc
     """
 
     settings = merge_json(settings, as_json)
     kernel_image = vmod.kernel_image(image)
-    host = read_topology(settings.sysroot()) if spec == "host" else None
+    host = read_topology(settings.sysroot())
     config = vmod.image_config(kernel_image)
     limits = vmod.guest_limits([config] if config else [])
-    topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host, limits)
+    topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host, limits, pin)
     runner = Runner()
     accel, why = vmod.choose_accel(accel, kernel_image, runner,
                                    os.path.join(cache_dir(), "accel.json"))
     progress(settings)(f"booting {kernel_image} ({topo.ncpus} vCPUs, {len(topo.nodes)} "
-                        f"nodes, {accel}: {why})")
+                        f"nodes{', pinned' if topo.pinned else ''}, {accel}: {why})")
     res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append)
     if settings.json:
         emit(settings, {"status": res.status, "exit_code": res.exit_code, "accel": res.accel,
                         "seconds": round(res.seconds, 1), "stdout": res.stdout,
                         "stderr": res.stderr, "panic": res.panic,
-                        "console_tail": res.console_tail}, "")
+                        "placement": res.placement, "console_tail": res.console_tail}, "")
     else:
         click.echo(res.stdout, nl=False)
         click.echo(res.stderr, nl=False, err=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vnuma_sched.errors import BadInput, Missing
-from vnuma_sched.kernel import kconfig
+from vnuma_sched.kernel import kconfig, layout, qmp
 from vnuma_sched.kernel.kbuild import IMAGE
 from vnuma_sched.runner import find_tool, path_with
 
@@ -38,6 +38,10 @@ _GRID = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
 class GuestNode:
     cpus: tuple
     mem_mb: int
+    # Full vNUMA: the host CPU that runs each of ``cpus`` (same order) and the host
+    # node that holds this node's memory; () / None when the node is not placed.
+    host_cpus: tuple = ()
+    host_node: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,21 @@ class GuestTopology:
     def mem_mb(self):
         return sum(n.mem_mb for n in self.nodes)
 
+    @property
+    def pinned(self):
+        """True when every vCPU has a host CPU (a Full-vNUMA layout)."""
+        return all(n.host_cpus or not n.cpus for n in self.nodes) and \
+            any(n.host_cpus for n in self.nodes)
+
     def to_dict(self):
         """The topology JSON shape ``--topology FILE`` reads back."""
-        return {"nodes": [{"id": i, "cpus": list(n.cpus), "distances": list(d)}
-                          for i, (n, d) in enumerate(zip(self.nodes, self.distances))]}
+        out = []
+        for i, (n, d) in enumerate(zip(self.nodes, self.distances)):
+            node = {"id": i, "cpus": list(n.cpus), "distances": list(d)}
+            if self.pinned:
+                node.update(host_cpus=list(n.host_cpus), host_node=n.host_node)
+            out.append(node)
+        return {"nodes": out}
 
 
 @dataclass(frozen=True)
@@ -149,7 +164,10 @@ def from_host(topo, mem_mb, limits=None):
     for n in topo.nodes:
         cpus = tuple(range(next_cpu, next_cpu + len(n.cpus)))
         next_cpu += len(n.cpus)
-        gnodes.append(GuestNode(cpus, per))
+        # vCPU k of this node mirrors the node's k-th host CPU; a memoryless host
+        # node has nothing to bind its guest node's memory to
+        gnodes.append(GuestNode(cpus, per, tuple(sorted(n.cpus)),
+                                None if n.memoryless else n.id))
     return GuestTopology(tuple(gnodes), tuple(tuple(n.distances) for n in topo.nodes))
 
 
@@ -180,8 +198,9 @@ def from_json(path, mem_mb, limits=None):
     dist = tuple(_int_list(n, "distances", path, i) for i, n in enumerate(nodes))
     check_size(len(nodes), sum(map(len, cpus)), str(path), limits)
     per = _split_mem(mem_mb, len(nodes), f"--mem {mem_mb}M")
-    return validate(GuestTopology(tuple(GuestNode(c, per) for c in cpus), dist), str(path),
-                    limits)
+    placed = layout.json_placement(nodes, cpus, str(path))
+    return validate(GuestTopology(tuple(GuestNode(c, per, *p) for c, p in zip(cpus, placed)),
+                                  dist), str(path), limits)
 
 
 def _check_cpus(topo, what):
@@ -233,23 +252,28 @@ def validate(topo, what, limits=None):
     return topo
 
 
-def parse_topology(spec, mem_mb, host_topology=None, limits=None):
+def parse_topology(spec, mem_mb, host_topology=None, limits=None, pin=None):
     """SPEC: NxM, 'host', or a path to a topology JSON file.
 
     ``limits``: what QEMU and the guest kernel take (default: guest_limits()).
+    ``pin``: None places the guest where the topology names host CPUs ('host' and
+    files with host_cpus), True places a grid in host order, False places nothing
+    (layout.settle); placing needs ``host_topology``.
     """
     limits = limits or guest_limits()
     m = _GRID.fullmatch(spec)
     if m:
-        return validate(grid_topology(int(m[1]), int(m[2]), mem_mb, limits=limits), spec,
+        topo = validate(grid_topology(int(m[1]), int(m[2]), mem_mb, limits=limits), spec,
                         limits)
-    if spec == "host":
+    elif spec == "host":
         if host_topology is None:
             raise BadInput("--topology host: the host topology is not available")
-        return validate(from_host(host_topology, mem_mb, limits), spec, limits)
-    if Path(spec).is_file():
-        return from_json(spec, mem_mb, limits)
-    raise BadInput(f"--topology {spec!r}: expected NxM (e.g. 2x2), 'host', or a JSON file")
+        topo = validate(from_host(host_topology, mem_mb, limits), spec, limits)
+    elif Path(spec).is_file():
+        topo = from_json(spec, mem_mb, limits)
+    else:
+        raise BadInput(f"--topology {spec!r}: expected NxM (e.g. 2x2), 'host', or a JSON file")
+    return layout.settle(topo, pin, host_topology, spec)
 
 
 # What virtme-ng's guest init mounts over with a fresh tmpfs (or its own
@@ -277,15 +301,36 @@ def _numa_node(node):
     return f"{node.mem_mb}M,cpus={_cpurange(node.cpus)}" if node.cpus else f"{node.mem_mb}M"
 
 
+QMP_SOCKET = "qmp.sock"   # in the run's io_dir
+
+
+def _placed_args(topo, io_dir):
+    """virtme-ng arguments of a placed (Full-vNUMA) guest: our own memory backends
+    bound to host nodes (virtme-ng's "--numa 0,..." adds none), a QMP socket, and
+    QEMU stopped until the vCPU threads are pinned (kernel/qmp.py)."""
+    argv = []
+    for i, node in enumerate(topo.nodes):
+        cpus = f",cpus={_cpurange(node.cpus)}" if node.cpus else ""
+        argv += ["--numa", f"0,memdev={layout.BACKEND_ID.format(i)}{cpus}",
+                 f"--qemu-opts=-object {layout.backend_object(i, node)}"]
+    # "=": a value starting with "-" stays a value; virtme-ng joins these into
+    # its QEMU command line, the names make thread names "CPU n/TCG" (or /KVM)
+    return argv + [f"--qemu-opts=-qmp unix:{io_dir / QMP_SOCKET},server=on,wait=off",
+                   "--qemu-opts=-S", "--qemu-opts=-name vnuma-guest,debug-threads=on"]
+
+
 def vng_argv(image, topo, io_dir, accel, append=(), vng="vng"):
     """The virtme-ng command line (a list, never a shell string)."""
     argv = [vng, "--run", str(image), "--verbose", "--cpus", str(topo.ncpus),
             "--memory", f"{topo.mem_mb}M", "--rwdir", str(io_dir)]
     if accel == "tcg":
         argv.append("--disable-kvm")
-    for node in topo.nodes:
-        # virtme-ng accepts one contiguous range per cpus=; node CPUs are contiguous here
-        argv += ["--numa", _numa_node(node)]
+    if topo.pinned:
+        argv += _placed_args(topo, io_dir)
+    else:
+        for node in topo.nodes:
+            # virtme-ng accepts one contiguous range per cpus=; node CPUs are contiguous
+            argv += ["--numa", _numa_node(node)]
     for i, row in enumerate(topo.distances):
         for j, d in enumerate(row):
             if i < j:
@@ -306,7 +351,7 @@ def guest_script(command, io_dir):
 
 @dataclass
 class VmResult:
-    status: str          # "exited" | "timeout" | "panic" | "boot-failed"
+    status: str          # "exited" | "timeout" | "panic" | "boot-failed" | "pin-failed"
     exit_code: int
     accel: str
     seconds: float
@@ -315,6 +360,7 @@ class VmResult:
     console_tail: list = field(default_factory=list)
     panic: str = ""
     console: str = field(default="", repr=False)    # the whole console, for the record
+    placement: dict | None = None   # Full vNUMA: pinned threads and bound memory, as seen
 
 
 def _tail(text, n=15):
@@ -387,12 +433,23 @@ def run(image, topo, command, runner, accel, timeout, append=(), workdir=None):
                            "use a temporary directory without spaces or shell characters")
         (io_dir / "run.sh").write_text(guest_script(command, io_dir))
         argv = vng_argv(_safe_image(image, io_dir), topo, io_dir, accel, append, vng=vng)
+        pinner = qmp.Pinner(io_dir / QMP_SOCKET, topo, timeout).start() if topo.pinned \
+            else None
         t0 = time.monotonic()
-        res = runner.run(argv, check=False, timeout=timeout, env=path_with(vng))
+        try:
+            res = runner.run(argv, check=False, timeout=timeout, env=path_with(vng))
+        finally:
+            if pinner:
+                pinner.stop()
         seconds = time.monotonic() - t0
         console = res.stdout + res.stderr
         (io_dir / "console.log").write_text(console)
-        return classify(io_dir, console, res.timed_out, accel, seconds)
+        if pinner and pinner.error:
+            return VmResult("pin-failed", 255, accel, seconds, console_tail=_tail(console),
+                            panic=pinner.error, console=console)
+        out = classify(io_dir, console, res.timed_out, accel, seconds)
+        out.placement = pinner.result if pinner else None
+        return out
     finally:
         shutil.rmtree(io_dir, ignore_errors=True)
 
