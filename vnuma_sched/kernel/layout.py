@@ -78,21 +78,20 @@ def host_order(host):
 
 def pin_in_order(topo, host, what):
     """``topo`` placed on the host's CPUs in node order (vCPU i on the i-th), each
-    guest node's memory on the host node of its vCPUs."""
+    guest node's memory on the host node of its vCPUs; a guest node whose vCPUs span
+    host nodes (a flat guest on a NUMA host) keeps unbound memory."""
     order = host_order(host)
     if topo.ncpus > len(order):
         raise BadInput(f"--topology {what}: {topo.ncpus} vCPUs cannot be pinned 1:1 on "
                        f"this host's {len(order)} CPUs")
+    with_memory = {n.id for n in host.nodes if not n.memoryless}
     nodes = []
-    for i, node in enumerate(topo.nodes):
+    for node in topo.nodes:
         host_cpus = tuple(order[c] for c in node.cpus)
         homes = {host.node_of(c) for c in host_cpus}
-        if len(homes) > 1:
-            raise BadInput(f"--topology {what}: guest node {i}'s vCPUs would run on host "
-                           f"nodes {sorted(homes)}; give the placement in a topology file")
-        home = homes.pop() if homes else None
-        memoryless = home is not None and next(n for n in host.nodes if n.id == home).memoryless
-        nodes.append(replace(node, host_cpus=host_cpus, host_node=None if memoryless else home))
+        home = homes.pop() if len(homes) == 1 else None
+        nodes.append(replace(node, host_cpus=host_cpus,
+                             host_node=home if home in with_memory else None))
     return replace(topo, nodes=tuple(nodes))
 
 
