@@ -1,6 +1,9 @@
 """`vm libvirt-xml`: the layout `vm run` boots, as a libvirt domain document."""
 
 import json
+import os
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -231,3 +234,71 @@ def test_cli_malformed_host_topology_is_bad_data(tmp_path):
     (node / "cpulist").write_text("garbage\n")
     res = invoke("--root", str(tmp_path), "vm", "libvirt-xml", "--topology", "host")
     assert res.exit_code == 3 and "cpulist" in res.output
+
+
+# --- libvirt's own checks: the schema (virt-xml-validate) and its parser -------------
+
+def libvirt_tool(name, package):
+    """A libvirt tool; missing: a skip, but a failure under VNUMA_SCHED_REQUIRE_ALL=1."""
+    tool = shutil.which(name)
+    if tool is None:
+        why = f"{name} not installed (Debian package {package})"
+        if os.environ.get("VNUMA_SCHED_REQUIRE_ALL") == "1":
+            pytest.fail(f"required (VNUMA_SCHED_REQUIRE_ALL=1) but {why}")
+        pytest.skip(why)
+    return tool
+
+
+def validate(path):
+    # virt-xml-validate is a script around xmllint, which its package does not pull in
+    libvirt_tool("xmllint", "libxml2-utils")
+    return subprocess.run([libvirt_tool("virt-xml-validate", "libvirt-clients"), str(path),
+                           "domain"], capture_output=True, text=True)
+
+
+def define(path, tmp_path):
+    """Define the domain in libvirt's test driver (in-process, no daemon): its XML
+    parser's checks (cells, memnodes, modes), then the document as libvirt reads it."""
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path),
+               XDG_CACHE_HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path))
+    return subprocess.run([libvirt_tool("virsh", "libvirt-clients"), "-q", "-c",
+                           "test:///default", f"define {path}; dumpxml {vm.GUEST_NAME}"],
+                          capture_output=True, text=True, env=env)
+
+
+def sample_topologies(fixture_root):
+    live = read_topology(SysRoot("/"))
+    return {"grid 2x2": vm.parse_topology("2x2", 2048),
+            "host (this machine)": vm.parse_topology("host", 1024 * len(live.nodes), live),
+            "host (tr-2990wx)": vm.parse_topology("host", 4096,
+                                                  host_of(fixture_root, "tr-2990wx")),
+            "host (xeon-8160-2s)": vm.parse_topology("host", 2048,
+                                                     host_of(fixture_root, "xeon-8160-2s"))}
+
+
+def test_libvirt_accepts_the_documents(fixture_root, tmp_path):
+    for what, topo in sample_topologies(fixture_root).items():
+        path = tmp_path / "domain.xml"
+        path.write_text(lv.to_xml(topo))
+        res = validate(path)
+        assert res.returncode == 0, f"{what}: {res.stdout}{res.stderr}"
+        res = define(path, tmp_path)
+        assert res.returncode == 0, f"{what}: {res.stdout}{res.stderr}"
+        # what libvirt read back is the layout we wrote
+        read, ours = ET.fromstring(res.stdout[res.stdout.index("<domain"):]), \
+            ET.fromstring(lv.to_xml(topo))
+        assert pins(read) == pins(ours) == layout.vcpu_hosts(topo), what
+        assert memnodes(read) == memnodes(ours), what
+        assert cells(read) == cells(ours) and len(cells(ours)) == len(topo.nodes), what
+
+
+def test_libvirt_checks_are_not_vacuous(fixture_root, tmp_path):
+    """The same tools refuse a document one attribute away from ours."""
+    text = lv.to_xml(vm.parse_topology("host", 2048, host_of(fixture_root, "xeon-8160-2s")))
+    bad = tmp_path / "bad.xml"
+    bad.write_text(text.replace('mode="strict"', 'mode="bind"'))
+    assert validate(bad).returncode != 0
+    wrong_cell = tmp_path / "cell.xml"
+    wrong_cell.write_text(text.replace('cellid="0"', 'cellid="9"'))
+    assert validate(wrong_cell).returncode == 0     # the schema cannot see it ...
+    assert define(wrong_cell, tmp_path).returncode != 0   # ... libvirt's parser does
