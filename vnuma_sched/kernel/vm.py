@@ -302,6 +302,7 @@ def _numa_node(node):
 
 
 QMP_SOCKET = "qmp.sock"   # in the run's io_dir
+GUEST_NAME = "vnuma-guest"   # QEMU's -name (thread names) and the libvirt domain's
 
 
 def _placed_args(topo, io_dir):
@@ -316,7 +317,7 @@ def _placed_args(topo, io_dir):
     # "=": a value starting with "-" stays a value; virtme-ng joins these into
     # its QEMU command line, the names make thread names "CPU n/TCG" (or /KVM)
     return argv + [f"--qemu-opts=-qmp unix:{io_dir / QMP_SOCKET},server=on,wait=off",
-                   "--qemu-opts=-S", "--qemu-opts=-name vnuma-guest,debug-threads=on"]
+                   "--qemu-opts=-S", f"--qemu-opts=-name {GUEST_NAME},debug-threads=on"]
 
 
 def vng_argv(image, topo, io_dir, accel, append=(), vng="vng"):
