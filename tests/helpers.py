@@ -3,11 +3,14 @@
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 from vnuma_sched.probes import events as E
+from vnuma_sched.system.doctor import DoctorEnv, run_checks
+from vnuma_sched.system.sysroot import SysRoot
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -38,6 +41,28 @@ def write(root, path, text):
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)
     return p
+
+
+def fake_cpuid(eax_features, edx_hints=0, base=0x40000000, hypervisor=True):
+    """cpuid(leaf) of a KVM guest with these PV feature (EAX) and hint (EDX) bits."""
+    sig = struct.unpack("<3I", b"KVMKVMKVM\0\0\0")
+
+    def cpuid(leaf, subleaf=0):
+        if leaf == 1:
+            return (0, 0, (1 << 31) if hypervisor else 0, 0)
+        if leaf == base:
+            return (base + 1, *sig)
+        if leaf == base + 1:
+            return (eax_features, 0, 0, edx_hints)
+        return (0, 0, 0, 0)
+
+    return cpuid
+
+
+def checks_for(root, **kw):
+    """doctor's checks of the tree at ``root``, by name (DoctorEnv fields as keywords)."""
+    env = DoctorEnv(sysroot=SysRoot(root), euid=kw.pop("euid", 0), **kw)
+    return {c.name: c for c in run_checks(env)}
 
 
 def golden(name, text):

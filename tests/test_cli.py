@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from helpers import VNUMA, golden
 
 from vnuma_sched.cli.main import main
+from vnuma_sched.system.checks import STATUSES
 
 
 def invoke(*args, env=None):
@@ -50,8 +51,17 @@ def test_doctor_json_shape(fixture_root):
     res = invoke("--root", str(fixture_root / "kvm-guest-1node"), "--json", "doctor")
     doc = json.loads(res.output)
     assert {"name", "status", "detail"} == set(doc["checks"][0])
-    assert all(c["status"] in {"ok", "warn", "missing", "n/a"} for c in doc["checks"])
+    assert all(c["status"] in STATUSES for c in doc["checks"])
     assert [v["problem"][0] for v in doc["verdict"]] == ["1", "2"]
+    names = [c["name"] for c in doc["checks"]]
+    assert names[names.index("vnuma"):][:4] == ["vnuma", "vnuma:pinned", "vnuma:memory",
+                                                "vnuma:full"]
+
+
+def test_doctor_steal_interval_is_checked(fixture_root):
+    res = invoke("--root", str(fixture_root / "kvm-guest-1node"), "doctor",
+                 "--steal-interval", "-1")
+    assert res.exit_code == 2 and "--steal-interval" in res.output
 
 
 def test_unknown_root_is_one_line_exit_2(tmp_path):

@@ -1,32 +1,11 @@
 import shutil
-import struct
 
 import pytest
-from helpers import write
+from helpers import checks_for, fake_cpuid, write
 
 from vnuma_sched.system import cpuid as cpuid_mod
-from vnuma_sched.system.doctor import DoctorEnv, check_bcc, run_checks, verdict
+from vnuma_sched.system.doctor import DoctorEnv, check_bcc, verdict
 from vnuma_sched.system.sysroot import SysRoot
-
-
-def fake_cpuid(eax_features, edx_hints=0, base=0x40000000, hypervisor=True):
-    sig = struct.unpack("<3I", b"KVMKVMKVM\0\0\0")
-
-    def cpuid(leaf, subleaf=0):
-        if leaf == 1:
-            return (0, 0, (1 << 31) if hypervisor else 0, 0)
-        if leaf == base:
-            return (base + 1, *sig)
-        if leaf == base + 1:
-            return (eax_features, 0, 0, edx_hints)
-        return (0, 0, 0, 0)
-
-    return cpuid
-
-
-def checks_for(root, **kw):
-    env = DoctorEnv(sysroot=SysRoot(root), euid=kw.pop("euid", 0), **kw)
-    return {c.name: c for c in run_checks(env)}
 
 
 def test_decode_dev_machine_bits():

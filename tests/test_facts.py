@@ -100,6 +100,25 @@ def test_steal_without_cpu_lines(tmp_path):
     assert facts.steal_ticks_per_cpu(root) == []
 
 
+def test_cpu_ticks_of_recorded_guest(guest, fixture_root):
+    ticks = facts.cpu_ticks(guest)
+    assert [ticks[c][0] for c in sorted(ticks)] == facts.steal_ticks_per_cpu(guest)
+    line = (fixture_root / "kvm-guest-1node/proc/stat").read_text().splitlines()[1].split()
+    assert line[0] == "cpu0"
+    # user .. steal; guest and guest_nice are already in user and nice
+    assert ticks[0][1] == sum(int(x) for x in line[1:9])
+
+
+def test_cpu_ticks_short_lines():
+    assert facts.parse_cpu_ticks("cpu  1 2\ncpu3 4 5 6\nintr 7\n") == {3: (0, 15)}
+
+
+@pytest.mark.parametrize("name,guest_flag", [("kvm-guest-1node", True), ("qemu-2node", True),
+                                             ("xeon-8160-2s", False)])
+def test_hypervisor_flag(fixture_root, name, guest_flag):
+    assert facts.hypervisor_flag(SysRoot(fixture_root / name)) is guest_flag
+
+
 def test_steal_needs_proc_stat(tmp_path):
     with pytest.raises(DataError):
         facts.steal_ticks(SysRoot(tmp_path))

@@ -1,11 +1,14 @@
 """root tier: doctor on the live machine, checked against independent reads."""
 
+import json
 import os
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import VNUMA
 
 from vnuma_sched.system import cpuid
 from vnuma_sched.system.doctor import DoctorEnv, check_steal, run_checks
@@ -99,3 +102,38 @@ def test_topology_matches_sysfs(live):
 def test_kmsg_reader_returns_messages():
     lines = SysRoot("/").kernel_log()
     assert lines and not any(re.match(r"^\d+,\d+,\d+", ln) for ln in lines[:20])
+
+
+def test_doctor_cli_says_what_a_guest_can_tell_of_full_vnuma():
+    """`vnuma-sched doctor --json` here: the Full-vNUMA rows, each with a valid status and
+    a one-line reason, agreeing with the node files and CPUID read independently."""
+    res = subprocess.run([VNUMA, "doctor", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    rows = [checks[n] for n in ("vnuma", "vnuma:pinned", "vnuma:memory", "vnuma:full")]
+    for row in rows:
+        assert row["status"] in {"ok", "warn", "fail", "unsupported"}, row
+        assert row["detail"].strip() and "\n" not in row["detail"], row
+    nodes = [p for p in Path("/sys/devices/system/node").glob("node*")
+             if re.fullmatch(r"node\d+", p.name)]
+    mem = [int(re.search(r"MemTotal:\s+(\d+) kB", (p / "meminfo").read_text())[1])
+           for p in nodes]
+    memory = checks["vnuma:memory"]["status"]
+    if len(nodes) == 1:
+        assert checks["vnuma"]["status"] == "warn" and memory == "warn"
+    elif nodes:
+        assert memory == ("fail" if 0 in mem else "ok")
+    pinned = checks["vnuma:pinned"]
+    assert "a guest cannot see host pinning directly" in pinned["detail"]
+    _, b, c, d = raw_cpuid(0x40000000)
+    if struct.pack("<3I", b, c, d) == b"KVMKVMKVM\0\0\0":
+        eax, _, _, edx = raw_cpuid(0x40000001)
+        if not edx & 1:            # no KVM_HINTS_REALTIME: never "consistent with pinning"
+            assert pinned["status"] in {"warn", "fail"}
+        if eax & (1 << 5):         # steal time: sampled live, over the CLI's default 0.2 s
+            assert "over 0.2 s" in pinned["detail"]
+    else:
+        assert pinned["status"] in {"warn", "unsupported"}
+    if any(r["status"] == "fail" for r in rows[:3]):
+        assert checks["vnuma:full"]["status"] in {"fail", "unsupported"}

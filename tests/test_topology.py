@@ -12,6 +12,7 @@ from vnuma_sched.system.topology import (
     MAX_CPUS,
     format_cpulist,
     llc_of_cpus,
+    packages_of_cpus,
     parse_cpulist,
     read_topology,
 )
@@ -171,3 +172,10 @@ def test_cpulist_is_refused_with_a_message_or_round_trips(text):
         return
     assert cpus == sorted(set(cpus)) and all(0 <= c < MAX_CPUS for c in cpus)
     assert parse_cpulist(format_cpulist(cpus)) == cpus
+
+
+def test_packages_of_cpus(tmp_path, fixture_root):
+    root = SysRoot(fixture_root / "xeon-8160-2s")
+    assert packages_of_cpus(root, [0, 24, 48, 72]) == {0: 0, 24: 1, 48: 0, 72: 1}
+    assert packages_of_cpus(root, [0, 96]) is None          # no such CPU: cannot tell
+    assert packages_of_cpus(SysRoot(tmp_path), []) == {}

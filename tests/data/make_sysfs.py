@@ -28,6 +28,9 @@ SYNTHETIC = {
     "tr-2990wx": ("6.12.117", [("0-7,32-39", 64 * GIB_KB), ("16-23,48-55", 0),
                                ("8-15,40-47", 64 * GIB_KB), ("24-31,56-63", 0)],
                   [[10, 16, 16, 16], [16, 10, 16, 16], [16, 16, 10, 16], [16, 16, 16, 10]], "metal"),
+    # a Full-vNUMA KVM guest of a 2-socket host, one vCPU per node, on dedicated host CPUs
+    "kvm-2node-dedicated": ("6.12.117", [("0", GIB_KB - 65536), ("1", GIB_KB - 12288)],
+                            [[10, 21], [21, 10]], "kvm"),
 }
 
 KMSG = {
@@ -36,9 +39,20 @@ KMSG = {
             "NUMA: Node 0 [mem 0x00000000-0x3fffffff]"],
     "metal": ["Linux version {rel} (gcc) #1 SMP PREEMPT_DYNAMIC",
               "smpboot: CPU0: Intel(R) Xeon(R) CPU"],
+    "kvm": ["Linux version {rel} (gcc) #1 SMP PREEMPT_DYNAMIC", "Hypervisor detected: KVM",
+            "kvm-guest: setup PV IPIs",
+            "kvm-guest: PV spinlocks disabled with KVM_HINTS_REALTIME hints"],
 }
-CPUIDLE = {"tcg": "none", "metal": "intel_idle"}
-FLAGS = {"tcg": "fpu vme de pse tsc msr pae hypervisor", "metal": "fpu vme de pse tsc msr pae"}
+# the physical package of each node's CPUs: QEMU 7.2's q35 with a plain -smp N (what
+# virtme-ng passes) makes one socket of N cores; a 2-socket Xeon has a package per node;
+# a Threadripper 2990WX is one package of four dies (nodes)
+PACKAGES = {"qemu-2node": [0, 0], "xeon-8160-2s": [0, 1], "tr-2990wx": [0, 0, 0, 0],
+            "kvm-2node-dedicated": [0, 1]}
+# cpuidle driver and governor (haltpoll loads by itself with KVM_HINTS_REALTIME)
+CPUIDLE = {"tcg": ("none", "menu"), "metal": ("intel_idle", "menu"),
+           "kvm": ("haltpoll", "haltpoll")}
+FLAGS = {"tcg": "fpu vme de pse tsc msr pae hypervisor", "metal": "fpu vme de pse tsc msr pae",
+         "kvm": "fpu vme de pse tsc msr pae hypervisor"}
 
 
 def write(root, path, text):
@@ -51,6 +65,15 @@ def ncpus(nodes):
     return sum(len(parse_cpulist(c)) for c, _ in nodes)
 
 
+def proc_stat(kind, n):
+    """/proc/stat: the "cpu" line; per-CPU lines too for a KVM guest (its steal sample)."""
+    if kind != "kvm":
+        return "cpu  100 0 50 10000 5 0 1 0 0 0\n"
+    per_cpu = [50, 0, 25, 5000, 2, 0, 0, 1, 0, 0]   # a tick of steal: the host gives it
+    lines = [("cpu ", [n * t for t in per_cpu])] + [(f"cpu{c}", per_cpu) for c in range(n)]
+    return "".join(f"{name} {' '.join(map(str, ticks))}\n" for name, ticks in lines)
+
+
 def synth(name, rel, nodes, dist, kind):
     root = HERE / name
     shutil.rmtree(root, ignore_errors=True)
@@ -60,13 +83,16 @@ def synth(name, rel, nodes, dist, kind):
         write(root, f"{base}/meminfo", f"Node {i} MemTotal:       {mem} kB\n"
               f"Node {i} MemFree:        {mem // 2} kB\n")
         write(root, f"{base}/distance", " ".join(map(str, dist[i])) + "\n")
+        for cpu in parse_cpulist(cpus):
+            write(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id",
+                  f"{PACKAGES[name][i]}\n")
     n = ncpus(nodes)
     write(root, "/sys/devices/system/cpu/online", f"0-{n - 1}\n")
-    write(root, "/sys/devices/system/cpu/cpuidle/current_driver", CPUIDLE[kind] + "\n")
-    write(root, "/sys/devices/system/cpu/cpuidle/current_governor", "menu\n")
+    write(root, "/sys/devices/system/cpu/cpuidle/current_driver", CPUIDLE[kind][0] + "\n")
+    write(root, "/sys/devices/system/cpu/cpuidle/current_governor", CPUIDLE[kind][1] + "\n")
     write(root, "/proc/sys/kernel/osrelease", rel + "\n")
     write(root, "/proc/meminfo", f"MemTotal:       {sum(m for _, m in nodes)} kB\n")
-    write(root, "/proc/stat", "cpu  100 0 50 10000 5 0 1 0 0 0\n")
+    write(root, "/proc/stat", proc_stat(kind, n))
     write(root, "/proc/cpuinfo", f"processor\t: 0\nflags\t\t: {FLAGS[kind]}\n")
     write(root, "/proc/mounts", "proc /proc proc rw 0 0\nsysfs /sys sysfs rw 0 0\n")
     write(root, "/dev/kmsg", "".join(f"6,{i},{i * 1000},-;{line.format(rel=rel)}\n"
@@ -105,6 +131,10 @@ def record(name):
             for f in ("cpulist", "meminfo", "distance"):
                 p = f"/sys/devices/system/node/{node}/{f}"
                 write(root, p, live.read(p) + "\n")
+    for cpu in live.listdir("/sys/devices/system/cpu"):
+        p = f"/sys/devices/system/cpu/{cpu}/topology/physical_package_id"
+        if cpu[3:].isdigit() and live.exists(p):
+            write(root, p, live.read(p) + "\n")
     if live.exists("/sys/kernel/btf/vmlinux"):
         write(root, "/sys/kernel/btf/vmlinux", "")  # presence only
     syms = [ln for ln in live.read("/proc/kallsyms").splitlines()

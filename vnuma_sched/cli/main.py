@@ -4,8 +4,10 @@ Command groups live beside this module (kernel, probes, tune, experiments,
 bisect); shared helpers in cli.common.
 """
 
+import functools
 import os
 import sys
+import time
 import traceback
 
 import click
@@ -18,6 +20,7 @@ from vnuma_sched.probes.loader import compile_check
 from vnuma_sched.render import doctor_text, topology_text
 from vnuma_sched.system import cpuid
 from vnuma_sched.system import doctor as doc
+from vnuma_sched.system.doctor_vnuma import sample_cpu_ticks
 from vnuma_sched.system.topology import read_topology
 
 EPILOG = """\b
@@ -98,9 +101,11 @@ def topology(settings, as_json):
 
 
 @main.command()
+@click.option("--steal-interval", type=click.FloatRange(0, 60), default=0.2, show_default=True,
+              metavar="SECONDS", help="Sample per-CPU steal time this long (0: since boot).")
 @json_option
 @click.pass_obj
-def doctor(settings, as_json):
+def doctor(settings, steal_interval, as_json):
     """Check what this guest exposes before trusting the other commands.
 
     \b
@@ -110,14 +115,23 @@ def doctor(settings, as_json):
     running kernel. Ends with which of the two vNUMA problems this guest can
     be exposed to and what is available against each.
     \b
-    Example:
+    Whether the guest is Full vNUMA, as far as a guest can tell: more than
+    one node with distances (vnuma), evidence of 1:1 pinning (vnuma:pinned:
+    the KVM_HINTS_REALTIME hint, steal time near zero over a short sample,
+    sockets that follow the nodes), memory on every node (vnuma:memory), and
+    the answer (vnuma:full). Host pinning itself shows on the host only.
+    \b
+    Examples:
       sudo vnuma-sched doctor --json
+      vnuma-sched doctor --steal-interval 2
     """
 
     settings = merge_json(settings, as_json)
     sysroot = settings.sysroot()
     env = doc.DoctorEnv(sysroot=sysroot, euid=os.geteuid(),
-                        cpuid=cpuid.device_reader(sysroot), bcc_check=compile_check)
+                        cpuid=cpuid.device_reader(sysroot), bcc_check=compile_check,
+                        steal_sample=functools.partial(sample_cpu_ticks, sysroot,
+                                                       steal_interval, time.sleep))
     checks = doc.run_checks(env)
     verdict = doc.verdict(checks)
     emit(settings, {"checks": [c.to_dict() for c in checks], "verdict": verdict},

@@ -2,20 +2,19 @@
 
 Every check takes a DoctorEnv and returns a Check; one check that cannot run
 reports why and the others still run. The verdict maps the checks onto the two
-problems the project addresses.
+problems the project addresses. The rows on Full vNUMA (layout, pinning
+evidence, memory per node) are in doctor_vnuma; the Check row is in checks.
 """
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from vnuma_sched.errors import VnumaError
 from vnuma_sched.share import kernel as share_kernel
 from vnuma_sched.system import cpuid as cpuid_mod
 from vnuma_sched.system import facts
-from vnuma_sched.system.topology import read_topology
-
-OK, WARN, MISSING, NA = "ok", "warn", "missing", "n/a"
+from vnuma_sched.system.checks import MISSING, NA, OK, WARN, Check, by_name, guarded
+from vnuma_sched.system.doctor_vnuma import vnuma_checks
 
 # dmesg lines that prove (True) or disprove (False) a PV feature when CPUID is unreadable
 DMESG_EVIDENCE = {
@@ -29,22 +28,12 @@ DMESG_EVIDENCE = {
 
 
 @dataclass
-class Check:
-    name: str
-    status: str
-    detail: str
-    data: dict = field(default_factory=dict)
-
-    def to_dict(self):
-        return {"name": self.name, "status": self.status, "detail": self.detail}
-
-
-@dataclass
 class DoctorEnv:
     sysroot: object
     euid: int
     cpuid: Optional[Callable] = None        # cpuid(leaf) -> (eax, ebx, ecx, edx)
     bcc_check: Optional[Callable] = None    # () -> (status, detail)
+    steal_sample: Optional[Callable] = None  # () -> doctor_vnuma.TickSample (None: since boot)
     _log: Optional[list] = None
 
     def kernel_log(self):
@@ -89,8 +78,7 @@ def check_hypervisor(env):
     if env.log_has("Hypervisor detected: KVM"):
         return Check("hypervisor", OK, "KVM guest (dmesg: 'Hypervisor detected: KVM')",
                      {"kvm": True, "features": None, "source": "dmesg"})
-    flags = env.sysroot.read_optional("/proc/cpuinfo", "")
-    if re.search(r"^flags\s*:.*\bhypervisor\b", flags, re.M):
+    if facts.hypervisor_flag(env.sysroot):
         return Check("hypervisor", WARN, "a guest of an unidentified hypervisor (cpuinfo flag)",
                      {"kvm": None, "features": None, "source": "cpuinfo"})
     return Check("hypervisor", NA, "no hypervisor seen (CPUID unreadable, no dmesg line)",
@@ -160,21 +148,6 @@ def check_cpuidle(env):
            or env.sysroot.read_optional(f"{base}/current_governor_ro") or "?")
     return Check("cpuidle", OK, f"driver {driver.strip()}, governor {gov.strip()}",
                  {"driver": driver.strip(), "governor": gov.strip()})
-
-
-def check_vnuma(env):
-    topo = read_topology(env.sysroot)
-    with_cpus = [n for n in topo.nodes if n.cpus]
-    data = {"nodes": len(topo.nodes), "nodes_with_cpus": len(with_cpus)}
-    if len(topo.nodes) < 2:
-        why = "kernel without CONFIG_NUMA" if not topo.numa else "1 node"
-        return Check("vnuma", WARN, f"{why}: the guest sees no NUMA layout", data)
-    remote = topo.remote_distances()
-    detail = f"{len(topo.nodes)} nodes, remote distances {','.join(map(str, remote))}"
-    if remote == [20]:
-        detail += " (uniform 20: the kernel default when firmware gives no SLIT)"
-        return Check("vnuma", WARN, detail, data)
-    return Check("vnuma", OK, detail, data)
 
 
 def check_bcc(env):
@@ -254,35 +227,25 @@ def check_parking(env):
             for f in facts_]
 
 
-def _guarded(name, fn, *args):
-    try:
-        result = fn(*args)
-    except (VnumaError, OSError, ValueError) as err:
-        return [Check(name, WARN, f"check could not run: {err}")]
-    return result if isinstance(result, list) else [result]
-
-
 def run_checks(env):
     """All checks, in display order."""
-    checks = _guarded("kernel", check_kernel, env)
-    hv = _guarded("hypervisor", check_hypervisor, env)
+    checks = guarded("kernel", check_kernel, env)
+    hv = guarded("hypervisor", check_hypervisor, env)
     checks += hv
-    checks += _guarded("pv", check_pv_features, env, hv[0])
+    checks += guarded("pv", check_pv_features, env, hv[0])
     for name, fn in (("pv_spinlocks", check_pv_spinlocks), ("steal_time", check_steal),
-                     ("cpuidle", check_cpuidle), ("vnuma", check_vnuma), ("bcc", check_bcc),
-                     ("btf", check_btf), ("kprobes", check_kprobes),
+                     ("cpuidle", check_cpuidle)):
+        checks += guarded(name, fn, env)
+    checks += vnuma_checks(env, by_name(checks))
+    for name, fn in (("bcc", check_bcc), ("btf", check_btf), ("kprobes", check_kprobes),
                      ("lockdown", check_lockdown), ("vnuma_patches", check_patches),
                      ("parking", check_parking)):
-        checks += _guarded(name, fn, env)
-    checks += _guarded("tracefs", check_fs, env, "tracefs",
-                       "mount -t tracefs nodev /sys/kernel/tracing")
-    checks += _guarded("debugfs", check_fs, env, "debugfs",
-                       "mount -t debugfs nodev /sys/kernel/debug")
+        checks += guarded(name, fn, env)
+    checks += guarded("tracefs", check_fs, env, "tracefs",
+                      "mount -t tracefs nodev /sys/kernel/tracing")
+    checks += guarded("debugfs", check_fs, env, "debugfs",
+                      "mount -t debugfs nodev /sys/kernel/debug")
     return checks
-
-
-def _by_name(checks):
-    return {c.name: c for c in checks}
 
 
 SERIES_FEATURES = [g for g in facts.PATCH_GATES if g.startswith(facts.FEATURE_GATE)]
@@ -345,5 +308,5 @@ def _problem2(c):
 
 def verdict(checks):
     """Which of the two problems this guest can see, and what is available against it."""
-    c = _by_name(checks)
+    c = by_name(checks)
     return [_problem1(c), _problem2(c)]

@@ -1,7 +1,8 @@
 """Kernel facts, each read and parsed in one place, through a SysRoot.
 
-Kernel release and version, lockdown mode, steal time, mounts, tracefs,
-kprobes, kallsyms symbols, scheduler features and the project's patch gates.
+Kernel release and version, lockdown mode, steal time and CPU ticks, the
+hypervisor CPU flag, mounts, tracefs, kprobes, kallsyms symbols, scheduler
+features and the project's patch gates.
 Pure: every function takes the SysRoot to read; nothing here points at the live
 system.
 """
@@ -15,6 +16,7 @@ from vnuma_sched.system import btf
 OSRELEASE = "/proc/sys/kernel/osrelease"
 LOCKDOWN = "/sys/kernel/security/lockdown"
 PROC_STAT = "/proc/stat"
+CPUINFO = "/proc/cpuinfo"
 MOUNTS = "/proc/mounts"
 KALLSYMS = "/proc/kallsyms"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -78,13 +80,42 @@ def lockdown(sysroot):
     return read_lockdown(sysroot) or "none"
 
 
-def _steal_lines(sysroot):
-    """(name, ticks) per "cpu"/"cpuN" line of /proc/stat; DataError when unreadable."""
-    for line in sysroot.read(PROC_STAT).splitlines():
+def _cpu_lines(text):
+    """The fields of each "cpu"/"cpuN" line of /proc/stat's text, the name first."""
+    for line in text.splitlines():
         parts = line.split()
         if parts and parts[0].startswith("cpu"):
-            ticks = int(parts[_STEAL_FIELD]) if len(parts) > _STEAL_FIELD else 0
-            yield parts[0], ticks
+            yield parts
+
+
+def _steal_lines(sysroot):
+    """(name, ticks) per "cpu"/"cpuN" line of /proc/stat; DataError when unreadable."""
+    for parts in _cpu_lines(sysroot.read(PROC_STAT)):
+        yield parts[0], int(parts[_STEAL_FIELD]) if len(parts) > _STEAL_FIELD else 0
+
+
+def parse_cpu_ticks(text):
+    """{cpu number: (steal, total)} from the text of /proc/stat, in USER_HZ ticks since
+    boot: total is user .. steal (guest time is already counted in user and nice)."""
+    out = {}
+    for parts in _cpu_lines(text):
+        if parts[0] != "cpu":
+            ticks = [int(x) for x in parts[1:_STEAL_FIELD + 1]]
+            out[int(parts[0][3:])] = (ticks[-1] if len(ticks) == _STEAL_FIELD else 0,
+                                      sum(ticks))
+    return out
+
+
+def cpu_ticks(sysroot):
+    """parse_cpu_ticks() of this system's /proc/stat (online CPUs only)."""
+    return parse_cpu_ticks(sysroot.read(PROC_STAT))
+
+
+def hypervisor_flag(sysroot):
+    """True when /proc/cpuinfo lists the "hypervisor" CPU flag (CPUID.1:ECX bit 31): the
+    kernel runs in a guest, whichever hypervisor it is."""
+    text = sysroot.read_optional(CPUINFO, "")
+    return re.search(r"^flags\s*:.*\bhypervisor\b", text, re.M) is not None
 
 
 def steal_ticks(sysroot):

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from vnuma_sched.errors import DataError
 
 NODE_DIR = "/sys/devices/system/node"
-CPU_ONLINE = "/sys/devices/system/cpu/online"
+CPU_DIR = "/sys/devices/system/cpu"
+CPU_ONLINE = f"{CPU_DIR}/online"
 LOCAL_DISTANCE = 10
 
 # The largest NR_CPUS any Linux architecture allows (x86 MAXSMP, powerpc): a CPU
@@ -189,6 +190,18 @@ def read_topology(sysroot):
                                 f"CPU {c} is also in node{seen[c]}")
             seen[c] = n.id
     return Topology(nodes=tuple(nodes))
+
+
+def packages_of_cpus(sysroot, cpus):
+    """{cpu: physical package (socket) id}; None when one of them cannot be read (no
+    topology directory: a recorded tree, an offline CPU)."""
+    out = {}
+    for cpu in cpus:
+        text = sysroot.read_optional(f"{CPU_DIR}/cpu{cpu}/topology/physical_package_id")
+        if text is None or not text.strip().lstrip("-").isdigit():
+            return None
+        out[cpu] = int(text)
+    return out
 
 
 def llc_of_cpus(sysroot, topology):

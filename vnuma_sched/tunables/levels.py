@@ -19,11 +19,10 @@ import re
 from dataclasses import dataclass
 
 from vnuma_sched.system import facts
-from vnuma_sched.system.topology import parse_cpulist
+from vnuma_sched.system.topology import packages_of_cpus, parse_cpulist
 
 DOMAINS = "/sys/kernel/debug/sched/domains"
 NODE_DIR = "/sys/devices/system/node"
-CPU_DIR = "/sys/devices/system/cpu"
 ARCH_LEVELS = (("SMT", "CONFIG_SCHED_SMT", (2, 6)), ("CLS", "CONFIG_SCHED_CLUSTER", (5, 16)),
                ("MC", "CONFIG_SCHED_MC", (2, 6)))   # name, option, first version with it
 PACKAGE_NAMES = ("PKG", "DIE")
@@ -74,12 +73,12 @@ def numa_in_package(sysroot):
             except ValueError:
                 return None
             node_of.update((cpu, node) for cpu in cpus)
+    packages = packages_of_cpus(sysroot, sorted(node_of))
+    if packages is None:
+        return None
     nodes_of_package = {}
     for cpu, node in node_of.items():
-        pkg = sysroot.read_optional(f"{CPU_DIR}/cpu{cpu}/topology/physical_package_id")
-        if pkg is None:
-            return None
-        nodes_of_package.setdefault(pkg.strip(), set()).add(node)
+        nodes_of_package.setdefault(packages[cpu], set()).add(node)
     if not nodes_of_package:
         return None
     return any(len(nodes) > 1 for nodes in nodes_of_package.values())
