@@ -38,6 +38,10 @@ def test_doctor_inside_the_guest(guest_build):
     # TCG exposes no KVM leaf: the guest must not be reported as a KVM guest
     assert checks["hypervisor"]["status"] != "ok"
     assert checks["kprobes"]["status"] == "ok"  # CONFIG_KPROBES=y in the fragment
+    # Full vNUMA as a guest sees it: two nodes with memory, pinning unknown (no KVM leaf)
+    assert checks["vnuma:memory"]["status"] == "ok"
+    assert checks["vnuma:pinned"]["status"] == "warn"
+    assert "cannot see host pinning" in checks["vnuma:pinned"]["detail"]
 
 
 def test_exit_code_comes_back(guest_build):

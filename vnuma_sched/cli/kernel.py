@@ -372,9 +372,10 @@ def gates_command():
 @click.option("--topology", "spec", default="2x2", show_default=True)
 @click.option("--mem", default="2G", show_default=True)
 @click.option("--timeout", type=click.IntRange(1, 86400), default=300, show_default=True)
+@pin_option
 @click.argument("command", nargs=-1)
 @click.pass_obj
-def pipeline(settings, series_version, spec, mem, timeout, command):
+def pipeline(settings, series_version, spec, mem, timeout, pin, command):
     """Fetch, apply the series, build the patched guest and boot it (the main job).
 
     \b
@@ -383,12 +384,14 @@ def pipeline(settings, series_version, spec, mem, timeout, command):
     the build when nothing changed. Without COMMAND the guest prints its
     topology and the series' switches.
     \b
-    Example:
+    Examples:
       vnuma-sched pipeline --version 6.12 --topology 2x2
+      vnuma-sched pipeline --version 6.12 --topology host   # Full vNUMA, pinned
     """
 
     res = pl.run(series_version, cache_dir(), spec, vmod.parse_size_mb(mem),
                  list(command) or gates_command(), Runner(), progress(settings),
-                 os.geteuid(), timeout=timeout)
+                 os.geteuid(), timeout=timeout, host=read_topology(settings.sysroot()),
+                 pin=pin)
     click.echo(pipeline_text(res))
     settings_exit(res.vm.exit_code)

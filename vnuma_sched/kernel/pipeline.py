@@ -38,13 +38,13 @@ def apply_step(tree, series, cache, runner, progress):
 
 
 def run(version, cache, topology, mem_mb, command, runner, progress, euid, accel="auto",
-        timeout=300):
+        timeout=300, host=None, pin=None):
     cache = Path(cache).absolute()
     res = PipelineResult()
     # series-test.config turns on the debug series' option: apply that series too
     series = patches.load_series(version, debug=True)
     frags = [KCONFIG / "vnuma-guest.config", KCONFIG / "series-test.config"]
-    topo = vm.parse_topology(topology, mem_mb, limits=vm.guest_limits(frags))
+    topo = vm.parse_topology(topology, mem_mb, host, vm.guest_limits(frags), pin)
     tree = _timed(res, progress, "fetch", lambda: (
         (t := ktree.fetch_debian(version, cache / "trees", runner, progress, euid)), str(t)))
     work = _timed(res, progress, "apply", lambda: (
