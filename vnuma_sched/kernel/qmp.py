@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from vnuma_sched.kernel import layout
 
@@ -68,12 +68,16 @@ def check_backends(memdevs, topo):
 
 
 async def _place(sock, topo, deadline, stopped):
-    while not os.path.exists(sock):
-        if stopped.is_set() or time.monotonic() > deadline:
-            raise PinError("QEMU's QMP socket never appeared")
-        await asyncio.sleep(CONNECT_POLL_S)
     qmp = QMPClient("vnuma-sched")
-    await qmp.connect(sock)
+    while True:
+        # the socket file exists from QEMU's bind(), a moment before it listens
+        try:
+            await qmp.connect(sock)
+            break
+        except (FileNotFoundError, ConnectionRefusedError, ConnectError):
+            if stopped.is_set() or time.monotonic() > deadline:
+                raise PinError("QEMU's QMP socket never answered") from None
+            await asyncio.sleep(CONNECT_POLL_S)
     try:
         try:
             vcpus = pin_threads(await qmp.execute("query-cpus-fast"),
