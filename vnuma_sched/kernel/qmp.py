@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from qemu.qmp import ConnectError, QMPClient
+from qemu.qmp import ConnectError, QMPClient, QMPError
 
 from vnuma_sched.kernel import layout
 
@@ -88,7 +88,10 @@ async def _place(sock, topo, deadline, stopped):
             raise
         await qmp.execute("cont")
     finally:
-        await qmp.disconnect()
+        try:
+            await qmp.disconnect()
+        except (EOFError, OSError, QMPError):
+            pass    # QEMU may close first (after 'quit'); the outcome is known already
     return {"vcpus": vcpus, "memory": memory}
 
 
