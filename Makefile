@@ -59,14 +59,12 @@ P1_ARMS := --arm ref="$(EMU)=0 $(HINT)=off" --arm off="$(EMU)=1 $(HINT)=off" \
 # Problem 2: the series' fixes against off and against relax_domain_level=3, which
 # clears newidle balancing on the NUMA level of this guest (MC is level 1, PKG 2,
 # NUMA 3). NI_RANDOM, the trees' own newidle damping, is on in every arm but noni.
-DAMP := feature.NUMA_NEWIDLE_DAMP
 WAKE := feature.NUMA_WAKE_PREV
-P2_ARMS := --arm off="$(DAMP)=0 $(WAKE)=0" --arm wake="$(DAMP)=0 $(WAKE)=1" \
-	--arm relax="$(DAMP)=0 $(WAKE)=0 relax_domain_level=3"
-P2_ALL := $(P2_ARMS) --arm damp="$(DAMP)=1 $(WAKE)=0" --arm both="$(DAMP)=1 $(WAKE)=1" \
-	--arm noni="$(DAMP)=0 $(WAKE)=0 feature.NI_RANDOM=0"
-ON := "$(DAMP)=1 $(WAKE)=1 $(HINT)=on"
-OFF := "$(DAMP)=0 $(WAKE)=0 $(HINT)=off"
+P2_ARMS := --arm off="$(WAKE)=0" --arm wake="$(WAKE)=1" \
+	--arm relax="$(WAKE)=0 relax_domain_level=3"
+P2_ALL := $(P2_ARMS) --arm noni="$(WAKE)=0 feature.NI_RANDOM=0"
+ON := "$(WAKE)=1 $(HINT)=on"
+OFF := "$(WAKE)=0 $(HINT)=off"
 K612 := $(CACHE)/builds/series-6.12
 K61 := $(CACHE)/builds/series-6.1
 # Guests see /tmp but not /var/tmp or /var/cache: experiment output goes there first.
@@ -82,17 +80,17 @@ demo: install
 	@echo "== 4/6 problem 1: emulated old host, idle-halt hint off and on, against the reference"
 	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 4 --runs 3 $(P1_ARMS) --out demo-out/halt
 	@echo "== 5/6 problem 2: wake_affine kept on the home node, against off and relax_domain_level (a boot per run)"
-	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 3 $(P2_ARMS) --out demo-out/damping
+	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 3 $(P2_ARMS) --out demo-out/wake
 	@echo "== 6/6 comparisons"
 	$(VNUMA) compare demo-out/halt --plot demo-out/halt/compare.png
-	$(VNUMA) compare demo-out/damping --plot demo-out/damping/compare.png
+	$(VNUMA) compare demo-out/wake --plot demo-out/wake/compare.png
 
 # The full evidence behind the cover letters (hours under TCG): 10 runs per arm over
 # 3 boots, threads = vCPUs and threads > vCPUs, the regression benchmarks, and the 6.1
 # series. Writes evidence-out/<experiment>/{results.json,compare.png}, one markdown
 # table per experiment in evidence-out/table.md and the index evidence-out/results.json.
-EXPERIMENTS := p1-threads-eq-vcpus p1-threads-over-vcpus p2-damping regress-messaging \
-	regress-pipe p1-6.1 p2-damping-6.1
+EXPERIMENTS := p1-threads-eq-vcpus p1-threads-over-vcpus p2-wake regress-messaging \
+	regress-pipe p1-6.1 p2-wake-6.1
 evidence: install
 	$(VNUMA) pipeline --version 6.12 --topology 2x2 -- true
 	$(VNUMA) pipeline --version 6.1 --topology 2x2 -- true
@@ -101,7 +99,7 @@ evidence: install
 		--arm auto="$(EMU)=1 $(HINT)=auto" --out $(EVOUT)/p1-threads-eq-vcpus
 	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 --boots 3 $(P1_ARMS) \
 		--out $(EVOUT)/p1-threads-over-vcpus
-	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 $(P2_ALL) --out $(EVOUT)/p2-damping
+	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 $(P2_ALL) --out $(EVOUT)/p2-wake
 	$(VNUMA) ab --kernel $(K612) --topology 2x2 --workload perf-messaging --threads 4 \
 		--iterations 200 --runs 10 --boots 2 --arm off=$(OFF) --arm on=$(ON) \
 		--out $(EVOUT)/regress-messaging
@@ -109,7 +107,7 @@ evidence: install
 		--runs 10 --boots 2 --arm off=$(OFF) --arm on=$(ON) --out $(EVOUT)/regress-pipe
 	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 4 --runs 10 --boots 3 $(P1_ARMS) \
 		--out $(EVOUT)/p1-6.1
-	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 8 --runs 10 $(P2_ARMS) --out $(EVOUT)/p2-damping-6.1
+	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 8 --runs 10 $(P2_ARMS) --out $(EVOUT)/p2-wake-6.1
 	rm -rf evidence-out && cp -r $(EVOUT) evidence-out && rm -f evidence-out/table.md
 	for e in $(EXPERIMENTS); do $(VNUMA) compare evidence-out/$$e \
 		--plot evidence-out/$$e/compare.png --markdown >> evidence-out/table.md; \

@@ -11,9 +11,9 @@ name the emulation commit.
 The effect is decisive by construction: without the emulation a TCG guest
 never reports an idle vCPU as preempted (0 per run), with it every idle
 wake-up placement can be refused (thousands per run). A bisect on
-cross_node_migrations and the damping commit is the README's example; its
-effect is too small against the run-to-run and boot-to-boot spread to carry a
-test that must pass on every machine."""
+cross_node_migrations of the (since dropped) newidle damping commit was too
+small an effect against the run-to-run and boot-to-boot spread to carry a
+test that must pass on every machine (README)."""
 
 import json
 import os

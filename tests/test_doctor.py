@@ -102,13 +102,13 @@ FEATURES = "/sys/kernel/debug/sched/features"
 
 def test_patched_kernel_gates(tree):
     write(tree, HINT, "auto\n")
-    write(tree, FEATURES, "WA_IDLE NO_NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV\n")
+    write(tree, FEATURES, "WA_IDLE NO_NUMA_WAKE_PREV\n")
     c = checks_for(tree)
     assert c["vnuma_patches"].status == "ok" and "not checked" not in c["vnuma_patches"].detail
     v = verdict(list(c.values()))
     assert "kvm_guest.idle_halt_hint=auto|on (this kernel is patched)" in v[0]["mitigations"]
-    assert ("sched features NUMA_NEWIDLE_DAMP, NUMA_WAKE_PREV (this kernel is patched)"
-            in v[1]["mitigations"])
+    assert "sched feature NUMA_WAKE_PREV (wake-ups) (this kernel is patched)" \
+        in v[1]["mitigations"]
 
 
 def test_patched_kernel_seen_by_its_parameter_when_debugfs_is_unreadable(tree):
@@ -116,7 +116,7 @@ def test_patched_kernel_seen_by_its_parameter_when_debugfs_is_unreadable(tree):
     c = checks_for(tree)
     patches = c["vnuma_patches"]
     assert patches.status == "ok" and patches.data["gates"] == ["kvm_guest.idle_halt_hint"]
-    assert ("feature.NUMA_NEWIDLE_DAMP, feature.NUMA_WAKE_PREV not checked: "
+    assert ("feature.NUMA_WAKE_PREV not checked: "
             "/sys/kernel/debug/sched/features not readable") in patches.detail
     v = verdict(list(c.values()))
     assert v[1]["mitigations"][0].endswith(
@@ -124,7 +124,7 @@ def test_patched_kernel_seen_by_its_parameter_when_debugfs_is_unreadable(tree):
 
 
 def test_patched_kernel_seen_by_its_features(tree):
-    write(tree, FEATURES, "WA_IDLE NO_NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV\n")
+    write(tree, FEATURES, "WA_IDLE NO_NUMA_WAKE_PREV\n")
     c = checks_for(tree)           # no kvm_guest parameter (say CONFIG_KVM_GUEST=n)
     assert c["vnuma_patches"].status == "warn"
     assert c["vnuma_patches"].detail == "partly patched, missing: kvm_guest.idle_halt_hint"
@@ -140,7 +140,7 @@ def test_unpatched_kernel_with_readable_features(tree):
     assert c["vnuma_patches"].status == "missing"
     assert "not checked" not in c["vnuma_patches"].detail
     v = verdict(list(c.values()))
-    assert v[1]["mitigations"][0].startswith("guest patch: sched features NUMA_NEWIDLE_DAMP")
+    assert v[1]["mitigations"][0].startswith("guest patch: sched feature NUMA_WAKE_PREV")
 
 
 def test_kprobes_from_tracefs_and_mounts(tree):

@@ -161,7 +161,7 @@ def test_kprobes_evidence_reads_symbols_only_when_needed(tree):
     assert asked == []
 
 
-GATES = ("kvm_guest.idle_halt_hint", "feature.NUMA_NEWIDLE_DAMP", "feature.NUMA_WAKE_PREV")
+GATES = ("kvm_guest.idle_halt_hint", "feature.NUMA_WAKE_PREV")
 
 
 def test_patch_gates_are_the_series_switches():
@@ -172,33 +172,33 @@ def test_patch_gates_unpatched(guest):
     assert facts.patch_gates_present(guest) == []
     assert facts.patch_gate_values(guest) == {g: None for g in facts.PATCH_GATES}
     # no debugfs in the recording: the features can be neither seen nor ruled out
-    assert facts.patch_gate_states(guest) == dict(zip(GATES, (False, None, None)))
+    assert facts.patch_gate_states(guest) == dict(zip(GATES, (False, None)))
 
 
 def test_patch_gates_from_the_parameter_and_the_features(tree):
     root = SysRoot(tree)
     write(tree, facts.PATCH_GATES["kvm_guest.idle_halt_hint"], "auto\n")
     assert facts.patch_gates_present(root) == ["kvm_guest.idle_halt_hint"]
-    assert facts.patch_gate_states(root) == dict(zip(GATES, (True, None, None)))
-    write(tree, facts.SCHED_FEATURES, "WA_IDLE NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV\n")
+    assert facts.patch_gate_states(root) == dict(zip(GATES, (True, None)))
+    write(tree, facts.SCHED_FEATURES, "WA_IDLE NUMA_WAKE_PREV\n")
     assert facts.patch_gates_present(root) == list(GATES)
-    assert facts.patch_gate_values(root) == dict(zip(GATES, ("auto", "1", "0")))
+    assert facts.patch_gate_values(root) == dict(zip(GATES, ("auto", "1")))
 
 
 def test_patch_gates_of_a_kernel_with_features_but_without_the_series(tree):
-    write(tree, facts.SCHED_FEATURES, "WA_IDLE NO_NEXT_BUDDY NUMA_NEWIDLE\n")
+    write(tree, facts.SCHED_FEATURES, "WA_IDLE NO_NEXT_BUDDY NUMA_WAKE\n")
     root = SysRoot(tree)
-    assert facts.patch_gate_states(root) == dict(zip(GATES, (False, False, False)))
+    assert facts.patch_gate_states(root) == dict(zip(GATES, (False, False)))
     assert facts.patch_gate_values(root) == {g: None for g in GATES}
 
 
 def test_no_features_file_with_debugfs_mounted_means_no_features(tree):
     (tree / "sys/kernel/debug/sched").mkdir(parents=True)
     root = SysRoot(tree)
-    assert facts.patch_gate_states(root)["feature.NUMA_NEWIDLE_DAMP"] is None
+    assert facts.patch_gate_states(root)["feature.NUMA_WAKE_PREV"] is None
     mounts = (tree / "proc/mounts").read_text()
     write(tree, facts.MOUNTS, mounts + "debugfs /sys/kernel/debug debugfs rw 0 0\n")
-    assert facts.patch_gate_states(root)["feature.NUMA_NEWIDLE_DAMP"] is False
+    assert facts.patch_gate_states(root)["feature.NUMA_WAKE_PREV"] is False
 
 
 @pytest.mark.parametrize("name,state", [("WA_IDLE", "1"), ("NEXT_BUDDY", "0"),

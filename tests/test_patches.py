@@ -233,8 +233,6 @@ def test_unknown_version():
 SHIPPED = [  # (file, problem, gates), main series then debug series
     ("x86-kvm-Report-vCPUs-halted-in-idle-as-not-preempted.patch", "1",
      ("kvm_guest.idle_halt_hint",)),
-    ("sched-fair-Damp-newidle-balancing-across-NUMA-nodes.patch", "2",
-     ("feature.NUMA_NEWIDLE_DAMP",)),
     ("sched-fair-Keep-wake_affine-on-the-wakee-s-node.patch", "2",
      ("feature.NUMA_WAKE_PREV",)),
     ("x86-kvm-Emulate-a-host-that-reports-halted-vCPUs-as-.patch", "1-debug",
@@ -626,10 +624,10 @@ def test_pipeline_guest_command_prints_the_series_switches(tmp_path):
     words = shlex.split(script)
     assert words[-1] == facts.SCHED_FEATURES and words[-4:-2] == ["-Hwo", "-E"]
     features = tmp_path / "features"
-    features.write_text("WA_IDLE NO_NUMA_NEWIDLE_DAMP NUMA_WAKE_PREV XNUMA_WAKE_PREV\n")
+    features.write_text("WA_IDLE NO_NUMA_WAKE_PREV XNUMA_WAKE_PREV NUMA_WAKE_PREVS\n")
     out = subprocess.run(["grep", *words[-4:-1], str(features)], capture_output=True,
                          text=True, check=True).stdout
-    assert out.split() == [f"{features}:NO_NUMA_NEWIDLE_DAMP", f"{features}:NUMA_WAKE_PREV"]
+    assert out.split() == [f"{features}:NO_NUMA_WAKE_PREV"]
 
 
 def test_series_worktree_refuses_a_held_branch_without_the_series(repo_and_series, tmp_path):

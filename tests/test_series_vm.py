@@ -32,7 +32,6 @@ def test_gate_defaults(guest_report):
     assert guest_report["defaults"] == {
         "kvm_guest.idle_halt_hint": "auto",
         "vnuma_debug.emulate_halt_preempted": "N",
-        "feature.NUMA_NEWIDLE_DAMP": "0",
         "feature.NUMA_WAKE_PREV": "0",
     }
 
@@ -41,7 +40,6 @@ def test_gates_switch_at_run_time(guest_report):
     assert guest_report["switched"] == {
         "kvm_guest.idle_halt_hint": "on",
         "vnuma_debug.emulate_halt_preempted": "Y",
-        "feature.NUMA_NEWIDLE_DAMP": "1",
         "feature.NUMA_WAKE_PREV": "1",
     }
 
@@ -73,17 +71,10 @@ def test_clean_dmesg_with_every_gate_on(guest_report):
     assert guest_report["workload_seconds_all_gates_on"] > 0
 
 
-def test_kunit_suites_passed_at_boot(guest_report):
-    dmesg = guest_report["dmesg"]
-    assert re.search(r"^(\[[ .0-9]+\] )?ok \d+ sched_numa_newidle_damp$", dmesg, re.M), \
-        dmesg[-2000:]
-    assert not re.search(r"not ok \d+", dmesg)
-
-
 def test_dedicated_profile_switches_gates_and_revert_restores(patched_build_612):
     hint = "/sys/module/kvm_guest/parameters/idle_halt_hint"
     show = (f"cat {hint} && tr ' ' '\\n' < /sys/kernel/debug/sched/features "
-            "| grep NUMA_NEWIDLE_DAMP")
+            "| grep NUMA_WAKE_PREV")
     script = ("mount -t debugfs nodev /sys/kernel/debug 2>/dev/null; "
               f"{VNUMA} tune apply vnuma-guest-dedicated >&2 && {show} && echo --- && "
               f"{VNUMA} tune revert >&2 && {show}")
@@ -92,5 +83,5 @@ def test_dedicated_profile_switches_gates_and_revert_restores(patched_build_612)
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-2000:]
     applied, reverted = res.stdout.split("---\n")
-    assert applied.split() == ["on", "NUMA_NEWIDLE_DAMP"]
-    assert reverted.split() == ["auto", "NO_NUMA_NEWIDLE_DAMP"]
+    assert applied.split() == ["on", "NUMA_WAKE_PREV"]
+    assert reverted.split() == ["auto", "NO_NUMA_WAKE_PREV"]

@@ -200,7 +200,7 @@ def test_info_names_kernel_gates_and_profile(tmp_path, fixture_root):
     [(labels, value)] = parsed(exposition_text(session, root))["vnuma_sched_info"]
     assert value == 1 and labels["kernel"] == "6.12.117"
     assert labels["gate_kvm_guest_idle_halt_hint"] == "auto"
-    assert labels["gate_feature_NUMA_NEWIDLE_DAMP"] == X.GATE_ABSENT
+    assert labels["gate_feature_NUMA_WAKE_PREV"] == X.GATE_ABSENT
     assert labels["profile"] == "vnuma-guest-dedicated"
 
 

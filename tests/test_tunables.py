@@ -88,12 +88,12 @@ def test_unsupported_with_reason(tmp_path, layout, knob, reason):
     assert res.paths == () and reason in res.reason
 
 
-SERIES_FEATURES = ("feature.NUMA_NEWIDLE_DAMP", "feature.NUMA_WAKE_PREV")
+SERIES_FEATURES = ("feature.NUMA_WAKE_PREV",)
 
 
 @pytest.mark.parametrize("layout", ["5.4", "6.1", "6.12"])
 def test_series_features_are_unsupported_on_unpatched_kernels(tmp_path, layout):
-    p = prof("[features]\nNUMA_NEWIDLE_DAMP = 1\nNUMA_WAKE_PREV = 1\nWA_IDLE = 1\n"
+    p = prof("[features]\nNUMA_WAKE_PREV = 1\nWA_IDLE = 1\n"
              "DELAY_DEQUEUE = 1\n")
     rows = {r.knob: r for r in engine.plan(p, SysRoot(tree(tmp_path, layout)))}
     for name in SERIES_FEATURES:
@@ -110,13 +110,13 @@ def test_series_features_are_unsupported_on_unpatched_kernels(tmp_path, layout):
 
 def test_series_features_on_a_patched_kernel(tmp_path):
     root = tree(tmp_path, "6.12-patched")
-    p = prof("[features]\nNUMA_NEWIDLE_DAMP = 1\nNUMA_WAKE_PREV = 0\n")
+    p = prof("[features]\nNUMA_WAKE_PREV = 1\nWA_WEIGHT = 1\n")
     rows = {r.knob: r for r in engine.plan(p, SysRoot(root))}
-    assert [(rows[n].current, rows[n].action) for n in SERIES_FEATURES] == [
-        ("0", "set"), ("0", "unchanged")]
+    assert [(rows[n].current, rows[n].action) for n in
+            ("feature.NUMA_WAKE_PREV", "feature.WA_WEIGHT")] == [("0", "set"), ("1", "unchanged")]
     engine.apply(list(rows.values()), SysRoot(root), p)
     tokens = (root / "sys/kernel/debug/sched/features").read_text().split()
-    assert "NUMA_NEWIDLE_DAMP" in tokens and "NO_NUMA_WAKE_PREV" in tokens
+    assert "NUMA_WAKE_PREV" in tokens and "NO_NUMA_WAKE_PREV" not in tokens
     assert "WA_IDLE" in tokens                 # the other features are still listed
 
 
@@ -173,17 +173,16 @@ def test_shipped_profiles_load_and_include(tmp_path):
     names = set(P.available(dirs))
     assert {"vnuma-guest-dedicated", "vnuma-guest-shared", "upstream-defaults"} <= names
     ded = P.load("vnuma-guest-dedicated", dirs)
-    assert ded.settings["feature.NUMA_NEWIDLE_DAMP"] == "1"
     assert ded.settings["kvm_guest.idle_halt_hint"] == "on"
     assert ded.settings["domain.NUMA.newidle_balance"] == "0"
     for name in names:  # no shipped profile relies on a value the kernel decays
         assert not [k for k in P.load(name, dirs).settings if K.REGISTRY[k].decays], name
     assert ded.settings["feature.NUMA_WAKE_PREV"] == "1"
-    assert ded.origin["feature.NUMA_WAKE_PREV"].endswith("vnuma-guest-dedicated.ini:14")
-    assert ded.origin["kvm_guest.idle_halt_hint"].endswith("vnuma-guest-dedicated.ini:19")
+    assert ded.origin["feature.NUMA_WAKE_PREV"].endswith("vnuma-guest-dedicated.ini:12")
+    assert ded.origin["kvm_guest.idle_halt_hint"].endswith("vnuma-guest-dedicated.ini:16")
     shared = P.load("vnuma-guest-shared", dirs)
     assert shared.settings["kvm_guest.idle_halt_hint"] == "off"
-    assert shared.settings["feature.NUMA_NEWIDLE_DAMP"] == "0"
+    assert shared.settings["feature.NUMA_WAKE_PREV"] == "0"
     upstream = P.load("upstream-defaults", dirs).settings
     assert upstream["kvm_guest.idle_halt_hint"] == "auto"
     assert {upstream[n] for n in SERIES_FEATURES} == {"0"}
@@ -203,7 +202,6 @@ def test_plan_on_patched_kernel(tmp_path):
     root = SysRoot(tree(tmp_path, "6.12-patched"))
     rows = {r.knob: r for r in engine.plan(P.load("vnuma-guest-dedicated", P.search_path()),
                                            root)}
-    assert rows["feature.NUMA_NEWIDLE_DAMP"].action == "set"
     assert rows["feature.NUMA_WAKE_PREV"].action == "set"
     assert rows["kvm_guest.idle_halt_hint"].current == "auto"
     assert rows["sched.migration_cost_ns"].action == "unchanged"
@@ -226,11 +224,11 @@ def test_apply_verify_revert_is_byte_identical(tmp_path):
     res = cli(root, "apply", "vnuma-guest-dedicated")
     assert res.exit_code == 0, res.output
     sysroot = SysRoot(root)
-    assert "NUMA_NEWIDLE_DAMP" in sysroot.read("/sys/kernel/debug/sched/features").split()
+    assert "NUMA_WAKE_PREV" in sysroot.read("/sys/kernel/debug/sched/features").split()
     assert sysroot.read("/sys/module/kvm_guest/parameters/idle_halt_hint") == "on"
     ver = cli(root, "verify", "--json")
     statuses = {k["knob"]: k["status"] for k in json.loads(ver.output)["knobs"]}
-    assert statuses["feature.NUMA_NEWIDLE_DAMP"] == "OK"
+    assert statuses["feature.NUMA_WAKE_PREV"] == "OK"
     assert statuses["kvm_guest.idle_halt_hint"] == "OK"
     assert statuses["boot.cpuidle_haltpoll.force"] == "pending reboot"
     assert statuses["domain.NUMA.newidle_balance"] == "pending reboot"
@@ -355,7 +353,7 @@ def test_export_tuned(tmp_path):
     assert "[sysctl]\n" in conf and "kernel.sched_schedstats=1" in conf
     assert "/sys/module/kvm_guest/parameters/idle_halt_hint=on" in conf
     features = next(ln for ln in conf.splitlines() if "cannot express" in ln).split()
-    assert "NUMA_NEWIDLE_DAMP" in features and "NUMA_WAKE_PREV" in features
+    assert "NUMA_WAKE_PREV" in features
     assert ("[bootloader]\ncmdline_vnuma_sched=relax_domain_level=4 cpuidle_haltpoll.force"
             in conf)
     assert "/proc/cmdline" not in conf
@@ -396,7 +394,7 @@ def test_plan_json(tmp_path):
     rows = {r["knob"]: r for r in json.loads(res.output)["plan"]}
     assert rows["sched.migration_cost_ns"]["path"] == [
         "/proc/sys/kernel/sched_migration_cost_ns"]
-    assert rows["feature.NUMA_NEWIDLE_DAMP"]["action"] == "unsupported"
+    assert rows["feature.NUMA_WAKE_PREV"]["action"] == "unsupported"
 
 
 # --- bad input: one line, exit 2 naming file:line, nothing changed ---------------------
@@ -465,7 +463,7 @@ def test_user_with_home_root_is_warned_not_crashed(args):
     assert "internal error" not in res.stderr and "Traceback" not in res.stderr
     assert ("warning: skipping profile directory /root/.config/vnuma_sched/profiles: "
             "Permission denied") in res.stderr
-    assert ("vnuma-guest-dedicated" if args == ("list",) else "feature.NUMA_NEWIDLE_DAMP") \
+    assert ("vnuma-guest-dedicated" if args == ("list",) else "feature.NUMA_WAKE_PREV") \
         in res.stdout
 
 

@@ -225,7 +225,7 @@ def test_failed_restore_keeps_the_entry_and_names_path_and_old_value(tmp_path):
     doc = journal.load(SysRoot(root))
     assert [e["path"] for e in doc.entries] == ["/sys/kernel/debug/sched/features"]
     res = cli(root, "status")
-    assert "feature.NUMA_NEWIDLE_DAMP" in res.output
+    assert "feature.NUMA_WAKE_PREV" in res.output
     assert cli(root, "revert").exit_code == 0 and state(root) == before
 
 

@@ -63,9 +63,9 @@ def test_plan_dedicated_on_this_machine():
     gates = facts.patch_gate_states(SysRoot("/"))
     assert (rows["kvm_guest.idle_halt_hint"]["action"] != "unsupported") == \
         gates["kvm_guest.idle_halt_hint"]
-    damp = rows["feature.NUMA_NEWIDLE_DAMP"]
-    if gates["feature.NUMA_NEWIDLE_DAMP"]:      # patched (lockdown may still refuse writes)
-        assert damp["reason"] != planner.NO_SERIES_FEATURE
+    wake = rows["feature.NUMA_WAKE_PREV"]
+    if gates["feature.NUMA_WAKE_PREV"]:         # patched (lockdown may still refuse writes)
+        assert wake["reason"] != planner.NO_SERIES_FEATURE
     else:                                       # not here, or debugfs cannot be read
-        assert damp["action"] == "unsupported"
+        assert wake["action"] == "unsupported"
     assert rows["boot.cpuidle_haltpoll.force"]["action"] in ("boot", "unchanged")

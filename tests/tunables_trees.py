@@ -10,7 +10,7 @@ DEBUG = "sys/kernel/debug"
 FEATURE_FILES = (f"/{DEBUG}/sched/features", f"/{DEBUG}/sched_features")
 FEATURES = ("WA_IDLE WA_WEIGHT WA_BIAS NO_NEXT_BUDDY TTWU_QUEUE NONTASK_CAPACITY "
             "SIS_UTIL")
-SERIES_FEATURES = "NO_NUMA_NEWIDLE_DAMP NO_NUMA_WAKE_PREV"   # a patched kernel's defaults
+SERIES_FEATURES = "NO_NUMA_WAKE_PREV"   # a patched kernel's defaults
 
 
 def _w(root, rel, text):

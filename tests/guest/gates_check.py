@@ -23,7 +23,7 @@ MODULE_GATES = {
     "vnuma_debug.emulate_halt_preempted": (
         "/sys/module/vnuma_debug/parameters/emulate_halt_preempted", "Y"),
 }
-FEATURES = ("NUMA_NEWIDLE_DAMP", "NUMA_WAKE_PREV")
+FEATURES = ("NUMA_WAKE_PREV",)
 FEATURES_FILE = "/sys/kernel/debug/sched/features"
 HINT = MODULE_GATES["kvm_guest.idle_halt_hint"][0]
 EMULATE = MODULE_GATES["vnuma_debug.emulate_halt_preempted"][0]

@@ -61,8 +61,8 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, ar
           --arm ref=vnuma_debug.emulate_halt_preempted=0 \\
           --arm off=kvm_guest.idle_halt_hint=off \\
           --arm on=kvm_guest.idle_halt_hint=on --runs 6 --boots 3
-      vnuma-sched ab --kernel K --a feature.NUMA_NEWIDLE_DAMP=0 \\
-          --b feature.NUMA_NEWIDLE_DAMP=1
+      vnuma-sched ab --kernel K --a feature.NUMA_WAKE_PREV=0 \\
+          --b feature.NUMA_WAKE_PREV=1
     """
 
     arm_list = arms.parse_arms(arms.named_specs(arm_specs, spec_a, spec_b),

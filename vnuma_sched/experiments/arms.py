@@ -69,7 +69,7 @@ def _boot_word(name, value, knob):
 
 
 def parse_arm(name, spec, profile_dirs, option=None):
-    """'feature.NUMA_NEWIDLE_DAMP=0 kvm_guest.idle_halt_hint=off' (spaces or commas);
+    """'feature.NUMA_WAKE_PREV=0 kvm_guest.idle_halt_hint=off' (spaces or commas);
     errors name ``option`` (default --NAME)."""
     option = option or f"--{name}"
     arm = Arm(name, spec)

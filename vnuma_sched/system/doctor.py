@@ -295,7 +295,8 @@ def _problem2(c):
     else:
         exposure = "no: fewer than 2 nodes with CPUs"
     names = ", ".join(g[len(facts.FEATURE_GATE):] for g in SERIES_FEATURES)
-    mit = [_gate_mitigation(c, SERIES_FEATURES, f"sched features {names}")]
+    noun = "sched feature" if len(SERIES_FEATURES) == 1 else "sched features"
+    mit = [_gate_mitigation(c, SERIES_FEATURES, f"{noun} {names} (wake-ups)")]
     mit.append("boot: relax_domain_level (no newidle balance across nodes)")
     lock = c["lockdown"].data.get("mode", "none")
     if c["debugfs"].status == OK and lock == "none":

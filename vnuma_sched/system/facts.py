@@ -31,7 +31,6 @@ BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 # is a scheduler feature the series adds: the kernel has it when SCHED_FEATURES lists it.
 PATCH_GATES = {
     "kvm_guest.idle_halt_hint": "/sys/module/kvm_guest/parameters/idle_halt_hint",
-    "feature.NUMA_NEWIDLE_DAMP": SCHED_FEATURES,
     "feature.NUMA_WAKE_PREV": SCHED_FEATURES,
 }
 

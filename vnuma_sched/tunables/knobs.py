@@ -44,8 +44,6 @@ SCHED_FEATURES = ("WA_IDLE", "WA_WEIGHT", "WA_BIAS", "NI_RANDOM", "DELAY_DEQUEUE
 SERIES_FEATURES = tuple(g[len(facts.FEATURE_GATE):] for g in facts.PATCH_GATES
                         if g.startswith(facts.FEATURE_GATE))
 FEATURE_DOCS = {
-    "NUMA_NEWIDLE_DAMP": "series: newidle balancing stops at NUMA domains unless avg_idle "
-                         ">= sched.migration_cost_ns",
     "NUMA_WAKE_PREV": "series: wake_affine() never pulls a wakee across NUMA nodes by load "
                       "(WA_WEIGHT); idle and sync decisions (WA_IDLE) stay",
 }
@@ -173,8 +171,7 @@ REGISTRY = {k.name: k for k in [
     _sysctl("kernel.sched_schedstats", vtype="bool", doc="scheduler statistics"),
     _sched("migration_cost_ns", "/proc/sys/kernel/sched_migration_cost_ns",
            (((5, 13), None, f"{DEBUGFS}/sched/migration_cost_ns"),), lo=0, hi=10**9,
-           doc="task_hot() threshold; with feature.NUMA_NEWIDLE_DAMP also the idle "
-               "time from which newidle balancing crosses NUMA domains"),
+           doc="task_hot() threshold"),
     _sched("base_slice_ns", "/proc/sys/kernel/sched_min_granularity_ns",
            (((5, 13), (6, 6), f"{DEBUGFS}/sched/min_granularity_ns"),
             ((6, 6), None, f"{DEBUGFS}/sched/base_slice_ns")), lo=100_000, hi=10**9,
