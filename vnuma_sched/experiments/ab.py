@@ -162,10 +162,10 @@ NOTE_BOOTS = ("; statistics pool all runs of an arm over the boots; spread betwe
 
 
 def read_runs(out):
-    """(guest record, run records, plan, arm names, the reference first) of an 'ab'
+    """(guest records, run records, plan, arm names, the reference first) of an 'ab'
     directory, also of one from before named arms and boots; DataError naming a file."""
     runs_path = Path(out) / "runs.jsonl"
-    guest, run_recs = compare.read_runs(runs_path)
+    guests, run_recs = compare.read_runs(runs_path)
     plan = read_plan(Path(out) / "plan.json")
     planned = plan.get("arms", {})
     stray = next((r["arm"] for r in run_recs if planned and r["arm"] not in planned), None)
@@ -174,19 +174,20 @@ def read_runs(out):
     if plan.get("mode") == "boot per run":  # recorded before runs carried a boot index
         for n, r in enumerate(run_recs):
             r.setdefault("boot", n)
-    return guest, run_recs, plan, compare.arm_names(run_recs, planned)
+    return guests, run_recs, plan, compare.arm_names(run_recs, planned)
 
 
 def results(out, wl=None, topo=None, mode=None):
     """Writes out/results.json from out/runs.jsonl and out/plan.json; returns it."""
-    guest, run_recs, plan, names = read_runs(out)
+    guests, run_recs, plan, names = read_runs(out)
+    guest = guests[0] if guests else {}
     boots = len(compare.boots(run_recs))
     doc = {"arms": plan.get("arms", {}), "reference": names[0],
            "metrics": compare.metrics(run_recs, Path(out) / "runs.jsonl", names),
-           "kernel": (guest or {}).get("kernel"),
-           "topology": (guest or {}).get("topology") or (topo and topo_dict(topo)),
+           "kernel": guest.get("kernel"),
+           "topology": guest.get("topology") or (topo and topo_dict(topo)),
            "workload": wl or plan.get("workload"), "mode": mode or plan.get("mode"),
-           "probes": (guest or {}).get("probes"), "runs": len(run_recs), "boots": boots,
+           "probes": guest.get("probes"), "runs": len(run_recs), "boots": boots,
            "note": NOTE + (NOTE_BOOTS if boots > 1 else "")}
     (Path(out) / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
