@@ -272,3 +272,19 @@ def test_ab_refuses_a_layout_before_anything(tmp_path, monkeypatch, args, nr_cpu
                              env={"VNUMA_SCHED_CACHE": str(tmp_path / "cache")})
     one_line(res, 2, needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+
+
+def test_a_failed_pin_names_its_reason(tmp_path, monkeypatch):
+    def pin_fails(image, topo, cmd, runner, accel, timeout, append=(), workdir=None):
+        assert topo.pinned
+        return vm.VmResult("pin-failed", 255, accel, 1.0, console_tail=["booting"],
+                           panic="pinning vCPU 1 (thread 42) to host CPU 3: Invalid argument")
+
+    monkeypatch.setattr(vm, "run", pin_fails)
+    arm_list = _arms("full=topology:2x2,pin", "flat=topology:1x2")
+    topos = arms.place(arm_list, "2x2", None, 2048, HOST, LIMITS)
+    wl = ab.workload("perf-pipe", tmp_path, None, 4, 0, 100, 64)
+    with pytest.raises(ab.GuestFailed, match=r"guest pin-failed \(exit 255\): pinning vCPU 1 "
+                                             r"\(thread 42\) to host CPU 3: Invalid argument"):
+        ab.run("bzImage", topos["full"], wl, arm_list, 1, 1, tmp_path / "out", None,
+               lambda m: None, "tcg", 60, [], topos)
