@@ -283,7 +283,8 @@ def _runs(path, change):
     (lambda r: r[2].update(score=True), "line 3: score True is not a number"),
     (lambda r: r[1].update(metrics=[1]), "line 2: metrics is not an object"),
     (lambda r: r[1].update(matrix=[[1, 2], [3]]), "line 2: matrix is not a square table"),
-    (lambda r: r[2].update(matrix=[[1]]), "line 3: matrix of 1 nodes, earlier runs have 2"),
+    (lambda r: r[3].update(matrix=[[1]]),
+     "line 4: matrix of 1 nodes, earlier runs have 2 (arm a)"),
     (lambda r: r[1]["metrics"].update(halts=float("inf")), "line 2: metrics is not"),
 ])
 def test_runs_with_wrong_types_name_the_line(tmp_path, change, needle):

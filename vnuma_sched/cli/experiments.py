@@ -5,7 +5,14 @@ from pathlib import Path
 
 import click
 
-from vnuma_sched.cli.common import cache_dir, emit, json_option, merge_json, progress
+from vnuma_sched.cli.common import (
+    cache_dir,
+    emit,
+    json_option,
+    merge_json,
+    pin_option,
+    progress,
+)
 from vnuma_sched.cli.tune import _profile_dirs
 from vnuma_sched.errors import BadInput
 from vnuma_sched.experiments import ab as abmod
@@ -14,24 +21,31 @@ from vnuma_sched.kernel import vm
 from vnuma_sched.probes.spec import HEADLINE, PRIMARY
 from vnuma_sched.render import ab_markdown, ab_text
 from vnuma_sched.runner import Runner
+from vnuma_sched.system.topology import read_topology
 
 
 @click.command("ab")
 @click.option("--kernel", "image", required=True, type=click.Path(),
               help="bzImage or build directory of a (patched) guest kernel.")
-@click.option("--topology", "spec", default="2x2", show_default=True)
-@click.option("--mem", default="2G", show_default=True)
+@click.option("--topology", "spec", default="2x2", show_default=True,
+              help="The guest of arms without topology:SPEC: NxM, 'host', or a topology "
+                   "JSON file.")
+@click.option("--mem", default="2G", show_default=True,
+              help="Guest memory of every arm, split across its nodes.")
+@pin_option
 @click.option("--workload", "kind", default="omp-barrier", show_default=True,
               help="omp-barrier, perf-pipe, perf-messaging, or cmd:COMMAND")
 @click.option("--threads", type=click.IntRange(1, 1024), default=6, show_default=True,
-              help="OMP_NUM_THREADS (perf-messaging: groups).")
+              help="OMP_NUM_THREADS (perf-messaging: groups), the same in every arm "
+                   "whatever its vCPU count.")
 @click.option("--spincount", default="0", show_default=True, help="GOMP_SPINCOUNT.")
 @click.option("--iterations", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--kib", type=click.IntRange(8), default=256, show_default=True,
               help="omp-barrier: memory block per thread.")
 @click.option("--arm", "arm_specs", multiple=True, metavar="NAME=SPEC",
-              help="An arm: knobs/paths/boot params/profile; repeat (2 to 8), the first is "
-                   "the reference.")
+              help="An arm: knobs/paths/boot params/profile, and its own guest layout "
+                   "(topology:SPEC, pin, nopin); repeat (2 to 8), the first is the "
+                   "reference.")
 @click.option("--a", "spec_a", default=None, metavar="SPEC", help="Shorthand for --arm a=SPEC.")
 @click.option("--b", "spec_b", default=None, metavar="SPEC", help="Shorthand for --arm b=SPEC.")
 @click.option("--append", multiple=True, help="Kernel command line for every arm.")
@@ -45,7 +59,7 @@ from vnuma_sched.runner import Runner
               help="Seconds per run (a boot gets this times its runs).")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
 @click.pass_obj
-def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, arm_specs,
+def ab(settings, image, spec, mem, pin, kind, threads, spincount, iterations, kib, arm_specs,
        spec_a, spec_b, append, runs, boots, out, timeout, accel):
     """Run named arms interleaved in a vNUMA guest, probes around every run.
 
@@ -55,6 +69,13 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, ar
     next arm. Writes OUT/runs.jsonl (one line per run, with its boot) and
     OUT/results.json (per metric and arm: median, spread between and within
     boots; ratio to the reference with 95% bootstrap interval, Mann-Whitney p).
+
+    \b
+    An arm may boot a guest layout of its own: topology:SPEC (as --topology
+    takes), pin or nopin (as --pin/--no-pin); memory stays --mem. Arms with a
+    layout no other arm has boot once per run; arms with the same layout share
+    boots. --threads is the same in every arm: a layout with fewer vCPUs runs
+    more threads per vCPU.
     \b
     Examples:
       vnuma-sched ab --kernel /var/cache/vnuma_sched/builds/series-6.12 \\
@@ -63,6 +84,8 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, ar
           --arm on=kvm_guest.idle_halt_hint=on --runs 6 --boots 3
       vnuma-sched ab --kernel K --a feature.NUMA_WAKE_PREV=0 \\
           --b feature.NUMA_WAKE_PREV=1
+      vnuma-sched ab --kernel K --threads 4 --arm flat=topology:1x4 \\
+          --arm numa=topology:2x2 --arm full=topology:2x2,pin --runs 10
     """
 
     arm_list = arms.parse_arms(arms.named_specs(arm_specs, spec_a, spec_b),
@@ -70,15 +93,20 @@ def ab(settings, image, spec, mem, kind, threads, spincount, iterations, kib, ar
     abmod.schedule([a.name for a in arm_list], runs, boots)  # BadInput before any work
     vm.check_guest_visible(out, "--out")
     kernel_image = vm.kernel_image(image)
-    topo = vm.parse_topology(spec, vm.parse_size_mb(mem),
-                             limits=vm.guest_limits([vm.image_config(kernel_image)]))
+    topos = arms.place(arm_list, spec, pin, vm.parse_size_mb(mem),
+                       read_topology(settings.sysroot()),
+                       vm.guest_limits([vm.image_config(kernel_image)]))
     runner = Runner()
     wl = abmod.workload(kind, cache_dir(), runner, threads, spincount, iterations, kib)
     chosen, why = vm.choose_accel(accel, kernel_image, runner,
                                   os.path.join(cache_dir(), "accel.json"))
-    progress(settings)(f"guest {spec} under {chosen} ({why}); workload {' '.join(wl['argv'])}")
-    doc = abmod.run(kernel_image, topo, wl, arm_list, runs, boots, out, runner,
-                    progress(settings), chosen, timeout, list(append))
+    guests = {a.name: topos[a.name].summary() for a in arm_list}
+    said = (next(iter(guests.values())) if len(set(guests.values())) == 1
+            else "; ".join(f"{name} {text}" for name, text in guests.items()))
+    progress(settings)(f"guest {said} under {chosen} ({why}); workload "
+                       f"{' '.join(wl['argv'])}")
+    doc = abmod.run(kernel_image, topos[arm_list[0].name], wl, arm_list, runs, boots, out,
+                    runner, progress(settings), chosen, timeout, list(append), topos)
     click.echo(ab_text(doc, PRIMARY))
     click.echo(f"results: {Path(out) / 'results.json'}")
 

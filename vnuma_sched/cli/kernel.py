@@ -158,8 +158,7 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, command, as_
     runner = Runner()
     accel, why = vmod.choose_accel(accel, kernel_image, runner,
                                    os.path.join(cache_dir(), "accel.json"))
-    progress(settings)(f"booting {kernel_image} ({topo.ncpus} vCPUs, {len(topo.nodes)} "
-                        f"nodes{', pinned' if topo.pinned else ''}, {accel}: {why})")
+    progress(settings)(f"booting {kernel_image} ({topo.summary()}, {accel}: {why})")
     res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append)
     if settings.json:
         emit(settings, {"status": res.status, "exit_code": res.exit_code, "accel": res.accel,

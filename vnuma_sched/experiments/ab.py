@@ -76,7 +76,39 @@ def schedule(names, runs, boots):
     return [order(names, runs // boots + (b < runs % boots), b) for b in range(boots)]
 
 
+def boot_groups(arm_list, topos=None):
+    """[[arm names]] that share boots, in arm order. Arms with the same guest layout
+    (``topos``: {arm name: vm.GuestTopology}; absent: one layout) share boots and
+    switch run-time gates between runs, unless they differ in boot parameters; an
+    arm whose layout no other arm has, or whose boot parameters differ, boots on its own."""
+    by_layout = {}
+    for arm in arm_list:
+        by_layout.setdefault((topos or {}).get(arm.name), []).append(arm)
+    out = []
+    for members in by_layout.values():
+        if A.needs_boot_per_run(*members):
+            out += [[a.name] for a in members]
+        else:
+            out.append([a.name for a in members])
+    return out
+
+
+def boot_orders(groups, runs, boots):
+    """Per boot, its run order: a group of one arm gets a boot per run, a larger group
+    ``boots`` boots (schedule); the groups' boots are interleaved in rounds, each round
+    starting with the next group."""
+    per = [schedule(g, runs, boots) if len(g) > 1 else [[g[0]]] * runs for g in groups]
+    out = []
+    for k in range(max(map(len, per))):
+        for i in order(list(range(len(per))), 1, k):
+            if k < len(per[i]):
+                out.append(per[i][k])
+    return out
+
+
 def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
+    """The guest's records of one boot; its guest record also carries the layout the
+    host booted and, for a placed guest, the placement QEMU reported."""
     plan_path.write_text(json.dumps(plan))
     cmd = [sys.executable, "-c", "import sys; from vnuma_sched.experiments.guest_agent import main; "
            "main(sys.argv[1])", str(plan_path)]
@@ -85,29 +117,41 @@ def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
         log = plan_path.parent / f"console-boot{plan.get('boot', 0)}.log"
         log.write_text(res.console)      # a panic's whole trace, kept beside the plan
         tail = res.stderr.strip().splitlines()[-3:] or res.console_tail[-5:]
+        if res.status == "pin-failed":
+            tail = [res.panic]
         raise GuestFailed(f"guest {res.status} (exit {res.exit_code}): " + " | ".join(tail)
                           + f" (console: {log})")
-    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    recs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    for rec in (r for r in recs if r.get("type") == "guest"):
+        if topo is not None:
+            rec["layout"] = topo.to_dict()
+        if res.placement is not None:
+            rec["placement"] = res.placement
+    return recs
 
 
 def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, timeout,
-        append=()):
+        append=(), topos=None):
     """Writes out/runs.jsonl (a record per run, with its boot index) and
-    out/results.json; returns the results document."""
+    out/results.json; returns the results document. ``topos``: {arm name:
+    vm.GuestTopology} for arms that boot a layout other than ``topo``."""
+    topos = {a.name: (topos or {}).get(a.name, topo) for a in arm_list}
     names = [a.name for a in arm_list]
-    sched, mode = _plan_boots(arm_list, runs, boots, progress)
+    sched, mode = _plan_boots(arm_list, topos, runs, boots, progress)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     wl = stage(wl, out)
-    arms = {a.name: a.to_dict() for a in arm_list}
+    arms = {a.name: {**a.to_dict(), "topology": topos[a.name] and topos[a.name].to_dict()}
+            for a in arm_list}
     cmdline = {a.name: a.boot for a in arm_list}
     done, t0 = 0, time.monotonic()
     with open(out / "runs.jsonl", "w", encoding="utf-8") as f:
         for b, boot_order in enumerate(sched):
             plan = {"arms": arms, "reference": names[0], "order": boot_order, "workload": wl,
                     "probes": PROBES, "mode": mode, "boot": b, "boots": len(sched)}
-            recs = guest_runs(image, topo, plan, out / "plan.json", runner, accel,
-                              timeout * len(boot_order), [*append, *cmdline[boot_order[0]]])
+            recs = guest_runs(image, topos[boot_order[0]], plan, out / "plan.json", runner,
+                              accel, timeout * len(boot_order),
+                              [*append, *cmdline[boot_order[0]]])
             for r in recs:
                 r["boot"] = b
                 if r.get("type") == "run":
@@ -120,20 +164,36 @@ def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, ti
     return results(out, wl, topo, mode)
 
 
-def _plan_boots(arm_list, runs, boots, progress):
+def _plan_boots(arm_list, topos, runs, boots, progress):
     """(per-boot run orders, mode), said in progress."""
     names = [a.name for a in arm_list]
-    sched = schedule(names, runs, boots)
+    groups = boot_groups(arm_list, topos)
     total = runs * len(names)
-    if A.needs_boot_per_run(*arm_list):
-        progress(f"arms differ in boot parameters: one boot per run, so {total} boots"
+    if len(groups) == len(names):
+        why = " and ".join(w for w, differ in (
+            ("guest layout", len(set(topos.values())) > 1),
+            ("boot parameters", A.needs_boot_per_run(*arm_list))) if differ)
+        progress(f"arms differ in {why}: one boot per run, so {total} boots"
                  + (f" (the runs imply the boots, not --boots {boots})" if boots > 1 else ""))
-        rounds = schedule(names, runs, runs)
-        return [[arm] for rnd in rounds for arm in rnd], "boot per run"
+        return boot_orders(groups, runs, boots), "boot per run"
+    if len(groups) > 1:
+        sched = boot_orders(groups, runs, boots)
+        alone = [g[0] for g in groups if len(g) == 1]
+        shared = "; ".join(" ".join(g) for g in groups if len(g) > 1)
+        mode = (f"boot per run ({' '.join(alone)}); {_boots(boots)} ({shared})" if alone
+                else f"{_boots(boots)} per layout ({shared})")
+        progress(f"{len(sched)} boots: {mode}; arms with the same layout and boot "
+                 "parameters share boots, switching run-time gates")
+        return sched, mode
+    sched = schedule(names, runs, boots)
     rotation = " | ".join(" ".join(o[:len(names)]) + " ..." for o in sched[:3])
-    progress(f"{'one boot' if boots == 1 else f'{boots} boots'}, {total} runs switching "
+    progress(f"{_boots(boots)}, {total} runs switching "
              f"run-time gates ({rotation}{' | ...' if boots > 3 else ''})")
-    return sched, ("one boot" if boots == 1 else f"{boots} boots")
+    return sched, _boots(boots)
+
+
+def _boots(boots):
+    return "one boot" if boots == 1 else f"{boots} boots"
 
 
 def read_plan(path):
@@ -162,10 +222,10 @@ NOTE_BOOTS = ("; statistics pool all runs of an arm over the boots; spread betwe
 
 
 def read_runs(out):
-    """(guest record, run records, plan, arm names, the reference first) of an 'ab'
+    """(guest records, run records, plan, arm names, the reference first) of an 'ab'
     directory, also of one from before named arms and boots; DataError naming a file."""
     runs_path = Path(out) / "runs.jsonl"
-    guest, run_recs = compare.read_runs(runs_path)
+    guests, run_recs = compare.read_runs(runs_path)
     plan = read_plan(Path(out) / "plan.json")
     planned = plan.get("arms", {})
     stray = next((r["arm"] for r in run_recs if planned and r["arm"] not in planned), None)
@@ -174,19 +234,34 @@ def read_runs(out):
     if plan.get("mode") == "boot per run":  # recorded before runs carried a boot index
         for n, r in enumerate(run_recs):
             r.setdefault("boot", n)
-    return guest, run_recs, plan, compare.arm_names(run_recs, planned)
+    return guests, run_recs, plan, compare.arm_names(run_recs, planned)
+
+
+def placements(guests, run_recs):
+    """Per placed boot: its arms and where QEMU ran its vCPUs and put its memory."""
+    arms_of = {}
+    for r in run_recs:
+        arms_of.setdefault(r.get("boot", 0), set()).add(r["arm"])
+    out = []
+    for g in guests:
+        boot = g.get("boot", 0)
+        if isinstance(g.get("placement"), dict) and isinstance(boot, int):
+            out.append({"boot": boot, "arms": sorted(arms_of.get(boot, ())), **g["placement"]})
+    return out
 
 
 def results(out, wl=None, topo=None, mode=None):
     """Writes out/results.json from out/runs.jsonl and out/plan.json; returns it."""
-    guest, run_recs, plan, names = read_runs(out)
+    guests, run_recs, plan, names = read_runs(out)
+    guest = guests[0] if guests else {}
     boots = len(compare.boots(run_recs))
     doc = {"arms": plan.get("arms", {}), "reference": names[0],
            "metrics": compare.metrics(run_recs, Path(out) / "runs.jsonl", names),
-           "kernel": (guest or {}).get("kernel"),
-           "topology": (guest or {}).get("topology") or (topo and topo_dict(topo)),
+           "kernel": guest.get("kernel"),
+           "topology": guest.get("topology") or (topo and topo_dict(topo)),
            "workload": wl or plan.get("workload"), "mode": mode or plan.get("mode"),
-           "probes": (guest or {}).get("probes"), "runs": len(run_recs), "boots": boots,
+           "probes": guest.get("probes"), "runs": len(run_recs), "boots": boots,
+           "placements": placements(guests, run_recs),
            "note": NOTE + (NOTE_BOOTS if boots > 1 else "")}
     (Path(out) / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc

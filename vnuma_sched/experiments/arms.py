@@ -1,11 +1,13 @@
-"""A/B arms: 'sysctl=value', '/sys/module/...=value', boot parameters, or a
-tunables profile name, validated on the host before anything boots; named
-arms (--arm NAME=SPEC, or the --a/--b shorthand), the first the reference. Pure."""
+"""A/B arms: 'sysctl=value', '/sys/module/...=value', boot parameters, a
+tunables profile name, and the guest layout ('topology:SPEC', 'pin', 'nopin'),
+validated on the host before anything boots; named arms (--arm NAME=SPEC, or the
+--a/--b shorthand), the first the reference. Pure but for reading a topology file."""
 
 import re
 from dataclasses import dataclass, field
 
 from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import vm
 from vnuma_sched.tunables import knobs as K
 from vnuma_sched.tunables import profile as P
 
@@ -13,6 +15,20 @@ RUNTIME_PREFIXES = ("/proc/sys/", "/sys/module/")
 _BOOT = re.compile(r"^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:-]*)?$")
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 MIN_ARMS, MAX_ARMS = 2, 8
+TOPOLOGY = "topology:"                        # topology:SPEC, SPEC as --topology takes
+PIN_WORDS = {"pin": True, "nopin": False}     # as --pin / --no-pin
+LAYOUT_ITEMS = "topology:SPEC, pin, nopin"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An arm's own guest layout; None in a field: the run's --topology / --pin."""
+
+    topology: str | None = None
+    pin: bool | None = None
+
+    def to_dict(self):
+        return {"topology": self.topology, "pin": self.pin}
 
 
 @dataclass
@@ -22,14 +38,39 @@ class Arm:
     knobs: dict = field(default_factory=dict)    # registry knob -> value (run time)
     paths: dict = field(default_factory=dict)    # absolute path -> value (run time)
     boot: list = field(default_factory=list)     # kernel command line words
+    layout: Layout | None = None                 # None: the run's --topology and --pin
 
     def to_dict(self):
         return {"spec": self.spec, "knobs": self.knobs, "paths": self.paths,
-                "boot": self.boot}
+                "boot": self.boot, "layout": self.layout and self.layout.to_dict()}
+
+
+def _layout_item(arm, item, where):
+    """True when ``item`` is a layout item (recorded in arm.layout); BadInput for a
+    malformed one: WORD:VALUE is never a knob, path, boot parameter or profile."""
+    key, sep, value = item.partition(":")
+    if item not in PIN_WORDS and (not sep or "=" in key or key.startswith("/")):
+        return False
+    lay = arm.layout or Layout()
+    if item in PIN_WORDS:
+        if lay.pin is not None:
+            raise BadInput(f"{where}: the arm already says {'pin' if lay.pin else 'nopin'}")
+        arm.layout = Layout(lay.topology, PIN_WORDS[item])
+    elif key != TOPOLOGY[:-1]:
+        raise BadInput(f"{where}: unknown layout item ({LAYOUT_ITEMS})")
+    elif not value:
+        raise BadInput(f"{where}: topology: needs a SPEC (NxM, host or a topology file)")
+    elif lay.topology is not None:
+        raise BadInput(f"{where}: the arm already has topology:{lay.topology}")
+    else:
+        arm.layout = Layout(value, lay.pin)
+    return True
 
 
 def _item(arm, item, profile_dirs, option):
     where = f"{option} {item!r}"
+    if _layout_item(arm, item, where):
+        return
     if "=" not in item and f"boot.{item}" in K.REGISTRY:
         arm.boot.append(item)  # a registered boot flag such as nopvspin
         return
@@ -85,6 +126,24 @@ def parse_arm(name, spec, profile_dirs, option=None):
 def needs_boot_per_run(*arms):
     """True when the arms differ in boot parameters: then every run needs its own boot."""
     return len({tuple(sorted(a.boot)) for a in arms}) > 1
+
+
+def place(arm_list, spec, pin, mem_mb, host, limits):
+    """{arm name: the vm.GuestTopology it boots}: the arm's layout over the run's
+    --topology ``spec`` and --pin ``pin``, checked against the kernel (``limits``)
+    and the host (``host``, a system Topology) as vm.parse_topology does; BadInput
+    naming the arm when its own layout does not fit."""
+    out = {}
+    for arm in arm_list:
+        lay = arm.layout or Layout()
+        try:
+            out[arm.name] = vm.parse_topology(lay.topology or spec, mem_mb, host, limits,
+                                              pin if lay.pin is None else lay.pin)
+        except BadInput as err:
+            if arm.layout is None:
+                raise
+            raise BadInput(f"--arm {arm.name}: {err}") from err
+    return out
 
 
 def named_specs(arm_opts, spec_a=None, spec_b=None):

@@ -22,8 +22,9 @@ def _check_matrix(mx, size):
     return len(mx)
 
 
-def _check_run(rec, size):
-    """ValueError unless a run record has what the statistics read; the matrix size."""
+def _check_run(rec, sizes):
+    """ValueError unless a run record has what the statistics read; records its
+    matrix size in ``sizes`` (per arm: arms may boot guests with different nodes)."""
     if not isinstance(rec.get("arm"), str) or not arms.NAME.fullmatch(rec["arm"]) \
             or "score" not in rec:
         raise ValueError("run without an arm name or score")
@@ -35,26 +36,30 @@ def _check_run(rec, size):
     mets = rec.get("metrics", {})
     if not isinstance(mets, dict) or not all(map(is_number, mets.values())):
         raise ValueError("metrics is not an object of numbers")
-    return _check_matrix(rec["matrix"], size) if "matrix" in rec else size
+    if "matrix" in rec:
+        try:
+            sizes[rec["arm"]] = _check_matrix(rec["matrix"], sizes.get(rec["arm"]))
+        except ValueError as err:
+            raise ValueError(f"{err} (arm {rec['arm']})") from None
 
 
 def read_runs(path):
-    """(guest record, run records) of a runs.jsonl; DataError naming the line."""
-    guest, runs, size = None, [], None
+    """(guest records, run records) of a runs.jsonl; DataError naming the line."""
+    guests, runs, sizes = [], [], {}
     for n, rec in iter_jsonl(path, "runs file"):
         if not isinstance(rec, dict):
             raise DataError(str(path), f"line {n}: not a record")
         if rec.get("type") == "guest":
-            guest = guest or rec
+            guests.append(rec)
         elif rec.get("type") == "run":
             try:
-                size = _check_run(rec, size)
+                _check_run(rec, sizes)
             except ValueError as err:
                 raise DataError(str(path), f"line {n}: {err}") from err
             runs.append(rec)
     if not runs:
         raise DataError(str(path), "no runs recorded")
-    return guest, runs
+    return guests, runs
 
 
 def arm_names(runs, planned=()):

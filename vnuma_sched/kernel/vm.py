@@ -57,6 +57,10 @@ class GuestTopology:
     def mem_mb(self):
         return sum(n.mem_mb for n in self.nodes)
 
+    def summary(self):
+        """'4 vCPUs, 2 nodes[, pinned]' for progress lines."""
+        return f"{self.ncpus} vCPUs, {len(self.nodes)} nodes{', pinned' if self.pinned else ''}"
+
     @property
     def pinned(self):
         """True when every vCPU has a host CPU (a Full-vNUMA layout)."""
