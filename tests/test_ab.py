@@ -591,3 +591,13 @@ def test_vm_result_carries_the_whole_console(tmp_path):
     text = "x\n" * 50 + "Kernel panic - not syncing: Oops\n"
     res = vm.classify(tmp_path, text, False, "tcg", 1.0)
     assert res.status == "panic" and res.console == text and len(res.console_tail) == 15
+
+
+def test_one_run_per_arm_is_refused_before_anything_boots(tmp_path):
+    """Statistics need two runs per arm: --runs 1 is a usage error, not hours of
+    boots ending in 'nothing to compare'."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["ab", "--kernel", str(tmp_path), "--runs", "1",
+                                    "--a", "feature.WA_IDLE=0", "--b", "feature.WA_IDLE=1",
+                                    "--out", str(out)])
+    assert res.exit_code == 2 and "--runs" in res.output and not out.exists()

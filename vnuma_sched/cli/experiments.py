@@ -49,8 +49,9 @@ from vnuma_sched.system.topology import read_topology
 @click.option("--a", "spec_a", default=None, metavar="SPEC", help="Shorthand for --arm a=SPEC.")
 @click.option("--b", "spec_b", default=None, metavar="SPEC", help="Shorthand for --arm b=SPEC.")
 @click.option("--append", multiple=True, help="Kernel command line for every arm.")
-@click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True,
-              help="Runs per arm in total, spread evenly over the boots.")
+@click.option("--runs", type=click.IntRange(2, 100), default=5, show_default=True,
+              help="Runs per arm in total (at least 2: the statistics need two), spread "
+                   "evenly over the boots.")
 @click.option("--boots", type=int, default=1, show_default=True,
               help="Boots of the guest; each runs the arms interleaved, starting with the "
                    "next arm (implied by the runs when the arms differ in boot parameters).")
