@@ -192,11 +192,11 @@ def patched_main_612(tree_612):
 
 @pytest.fixture(scope="session")
 def patched_build_612(patched_612, repo_fragment):
-    """The patched 6.12 guest with the debug series' emulation test aid and lockdep."""
+    """The patched 6.12 guest with the debug series' emulation test aid, lockdep and BTF."""
 
     tree, series = patched_612
     frags = [repo_fragment, repo_fragment.parent / "series-test.config",
-             repo_fragment.parent / "debug.config"]
+             repo_fragment.parent / "debug.config", repo_fragment.parent / "btf.config"]
     out = CACHE / "builds" / f"series-test-{series.name}"
     kbuild.build(kbuild.BuildRequest(tree, out, frags, jobs=os.cpu_count() or 2), Runner(),
                  print)

@@ -64,6 +64,10 @@ def test_wake_prev_stops_cross_node_wake_affine_pulls(patched_build_612, tmp_pat
     assert sorted(pulls["off"])[1] >= 10, pulls
     cross = json.loads((out / "results.json").read_text())["metrics"]["cross_node_migrations"]
     assert cross["wake"]["median"] < cross["off"]["median"], cross
+    # the guest has BTF (btf.config): the avoidable ones are measured, a subset
+    measured = [r["metrics"] for r in runs if r["type"] == "run"]
+    assert all(0 <= m["cross_node_avoidable"] <= m["cross_node_migrations"]
+               for m in measured), measured
 
 
 def test_arms_boot_their_own_guest_layouts(patched_build_612, tmp_path):

@@ -43,7 +43,10 @@ def run(version, cache, topology, mem_mb, command, runner, progress, euid, accel
     res = PipelineResult()
     # series-test.config turns on the debug series' option: apply that series too
     series = patches.load_series(version, debug=True)
-    frags = [KCONFIG / "vnuma-guest.config", KCONFIG / "series-test.config"]
+    # btf.config: the migrate probe's cross_node_avoidable reads task_struct offsets
+    # from the guest's BTF
+    frags = [KCONFIG / "vnuma-guest.config", KCONFIG / "series-test.config",
+             KCONFIG / "btf.config"]
     topo = vm.parse_topology(topology, mem_mb, host, vm.guest_limits(frags), pin)
     tree = _timed(res, progress, "fetch", lambda: (
         (t := ktree.fetch_debian(version, cache / "trees", runner, progress, euid)), str(t)))
