@@ -18,7 +18,9 @@ from vnuma_sched.bisect import verdict as V
 from vnuma_sched.bisect.measure import Guest
 from vnuma_sched.cli.bisect import METRICS_HELP, _options, bisect_step
 from vnuma_sched.cli.main import main
+from vnuma_sched.errors import BadInput
 from vnuma_sched.probes.spec import METRICS
+from vnuma_sched.system.topology import Node, Topology
 
 # --- the verdict function ------------------------------------------------------------
 
@@ -720,3 +722,12 @@ def test_a_tree_that_looks_like_an_option_is_refused(history, tmp_path, monkeypa
     (tmp_path / "-t").mkdir()
     res = CliRunner().invoke(main, ["bisect", "resume", "--tree", "-t"])
     one_line(res, 2, "--tree '-t'")
+
+
+def test_a_bisect_may_boot_the_host_layout():
+    """--topology host (a placed, Full-vNUMA guest) needs the host's topology: the
+    CLI hands it over, and without it the check says so before the tree is touched."""
+    opts = options.Options(metric="cross_node_migrations", topology="host")
+    drive.check_backend(opts, Topology((Node(0, (0, 1), 1 << 20, (10,)),)))
+    with pytest.raises(BadInput, match="host topology is not available"):
+        drive.check_backend(opts)

@@ -49,10 +49,10 @@ def check_log_path(log_path):
         raise BadInput(f"--log {log_path}: its folder does not exist")
 
 
-def check_backend(opts):
+def check_backend(opts, host=None):
     """What the guest measurement parses, checked before the tree is touched."""
     if not opts.measure_cmd:
-        vm.parse_topology(opts.topology, vm.parse_size_mb(opts.mem))
+        vm.parse_topology(opts.topology, vm.parse_size_mb(opts.mem), host)
 
 
 def resolve(env, rev, label):
@@ -113,7 +113,7 @@ def run(opts, env, good_rev, bad_rev, stay=False, log_path=None):
     not_an_option(good_rev, "--good")
     not_an_option(bad_rev, "--bad")
     check_log_path(log_path)
-    check_backend(opts)
+    check_backend(opts, env.host)
     git_dir = check_tree(env)
     good = resolve(env, good_rev, f"--good {good_rev}")
     bad = resolve(env, bad_rev, f"--bad {bad_rev}")
@@ -172,7 +172,7 @@ def replay(env, log, stay=False, log_path=None, given=None, trust_log=False):
     header, opts, _ = state.read_log(log)
     opts = trusted(opts, log, given, trust_log)
     check_log_path(log_path)
-    check_backend(opts)
+    check_backend(opts, env.host)
     git_dir = check_tree(env)
     good = resolve(env, header["good"], f"{log}: good commit {header['good'][:12]}")
     bad = resolve(env, header["bad"], f"{log}: bad commit {header['bad'][:12]}")

@@ -27,6 +27,7 @@ class Env:
     progress: object
     fragments: list = field(default_factory=list)   # default when Options.fragments is []
     echo: object = print                             # lines of 'git bisect run'
+    host: object = None        # the host Topology: '--topology host' and placed guests
 
     def run_log(self):
         path = self.work / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.out"
@@ -69,7 +70,7 @@ def subject(tree, sha, runner):
 def backend(opts, env):
     if opts.measure_cmd:
         return measure.Command(opts.measure_cmd, env.runner, opts.timeout, opts.workdir)
-    topo = vm.parse_topology(opts.topology, vm.parse_size_mb(opts.mem))
+    topo = vm.parse_topology(opts.topology, vm.parse_size_mb(opts.mem), env.host)
     wl = ab.workload(opts.workload, str(env.cache), env.runner, opts.threads, opts.spincount,
                      opts.iterations, opts.kib)
     return measure.Guest(wl, topo, opts.metric, env.runner, opts.accel, opts.timeout,

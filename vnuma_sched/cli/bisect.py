@@ -21,6 +21,7 @@ from vnuma_sched.errors import BadInput, VnumaError
 from vnuma_sched.probes.spec import metrics_help
 from vnuma_sched.render import bisect_text
 from vnuma_sched.runner import Runner
+from vnuma_sched.system.topology import read_topology
 
 _D = Options.defaults()
 
@@ -93,7 +94,7 @@ def _env(tree, settings, echo=None):
     not_an_option(str(tree), "--tree")
     say = progress(settings)
     return Env(Path(tree).resolve(), Path(cache_dir()), Runner(), say,
-               [default_fragment()], echo or _echo)
+               [default_fragment()], echo or _echo, read_topology(settings.sysroot()))
 
 
 def _echo(line):
