@@ -53,7 +53,7 @@ def test_a_topology_file_is_a_layout(tmp_path):
 
 
 @pytest.mark.parametrize("spec, needle", [
-    ("numa:2x2", "--a 'numa:2x2': unknown layout item (topology:SPEC, pin, nopin)"),
+    ("numa:2x2", "--a 'numa:2x2': unknown layout item (topology:SPEC, pin, nopin, share:per-node=N)"),
     ("pin:yes", "--a 'pin:yes': unknown layout item"),
     ("topology:", "--a 'topology:': topology: needs a SPEC"),
     ("topology:1x4 topology:2x2", "--a 'topology:2x2': the arm already has topology:1x4"),

@@ -1,5 +1,6 @@
 """A/B arms: 'sysctl=value', '/sys/module/...=value', boot parameters, a
-tunables profile name, and the guest layout ('topology:SPEC', 'pin', 'nopin'),
+tunables profile name, the guest layout ('topology:SPEC', 'pin', 'nopin') and
+vCPUs parked in the guest before its runs ('share:per-node=N'),
 validated on the host before anything boots; named arms (--arm NAME=SPEC, or the
 --a/--b shorthand), the first the reference. Pure but for reading a topology file."""
 
@@ -17,7 +18,8 @@ NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 MIN_ARMS, MAX_ARMS = 2, 8
 TOPOLOGY = "topology:"                        # topology:SPEC, SPEC as --topology takes
 PIN_WORDS = {"pin": True, "nopin": False}     # as --pin / --no-pin
-LAYOUT_ITEMS = "topology:SPEC, pin, nopin"
+LAYOUT_ITEMS = "topology:SPEC, pin, nopin, share:per-node=N"
+SHARE = re.compile(r"per-node=([1-9][0-9]{0,3})")
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,12 @@ class Arm:
     paths: dict = field(default_factory=dict)    # absolute path -> value (run time)
     boot: list = field(default_factory=list)     # kernel command line words
     layout: Layout | None = None                 # None: the run's --topology and --pin
+    share: dict | None = None                    # {"per_node": N}: 'share apply' at boot
 
     def to_dict(self):
         return {"spec": self.spec, "knobs": self.knobs, "paths": self.paths,
-                "boot": self.boot, "layout": self.layout and self.layout.to_dict()}
+                "boot": self.boot, "layout": self.layout and self.layout.to_dict(),
+                "share": self.share}
 
 
 def _layout_item(arm, item, where):
@@ -52,7 +56,15 @@ def _layout_item(arm, item, where):
     if item not in PIN_WORDS and (not sep or "=" in key or key.startswith("/")):
         return False
     lay = arm.layout or Layout()
-    if item in PIN_WORDS:
+    if key == "share":
+        m = SHARE.fullmatch(value)
+        if not m:
+            raise BadInput(f"{where}: share: takes per-node=N (N vCPUs used on every node, "
+                           "the rest parked before the runs)")
+        if arm.share is not None:
+            raise BadInput(f"{where}: the arm already has a share: item")
+        arm.share = {"per_node": int(m.group(1))}
+    elif item in PIN_WORDS:
         if lay.pin is not None:
             raise BadInput(f"{where}: the arm already says {'pin' if lay.pin else 'nopin'}")
         arm.layout = Layout(lay.topology, PIN_WORDS[item])
@@ -124,8 +136,9 @@ def parse_arm(name, spec, profile_dirs, option=None):
 
 
 def needs_boot_per_run(*arms):
-    """True when the arms differ in boot parameters: then every run needs its own boot."""
-    return len({tuple(sorted(a.boot)) for a in arms}) > 1
+    """True when the arms differ in boot parameters or in the vCPUs they park (a guest
+    parks once, at boot): then every run needs its own boot."""
+    return len({(tuple(sorted(a.boot)), str(a.share)) for a in arms}) > 1
 
 
 def place(arm_list, spec, pin, mem_mb, host, limits):

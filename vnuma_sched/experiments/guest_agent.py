@@ -12,6 +12,9 @@ from vnuma_sched.experiments.workloads.build import figures, score
 from vnuma_sched.probes import report
 from vnuma_sched.probes.classify import delta, matrix_total
 from vnuma_sched.probes.session import Session
+from vnuma_sched.share import kernel as share_kernel
+from vnuma_sched.share import park
+from vnuma_sched.share.target import choose
 from vnuma_sched.system import facts, schedstat
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
@@ -37,6 +40,20 @@ def set_arm(arm, sysroot):
         sysroot.write(path, value + "\n")
 
 
+def park_for_boot(plan, sysroot, topo):
+    """Park what this boot's arms ask for ('share:per-node=N'; ab gives such arms boots
+    of their own, so all runs of a boot agree); the target as a dict, or None."""
+    shares = {json.dumps(plan["arms"][a].get("share"), sort_keys=True) for a in plan["order"]}
+    if len(shares) != 1:
+        raise RuntimeError(f"the arms of one boot park differently: {sorted(shares)}")
+    share = json.loads(shares.pop())
+    if not share:
+        return None
+    target = choose(topo, share_kernel.online(sysroot), per_node=share["per_node"])
+    park.apply(sysroot, target)
+    return target.to_dict()
+
+
 def run_plan(plan, sysroot):
     for fs, where in (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug")):
         if not os.path.exists(os.path.join(where, "events" if fs == "tracefs" else "sched")):
@@ -44,9 +61,11 @@ def run_plan(plan, sysroot):
     if "schedstat" in plan["probes"] and schedstat.enabled(sysroot) is False:
         sysroot.write(schedstat.SCHEDSTATS_SYSCTL, "1\n")   # a test guest: counted in every arm
     topo = read_topology(sysroot)
+    parked = park_for_boot(plan, sysroot, topo)   # before the probes: not counted
     session = Session(plan["probes"], sysroot, os.geteuid(), topo).start()
     _emit({"type": "guest", "kernel": facts.release(sysroot),
            "cmdline": sysroot.read("/proc/cmdline"), "topology": topo.to_dict(),
+           "share": parked,
            "probes": {n: {"available": a.ok, "reason": a.reason,
                           "unsupported": a.unsupported}
                       for n, a in session.status.items()}})
