@@ -73,24 +73,32 @@ def test_wake_prev_stops_cross_node_wake_affine_pulls(patched_build_612, tmp_pat
 def test_arms_boot_their_own_guest_layouts(patched_build_612, tmp_path):
     """An arm's topology:SPEC is the guest its runs see: one node of 2 vCPUs for one
     arm, two nodes of one vCPU for the other, a boot per run (2 runs each: the
-    statistics need two)."""
+    statistics need two); a third arm boots the run's 2x2 and parks one vCPU of each
+    node (share:per-node=1) before its runs."""
     out = tmp_path / "layout"
     res = subprocess.run([VNUMA, "ab", "--kernel", str(patched_build_612), "--runs", "2",
                           "--iterations", "100", "--threads", "2", "--out", str(out),
                           "--arm", "flat=topology:1x2", "--arm", "numa=topology:2x1",
+                          "--arm", "parked=share:per-node=1",
                           "--timeout", "300"], capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-2000:]
     recs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
     guests = {r["boot"]: r for r in recs if r["type"] == "guest"}
     runs = [r for r in recs if r["type"] == "run"]
-    assert sorted(r["arm"] for r in runs) == ["flat", "flat", "numa", "numa"]
-    assert len(guests) == 4 and len({r["boot"] for r in runs}) == 4
+    assert sorted(r["arm"] for r in runs) == ["flat", "flat", "numa", "numa",
+                                              "parked", "parked"]
+    assert len(guests) == 6 and len({r["boot"] for r in runs}) == 6
     doc = json.loads((out / "results.json").read_text())
+    want = {"flat": (1, [0, 1]), "numa": (2, [0, 1]), "parked": (2, [0, 1, 2, 3])}
     for r in runs:
         guest = guests[r["boot"]]
         seen = guest["topology"]["nodes"]          # read by the guest from its sysfs
-        assert len(seen) == {"flat": 1, "numa": 2}[r["arm"]], (r["arm"], seen)
-        assert sorted(c for n in seen for c in n["cpus"]) == [0, 1]
+        nodes, cpus = want[r["arm"]]
+        assert len(seen) == nodes, (r["arm"], seen)
+        assert sorted(c for n in seen for c in n["cpus"]) == cpus
         assert guest["layout"] == doc["arms"][r["arm"]]["topology"]
+        share = guest["share"] and {k: guest["share"][k] for k in ("used", "parked")}
+        assert share == ({"used": "0,2", "parked": "1,3"} if r["arm"] == "parked"
+                         else None), guest["share"]
     assert doc["mode"] == "boot per run" and doc["placements"] == []
     assert doc["metrics"]["workload_score"]["numa"]["n"] == 2
