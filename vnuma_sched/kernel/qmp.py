@@ -83,8 +83,11 @@ async def _place(sock, topo, deadline, stopped):
             vcpus = pin_threads(await qmp.execute("query-cpus-fast"),
                                 layout.vcpu_hosts(topo))
             memory = check_backends(await qmp.execute("query-memdev"), topo)
-        except PinError:
-            await qmp.execute("quit")
+        except Exception:   # noqa: BLE001 - whatever failed, never leave QEMU stopped
+            try:
+                await qmp.execute("quit")
+            except (EOFError, OSError, QMPError):
+                pass
             raise
         await qmp.execute("cont")
     finally:
