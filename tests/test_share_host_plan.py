@@ -6,39 +6,11 @@ it has, before, after or between any two steps."""
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from share_host_fakes import HOST, host_of, mirror
 
 from vnuma_sched.errors import BadInput
 from vnuma_sched.kernel import vm
 from vnuma_sched.share import host_plan as H
-from vnuma_sched.system.topology import Node, Topology
-
-
-def host_of(cpus_per_node, mem_mb=4096):
-    nodes, cpu = [], 0
-    count = len(cpus_per_node)
-    for i, n in enumerate(cpus_per_node):
-        nodes.append(Node(i, tuple(range(cpu, cpu + n)), mem_mb * 1024,
-                          tuple(10 if i == j else 21 for j in range(count))))
-        cpu += n
-    return Topology(tuple(nodes))
-
-
-HOST = host_of([4, 4])
-
-
-def mirror(name, host=HOST, first=0, mem=1024, mem_max=None):
-    """A Full-vNUMA guest of ``host``: vCPU k of node i on the k-th host CPU of node i,
-    node 0 turned by ``first`` so that its vCPU 0 runs on another host CPU."""
-    pairs, v = [], 0
-    for i, node in enumerate(host.nodes):
-        cpus = list(node.cpus)
-        if i == 0:
-            cpus = cpus[first:] + cpus[:first]
-        for cpu in cpus:
-            pairs.append((v, cpu))
-            v += 1
-    return H.GuestLayout(name, tuple(pairs),
-                         tuple((n.id, mem, mem_max or mem) for n in host.nodes))
 
 
 def two_guests(**kw):
