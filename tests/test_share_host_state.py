@@ -199,6 +199,8 @@ def test_nothing_to_resume_or_roll_back(world):
     (lambda d: d["guests"]["a"].update(qmp=3), "socket paths"),
     (lambda d: d.update(behind={"z": "x"}), "behind"),
     (lambda d: d.update(move={"kind": "exec", "request": "", "steps": []}), "unknown kind"),
+    (lambda d: d.update(command="rm -rf /"), "command is not a list of words"),
+    (lambda d: d.update(timeout=-1), "timeout is not seconds"),
 ])
 def test_a_malformed_state_is_refused_naming_the_file(world, edit, needle):
     coord, _ = world

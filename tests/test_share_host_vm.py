@@ -2,7 +2,7 @@
 per node, pinned 1:1) booted by 'vm run --agent-socket --qmp-socket' runs qemu-ga on
 its virtio-serial port; from the host, the guest agent runs 'share status' in it, the
 layout is read back through QMP, and a step parks vCPU 1 (the guest's own status
-confirms it, its thread is fenced onto vCPU 0's host CPU) and gives it back."""
+confirms it, its thread is fenced onto vCPU 0's host CPU) and gives it back. Then 'share host' itself: start, set, status, stop on that guest."""
 
 import json
 import subprocess
@@ -16,6 +16,8 @@ from vnuma_sched.kernel import qga
 from vnuma_sched.share import host_plan as H
 from vnuma_sched.share import host_state as S
 from vnuma_sched.share.host_guests import AgentGuests, read_layout
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.system.topology import read_topology
 
 pytestmark = pytest.mark.vm
 
@@ -34,8 +36,9 @@ def wait_for_agent(sock, proc):
     pytest.fail(f"no answer from the guest agent (vm run exited {proc.poll()})")
 
 
-@pytest.fixture
-def guest(guest_build, tmp_path):
+@pytest.fixture(scope="module")
+def guest(guest_build, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("agent")
     spec, topo = two_node_placement(tmp_path)
     agent, qmp_sock = tmp_path / "qga.sock", tmp_path / "qmp.sock"
     script = (f"grep -q cgroup2 /proc/mounts || mount -t cgroup2 none /sys/fs/cgroup; "
@@ -85,3 +88,30 @@ def test_the_agent_channel_to_a_real_guest(guest):
     io.apply("g", record, one, whole)
     assert io.used("g", record) == [0, 1]
     assert vcpu_threads(qemu_of(proc)) == {v: str(h) for v, h in lay.hosts.items()}
+
+
+def host_cli(*args):
+    res = subprocess.run([VNUMA, "share", "host", *args], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_share_host_commands_on_a_real_guest(guest, tmp_path):
+    proc, topo, agent, qmp_sock, _ = guest
+    state = ["--state-dir", str(tmp_path / "state")]
+    host_node = read_topology(SysRoot("/")).node_of(topo.nodes[0].host_cpus[0])
+    out = json.loads(host_cli("start", "--guest", f"g={qmp_sock},{agent}", "--guest-command",
+                              VNUMA, "--timeout", "120", "--json", *state))
+    assert out["finished"] and out["steps"] == []      # alone, it keeps everything
+    out = json.loads(host_cli("set", "g", f"node{host_node}=1", "--json", *state))
+    assert [(s["phase"], s["after"]["used"], s["state"]) for s in out["steps"]] == [
+        ("give", [0], "done")]
+    report = json.loads(host_cli("status", "--json", *state))
+    (g,) = report["guests"]
+    assert (g["used"], g["guest_says"], g["agrees"], g["behind"]) == ("0", "0", True, None)
+    assert report["move"] is None
+    host_cli("stop", *state)
+    assert not (tmp_path / "state" / "state.json").exists()
+    status = json.loads(qga.run(agent, [VNUMA, "--json", "share", "status"], 60).stdout)
+    assert status["parked"] == ""

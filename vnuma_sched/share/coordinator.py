@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from vnuma_sched.errors import BadInput, VnumaError
 from vnuma_sched.share import host_plan as H
 from vnuma_sched.share import host_state as S
+from vnuma_sched.system.topology import format_cpulist
 from vnuma_sched.tunables import lock
 
 
@@ -97,9 +98,10 @@ class Coordinator:
     # --- commands --------------------------------------------------------------------
 
     @_locked
-    def start(self, records, requests=(), request=""):
+    def start(self, records, requests=(), request="", command=("vnuma-sched",), timeout=60.0):
         """Take the guests (``records``: {name: GuestRecord}, in order) under the
-        coordinator: ask each what it uses now, then apply the first assignment."""
+        coordinator: ask each what it uses now, then apply the first assignment.
+        ``command`` and ``timeout`` are kept for the later commands' channel."""
         if self.dir.load() is not None:
             raise BadInput(f"a coordinator state exists in {self.dir.shown}: "
                            "'vnuma-sched share host stop' first (or 'status')")
@@ -108,7 +110,8 @@ class Coordinator:
         actual = {n: H.share(self.io.used(n, r), layouts[n].whole().mem)
                   for n, r in records.items()}
         move = H.plan_start(self.host, layouts, actual, requests)
-        state = S.State(dict(records), dict(actual), _pending("start", request, move))
+        state = S.State(dict(records), dict(actual), _pending("start", request, move),
+                        command=tuple(command), timeout=float(timeout))
         return self._run(state)
 
     @_locked
@@ -151,6 +154,33 @@ class Coordinator:
         state.move = S.PendingMove("stop", "", move.before, move.after,
                                    [S.StepState(s) for s in steps])
         return self._run(state)
+
+    def report(self, query=True):
+        """What status shows: per guest and node the vCPUs in use (and their host CPUs)
+        and memory, whether it is behind, and (``query``) what the guest itself says it
+        uses; the pending move, step by step."""
+        state = self.load()
+        guests = []
+        for name, rec in state.guests.items():
+            sh, lay = state.assignment[name], rec.layout
+            nodes = []
+            for node in self.host.nodes:
+                mine = [v for v in lay.on_node(self.host, node.id) if v in sh.used]
+                nodes.append({"node": node.id, "used": format_cpulist(mine),
+                              "host_cpus": format_cpulist(lay.hosts[v] for v in mine),
+                              "mem_mb": sh.mem_of(node.id)})
+            entry = {"name": name, "qmp": rec.qmp, "agent": rec.agent,
+                     "used": format_cpulist(sh.used), "nodes": nodes,
+                     "behind": state.behind.get(name)}
+            if query:
+                try:
+                    said = self.io.used(name, rec)
+                    entry.update(guest_says=format_cpulist(said), agrees=said == list(sh.used))
+                except GuestBehind as err:
+                    entry.update(guest_says=None, agrees=None, no_answer=err.reason)
+            guests.append(entry)
+        return {"state": self.dir.shown_file(), "guests": guests,
+                "move": state.move.to_dict() if state.move else None}
 
     # --- the steps ------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class State:
     assignment: dict                    # {name: GuestShare}: what each guest confirmed
     move: PendingMove | None = None
     behind: dict = field(default_factory=dict)     # {name: reason}
+    command: tuple = ("vnuma-sched",)   # how vnuma-sched starts in the guests
+    timeout: float = 60.0               # seconds a guest has for each command
 
     @property
     def layouts(self):
@@ -74,7 +76,8 @@ class State:
                 "guests": {n: g.to_dict() for n, g in self.guests.items()},
                 "assignment": _assignment_dict(self.assignment),
                 "move": self.move.to_dict() if self.move else None,
-                "behind": dict(self.behind)}
+                "behind": dict(self.behind), "command": list(self.command),
+                "timeout": self.timeout}
 
 
 def _assignment_dict(assignment):
@@ -226,5 +229,11 @@ def from_dict(d):
     behind = _obj(d.get("behind", {}), "behind")
     _need(set(behind) <= set(guests) and all(isinstance(v, str) for v in behind.values()),
           "behind is not {guest: reason}")
+    command, timeout = d.get("command"), d.get("timeout")
+    _need(isinstance(command, list) and command and all(isinstance(c, str) and c
+                                                        for c in command),
+          "command is not a list of words")
+    _need(type(timeout) in (int, float) and 0 < timeout <= 86400, "timeout is not seconds")
     return State(guests, _assignment(d.get("assignment"), list(guests), "assignment"),
-                 _move(d.get("move"), list(guests)), dict(behind))
+                 _move(d.get("move"), list(guests)), dict(behind), tuple(command),
+                 float(timeout))
