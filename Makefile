@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := python3-bpfcc python3-venv qemu-system-x86 linux-source-6.1 \
 	linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev dwarves \
 	cpio kmod xz-utils git linux-headers-amd64 python3-prometheus-client prometheus \
-	libvirt-clients libxml2-utils
+	libvirt-clients libxml2-utils qemu-guest-agent
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo evidence test clean-venv packages headers

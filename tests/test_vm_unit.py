@@ -1,6 +1,7 @@
 """virtme-ng command lines, topology specs and result classification (no QEMU)."""
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -365,3 +366,42 @@ def test_image_path_with_shell_characters_goes_through_a_link(tmp_path):
     assert vm.shell_safe(safe) and safe.resolve() == image
     plain = tmp_path / "bzImage"
     assert vm._safe_image(plain, io_dir) == plain
+
+
+def test_agent_socket_adds_a_named_virtio_serial_port(tmp_path):
+    argv = vm.vng_argv("/k", vm.parse_topology("1x1", 512), tmp_path, "tcg",
+                       agent_socket=tmp_path / "qga.sock")
+    opts = [a.split("=", 1)[1] for a in argv if a.startswith("--qemu-opts=")]
+    assert "-device virtio-serial-pci,id=vnuma-vser" in opts
+    assert f"-chardev socket,path={tmp_path}/qga.sock,server=on,wait=off,id=vnuma-qga" in opts
+    assert ("-device virtserialport,bus=vnuma-vser.0,chardev=vnuma-qga,"
+            "name=org.qemu.guest_agent.0") in opts
+
+
+def test_guest_script_starts_the_agent_on_its_port_first(tmp_path):
+    s = vm.guest_script(["sleep", "1"], tmp_path, "/usr/sbin/qemu-ga")
+    agent = s.index("/usr/sbin/qemu-ga -m virtio-serial")
+    assert "org.qemu.guest_agent.0" in s and agent < s.index("sleep 1")
+    assert "qemu-ga" not in vm.guest_script(["sleep", "1"], tmp_path)
+
+
+def test_qmp_socket_of_a_placed_guest(tmp_path, fixture_root):
+    host = read_topology(SysRoot(fixture_root / "qemu-2node"))
+    t = vm.parse_topology("host", 1024, host)
+    argv = vm.vng_argv("/k", t, tmp_path, "tcg", qmp_socket=tmp_path / "q.sock")
+    assert f"--qemu-opts=-qmp unix:{tmp_path}/q.sock,server=on,wait=off" in argv
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"agent_socket": "/tmp/a b.sock"}, "--agent-socket /tmp/a b.sock: virtme-ng passes it"),
+    ({"agent_socket": "/tmp/a,b.sock"}, "splits options at commas"),
+    ({"agent_socket": "/nonexistent/dir/a.sock"}, "no directory /nonexistent/dir"),
+    ({"qmp_socket": "/tmp/q.sock"}, "--qmp-socket: only a placed"),
+])
+def test_bad_sockets_are_refused_before_booting(tmp_path, monkeypatch, kw, needle):
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"x")
+    monkeypatch.setattr(vm, "find_vng", lambda: "/bin/false")
+    monkeypatch.setattr(vm, "find_qemu_ga", lambda: "/usr/sbin/qemu-ga")
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        vm.run(image, vm.parse_topology("1x1", 512), ["true"], None, "tcg", 10, **kw)

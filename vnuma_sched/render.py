@@ -393,3 +393,40 @@ def share_status_text(status):
                          title=f"Still on parked vCPUs ({len(status.not_moved)})",
                          prose=[3]))
     return "\n\n".join(out)
+
+
+def share_host_steps_text(move):
+    """The steps of a coordinator move, one line each: number, phase, guest, the vCPUs
+    the guest uses after it, its state (and why it failed)."""
+    out = []
+    for i, s in enumerate(move["steps"], 1):
+        used = ",".join(map(str, s["after"]["used"]))
+        why = f": {s['reason']}" if s.get("reason") else ""
+        out.append(f"  {i} {s['phase']:4} {s['guest']:12} -> vCPUs {used:14} {s['state']}{why}")
+    return "\n".join(out)
+
+
+def share_host_text(report):
+    """'share host status': a row per guest and node, who is behind, the pending move."""
+    rows = []
+    for g in report["guests"]:
+        said = ""
+        if "guest_says" in g:
+            said = (f"{g['guest_says'] or '-'} ({'agrees' if g['agrees'] else 'differs'})"
+                    if g["guest_says"] is not None else "no answer")
+        for i, n in enumerate(g["nodes"]):
+            rows.append([g["name"] if i == 0 else "", n["node"], n["used"] or "-",
+                         n["host_cpus"] or "-", n["mem_mb"], said if i == 0 else ""])
+    out = [f"state: {report['state']}",
+           table(rows, ["guest", "node", "vCPUs", "host CPUs", "MiB", "guest says"])]
+    for g in report["guests"]:
+        if g["behind"]:
+            out.append(f"behind: {g['name']} keeps its last share: {g['behind']}")
+        if g.get("no_answer") and g["no_answer"] != g["behind"]:
+            out.append(f"no answer now: {g['name']}: {g['no_answer']}")
+    move = report["move"]
+    if move:
+        out += [f"pending {move['kind']} move {move['request']!r}:",
+                share_host_steps_text(move),
+                "next: 'vnuma-sched share host resume' or 'vnuma-sched share host rollback'"]
+    return "\n".join(out)

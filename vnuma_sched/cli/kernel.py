@@ -130,10 +130,16 @@ def vm():
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="auto tries KVM once (cached) and falls back to TCG.")
 @pin_option
+@click.option("--agent-socket", type=click.Path(), metavar="PATH",
+              help="Run qemu-ga in the guest on a virtio-serial port that QEMU serves on "
+                   "this unix socket (the channel of 'share host').")
+@click.option("--qmp-socket", type=click.Path(), metavar="PATH",
+              help="Where a placed guest's QEMU serves QMP (default: a private path).")
 @click.argument("command", nargs=-1, required=True)
 @json_option
 @click.pass_obj
-def vm_run(settings, image, spec, mem, append, timeout, accel, pin, command, as_json):
+def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket, qmp_socket,
+           command, as_json):
     """Boot KERNEL as a vNUMA guest, run COMMAND in it, return its exit code.
 
     \b
@@ -147,6 +153,8 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, command, as_
       vnuma-sched vm run --kernel /var/cache/vnuma_sched/builds/linux-source-6.12 \\
           --topology 2x2 -- cat /sys/devices/system/node/node1/cpulist
       vnuma-sched vm run --kernel K --topology host --json -- nproc
+      vnuma-sched vm run --kernel K --topology host --agent-socket /tmp/g1-qga.sock \\
+          --qmp-socket /tmp/g1-qmp.sock -- sleep 3600
     """
 
     settings = merge_json(settings, as_json)
@@ -159,7 +167,8 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, command, as_
     accel, why = vmod.choose_accel(accel, kernel_image, runner,
                                    os.path.join(cache_dir(), "accel.json"))
     progress(settings)(f"booting {kernel_image} ({topo.summary()}, {accel}: {why})")
-    res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append)
+    res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append,
+                   agent_socket=agent_socket, qmp_socket=qmp_socket)
     if settings.json:
         emit(settings, {"status": res.status, "exit_code": res.exit_code, "accel": res.accel,
                         "seconds": round(res.seconds, 1), "stdout": res.stdout,

@@ -3,6 +3,7 @@
 import click
 
 from vnuma_sched.cli.common import emit, json_option, merge_json, need_root
+from vnuma_sched.cli.share_host import host
 from vnuma_sched.render import plan_text, share_status_text, table
 from vnuma_sched.share import kernel as KS
 from vnuma_sched.share import park
@@ -29,6 +30,8 @@ def share():
       vnuma-sched share plan --per-node 1
       sudo vnuma-sched share apply --use 0,2 && vnuma-sched share status
       sudo vnuma-sched share revert
+    \b
+    On the host, 'share host' coordinates several guests (see its --help).
     """
 
 
@@ -139,3 +142,6 @@ def share_status(settings, as_json):
     sysroot = settings.sysroot()
     status = read_status(sysroot, park.store(sysroot, settings.root))
     emit(settings, status.to_dict(), share_status_text(status))
+
+
+share.add_command(host)

@@ -6,6 +6,9 @@ sched_setaffinity(2), checks it, reads the memory backends back
 (``query-memdev``), and only then lets the guest run (``cont``): no guest
 instruction runs unpinned. On any failure it stops QEMU (``quit``) and keeps
 the reason, so a run fails at once with it instead of running unplaced.
+
+``execute`` runs QMP commands on a running guest's socket (the host coordinator
+reads vCPU threads and memory backends with it, share/host_guests.py).
 """
 
 import asyncio
@@ -123,3 +126,25 @@ class Pinner:
     def stop(self):
         self._stopped.set()
         self._thread.join(timeout=5)
+
+
+def execute(sock, commands, timeout):
+    """Run QMP ``commands`` ([(name, arguments or None)]) on a running QEMU's socket;
+    their answers in order. PinError on no connection or no answer in ``timeout`` s,
+    on a refused command, or when the connection breaks."""
+    async def session():
+        qmp = QMPClient("vnuma-sched")
+        await qmp.connect(str(sock))
+        try:
+            return [await qmp.execute(name, args) for name, args in commands]
+        finally:
+            try:
+                await qmp.disconnect()
+            except (EOFError, OSError, QMPError):
+                pass
+    try:
+        return asyncio.run(asyncio.wait_for(session(), timeout))
+    except asyncio.TimeoutError:
+        raise PinError(f"QMP on {sock}: no answer within {timeout:g} s") from None
+    except (QMPError, OSError, EOFError) as err:
+        raise PinError(f"QMP on {sock}: {type(err).__name__}: {err}") from err

@@ -6,6 +6,7 @@ A guest panic and a timeout are results of their own.
 """
 
 import json
+import os
 import platform
 import re
 import shlex
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vnuma_sched.errors import BadInput, Missing
-from vnuma_sched.kernel import kconfig, layout, qmp
+from vnuma_sched.kernel import kconfig, layout, qga, qmp
 from vnuma_sched.kernel.kbuild import IMAGE
 from vnuma_sched.runner import find_tool, path_with
 
@@ -309,7 +310,7 @@ QMP_SOCKET = "qmp.sock"   # in the run's io_dir
 GUEST_NAME = "vnuma-guest"   # QEMU's -name (thread names) and the libvirt domain's
 
 
-def _placed_args(topo, io_dir):
+def _placed_args(topo, qmp_sock):
     """virtme-ng arguments of a placed (Full-vNUMA) guest: our own memory backends
     bound to host nodes (virtme-ng's "--numa 0,..." adds none), a QMP socket, and
     QEMU stopped until the vCPU threads are pinned (kernel/qmp.py)."""
@@ -320,18 +321,31 @@ def _placed_args(topo, io_dir):
                  f"--qemu-opts=-object {layout.backend_object(i, node)}"]
     # "=": a value starting with "-" stays a value; virtme-ng joins these into
     # its QEMU command line, the names make thread names "CPU n/TCG" (or /KVM)
-    return argv + [f"--qemu-opts=-qmp unix:{io_dir / QMP_SOCKET},server=on,wait=off",
+    return argv + [f"--qemu-opts=-qmp unix:{qmp_sock},server=on,wait=off",
                    "--qemu-opts=-S", f"--qemu-opts=-name {GUEST_NAME},debug-threads=on"]
 
 
-def vng_argv(image, topo, io_dir, accel, append=(), vng="vng"):
-    """The virtme-ng command line (a list, never a shell string)."""
+def _agent_args(sock):
+    """A virtio-serial port named as qemu-ga expects (kernel/qga.py), on a unix socket
+    QEMU listens on: the host's channel to the guest agent."""
+    return ["--qemu-opts=-device virtio-serial-pci,id=vnuma-vser",
+            f"--qemu-opts=-chardev socket,path={sock},server=on,wait=off,id=vnuma-qga",
+            "--qemu-opts=-device virtserialport,bus=vnuma-vser.0,chardev=vnuma-qga,"
+            f"name={qga.PORT_NAME}"]
+
+
+def vng_argv(image, topo, io_dir, accel, append=(), vng="vng", agent_socket=None,
+             qmp_socket=None):
+    """The virtme-ng command line (a list, never a shell string); a placed guest's QMP
+    socket is ``qmp_socket`` or the run's io_dir/qmp.sock."""
     argv = [vng, "--run", str(image), "--verbose", "--cpus", str(topo.ncpus),
             "--memory", f"{topo.mem_mb}M", "--rwdir", str(io_dir)]
     if accel == "tcg":
         argv.append("--disable-kvm")
+    if agent_socket:
+        argv += _agent_args(agent_socket)
     if topo.pinned:
-        argv += _placed_args(topo, io_dir)
+        argv += _placed_args(topo, qmp_socket or io_dir / QMP_SOCKET)
     else:
         for node in topo.nodes:
             # virtme-ng accepts one contiguous range per cpus=; node CPUs are contiguous
@@ -345,11 +359,22 @@ def vng_argv(image, topo, io_dir, accel, append=(), vng="vng"):
     return argv + ["--", "/bin/sh", str(io_dir / "run.sh")]
 
 
-def guest_script(command, io_dir):
-    """The script the guest runs: the command, its output and exit code into io_dir."""
+def _start_agent(qemu_ga):
+    """Shell lines that start qemu-ga on the port named for it. The guest has no udev
+    links under /dev/virtio-ports: the port is found by its name in sysfs."""
+    return (f"for p in /sys/class/virtio-ports/*; do\n"
+            f"  [ \"$(cat \"$p/name\" 2>/dev/null)\" = {qga.PORT_NAME} ] && "
+            f"{shlex.quote(str(qemu_ga))} -m virtio-serial -p \"/dev/${{p##*/}}\" -d\n"
+            "done\n")
+
+
+def guest_script(command, io_dir, qemu_ga=None):
+    """The script the guest runs: the command, its output and exit code into io_dir;
+    with ``qemu_ga`` (its path), the guest agent started first."""
     cmd = shlex.join(command)
     io = shlex.quote(str(io_dir))
     return (f"#!/bin/sh\ncd {shlex.quote(str(Path.cwd()))} 2>/dev/null || cd /\n"
+            + (_start_agent(qemu_ga) if qemu_ga else "") +
             f"{cmd} >{io}/stdout 2>{io}/stderr </dev/null\n"
             f"echo $? >{io}/rc.tmp && mv {io}/rc.tmp {io}/rc\n")
 
@@ -425,21 +450,54 @@ def _safe_image(image, io_dir):
     return link
 
 
-def run(image, topo, command, runner, accel, timeout, append=(), workdir=None):
-    """Boot ``image`` with ``topo``, run ``command``; return a VmResult."""
+def find_qemu_ga(environ=None):
+    """qemu-ga's path (the guest runs it from the host's root file system)."""
+    environ = os.environ if environ is None else environ
+    found = find_tool("qemu-ga", {"PATH": f"{environ.get('PATH', '')}:/usr/sbin:/sbin"})
+    if not found:
+        raise Missing("qemu-ga not found: apt-get install qemu-guest-agent")
+    return found
+
+
+def _socket(path, what):
+    """A socket path QEMU can be given (absolute), or None."""
+    if path is None:
+        return None
+    sock = Path(path).absolute()
+    if not shell_safe(sock) or "," in str(sock):
+        raise BadInput(f"{what} {path}: virtme-ng passes it through a shell and QEMU "
+                       "splits options at commas; use a path without either")
+    if not sock.parent.is_dir():
+        raise BadInput(f"{what} {path}: no directory {sock.parent}")
+    return sock
+
+
+def run(image, topo, command, runner, accel, timeout, append=(), workdir=None,
+        agent_socket=None, qmp_socket=None):
+    """Boot ``image`` with ``topo``, run ``command``; return a VmResult. With
+    ``agent_socket`` (a path), the guest runs qemu-ga on a virtio-serial port that
+    QEMU serves on that unix socket (kernel/qga.py speaks to it); ``qmp_socket``: where
+    a placed guest's QEMU serves QMP (by default inside the run's own directory)."""
     image = Path(image).absolute()
     if not image.is_file():
         raise BadInput(f"--kernel {image}: no such kernel image")
+    if qmp_socket is not None and not topo.pinned:
+        raise BadInput("--qmp-socket: only a placed (Full-vNUMA) guest has a QMP socket; "
+                       "use --topology host or --pin")
     vng = find_vng()
+    qemu_ga = find_qemu_ga() if agent_socket else None
+    agent_socket = _socket(agent_socket, "--agent-socket")
+    qmp_socket = _socket(qmp_socket, "--qmp-socket")
     io_dir = Path(tempfile.mkdtemp(prefix="vnuma-vm-", dir=workdir)).absolute()
     try:
         if not shell_safe(io_dir):
             raise BadInput(f"{io_dir}: virtme-ng passes this directory through a shell; "
                            "use a temporary directory without spaces or shell characters")
-        (io_dir / "run.sh").write_text(guest_script(command, io_dir))
-        argv = vng_argv(_safe_image(image, io_dir), topo, io_dir, accel, append, vng=vng)
-        pinner = qmp.Pinner(io_dir / QMP_SOCKET, topo, timeout).start() if topo.pinned \
-            else None
+        (io_dir / "run.sh").write_text(guest_script(command, io_dir, qemu_ga))
+        argv = vng_argv(_safe_image(image, io_dir), topo, io_dir, accel, append, vng=vng,
+                        agent_socket=agent_socket, qmp_socket=qmp_socket)
+        sock = qmp_socket or io_dir / QMP_SOCKET
+        pinner = qmp.Pinner(sock, topo, timeout).start() if topo.pinned else None
         t0 = time.monotonic()
         try:
             res = runner.run(argv, check=False, timeout=timeout, env=path_with(vng))

@@ -30,12 +30,12 @@ def _holder(fd, tries=50, pause=0.01):
     return "another process (not recorded yet)"
 
 
-def _open(store, path):
+def _open(path, shown):
     try:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as err:
-        raise DataError(store.shown(LOCK), err.strerror or type(err).__name__) from err
+        raise DataError(shown, err.strerror or type(err).__name__) from err
 
 
 def _same_file(fd, path):
@@ -46,29 +46,35 @@ def _same_file(fd, path):
         return False
 
 
-def _acquire(store, path):
+def _acquire(path, shown):
     """The locked fd. The holder removes the file when done: a file locked after its
     removal is not the lock any more, so check the inode and try again."""
     while True:
-        fd = _open(store, path)
+        fd = _open(path, shown)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
             raise Busy(f"another command that writes is running: {holder} holds "
-                       f"{store.shown(LOCK)}") from None
+                       f"{shown}") from None
         if _same_file(fd, path):
             return fd
         os.close(fd)
 
 
-@contextmanager
 def held(store, command):
     """Hold the lock of ``store``'s root for the block; Busy naming the holder if taken.
     The lock file exists only while it is held."""
-    path = store.sysroot.path(LOCK)
-    fd = _acquire(store, path)
+    return held_at(store.sysroot.path(LOCK), command, store.shown(LOCK))
+
+
+@contextmanager
+def held_at(path, command, shown=None):
+    """Hold the lock file ``path`` (a Path; ``shown``: its name in messages) for the
+    block, as held() does."""
+    shown = shown or str(path)
+    fd = _acquire(path, shown)
     try:
         os.ftruncate(fd, 0)     # a lock file left by a killed holder may hold more
         os.pwrite(fd, (json.dumps({"pid": os.getpid(), "command": command}) + "\n").encode(), 0)

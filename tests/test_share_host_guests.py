@@ -1,0 +1,144 @@
+"""The coordinator's channel to its guests (share/host_guests.py) against fake agents:
+'share' commands run in the guest and confirmed by its own status, vCPU threads
+pinned home before the guest takes a vCPU and fenced after it parks one, a guest
+that does not answer (or answers wrongly) is behind; layouts from QMP answers."""
+
+import pytest
+from share_host_fakes import HOST, FakeAgent, FakeGuestShare, mirror
+
+from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import qmp
+from vnuma_sched.kernel.qga import ExecResult
+from vnuma_sched.share import host_plan as H
+from vnuma_sched.share import host_state as S
+from vnuma_sched.share.coordinator import GuestBehind
+from vnuma_sched.share.host_guests import AgentGuests, fenced, layout_from_qmp
+
+LAYOUT = mirror("a", first=1)       # vCPU 0 on host CPU 1
+
+
+class Threads:
+    """QEMU's vCPU threads (thread id ``base`` + vCPU) and their affinities."""
+
+    def __init__(self, layout, base=100):
+        self.base = base
+        self.affinity = {base + v: {h} for v, h in layout.vcpu_host}
+        self.moves = []
+
+    def query(self, sock, commands, timeout):
+        assert commands == [("query-cpus-fast", None)]
+        return [[{"cpu-index": t - self.base, "thread-id": t} for t in sorted(self.affinity)]]
+
+    def setaffinity(self, tid, cpus):
+        self.moves.append((tid - self.base, min(cpus)))
+        self.affinity[tid] = set(cpus)
+
+
+def runs(fn):
+    """A qga.run that answers with ``fn(argv)`` = (exit code, stdout, stderr)."""
+    return lambda sock, argv, timeout: ExecResult(*fn(argv))
+
+
+@pytest.fixture
+def guest(tmp_path):
+    shell = FakeGuestShare([[0, 1, 2, 3], [4, 5, 6, 7]])
+    threads = Threads(LAYOUT)
+    record = S.GuestRecord(LAYOUT, "/run/a-qmp.sock", str(tmp_path / "qga.sock"))
+    io = AgentGuests(command=("vnuma-sched",), timeout=10, query=threads.query,
+                     setaffinity=threads.setaffinity,
+                     getaffinity=lambda tid: threads.affinity[tid])
+    with FakeAgent(record.agent, shell, polls=1) as agent:
+        yield io, record, shell, threads, agent
+
+
+def test_used_is_what_the_guest_says(guest):
+    io, record, shell, _, _ = guest
+    shell.parked = {5, 6, 7}
+    assert io.used("a", record) == [0, 1, 2, 3, 4]
+
+
+def test_a_give_parks_in_the_guest_then_fences_the_threads(guest):
+    io, record, shell, threads, _ = guest
+    io.apply("a", record, LAYOUT.whole(), H.share([0, 1, 4], LAYOUT.whole().mem))
+    assert shell.commands == [["apply", "--use", "0-1,4", "--allow-empty-node", "--replace"],
+                              ["status"]]
+    assert shell.parked == {2, 3, 5, 6, 7}
+    # parked vCPUs' threads now run on vCPU 0's host CPU (1), the others stay home
+    assert {t - 100: min(a) for t, a in threads.affinity.items()} == {
+        0: 1, 1: 2, 2: 1, 3: 1, 4: 4, 5: 1, 6: 1, 7: 1}
+
+
+def test_a_take_pins_home_before_the_guest_unparks(guest):
+    io, record, shell, threads, _ = guest
+    small = H.share([0, 4], LAYOUT.whole().mem)
+    io.apply("a", record, LAYOUT.whole(), small)
+    threads.moves.clear()
+    shell.commands.clear()
+    io.apply("a", record, small, H.share([0, 4, 5], LAYOUT.whole().mem))
+    assert threads.moves[0] == (5, 5)          # home first, then the guest unparks it
+    assert shell.commands[0][0] == "apply" and shell.parked == {1, 2, 3, 6, 7}
+
+
+def test_the_whole_layout_back_is_a_revert(guest):
+    io, record, shell, threads, _ = guest
+    small = H.share([0, 4], LAYOUT.whole().mem)
+    io.apply("a", record, LAYOUT.whole(), small)
+    shell.commands.clear()
+    io.apply("a", record, small, LAYOUT.whole())
+    assert shell.commands == [["status"], ["revert"], ["status"]]
+    assert {t - 100: min(a) for t, a in threads.affinity.items()} == LAYOUT.hosts
+
+
+def test_a_guest_whose_status_disagrees_is_behind(guest):
+    io, record, shell, _, _ = guest
+    shell.parked = set()
+    io.run = runs(lambda argv: (0, "{}", "") if argv[3] == "apply" else shell(argv))
+    with pytest.raises(GuestBehind, match=r"guest a: after the step it uses vCPUs 0-7, not 0,4"):
+        io.apply("a", record, LAYOUT.whole(), H.share([0, 4], LAYOUT.whole().mem))
+
+
+def test_a_failing_guest_command_is_behind_with_its_error(guest):
+    io, record, shell, _, _ = guest
+    io.run = runs(lambda argv: (3, "", "vnuma-sched: error: /proc/irq/9: write failed\n"))
+    with pytest.raises(GuestBehind, match="'share status' failed in the guest: vnuma-sched: "
+                                          "error: /proc/irq/9: write failed"):
+        io.used("a", record)
+
+
+def test_a_silent_agent_is_behind(tmp_path):
+    record = S.GuestRecord(LAYOUT, "/run/a-qmp.sock", str(tmp_path / "qga.sock"))
+    with FakeAgent(record.agent, FakeGuestShare([[0]]), silent=True):
+        with pytest.raises(GuestBehind, match="no answer from the guest agent .* within 0.3 s"):
+            AgentGuests(timeout=0.3).used("a", record)
+
+
+def test_memory_changes_are_not_carried_yet(guest):
+    io, record, _, _, _ = guest
+    with pytest.raises(GuestBehind, match="memory per node cannot be resized yet"):
+        io.apply("a", record, LAYOUT.whole(), H.share(LAYOUT.vcpus, {0: 512, 1: 1024}))
+
+
+def test_fenced_puts_parked_vcpus_on_the_boot_vcpus_host_cpu():
+    assert fenced(LAYOUT, H.share([0, 4])) == {0: 1, 1: 1, 2: 1, 3: 1, 4: 4, 5: 1, 6: 1, 7: 1}
+
+
+def test_layout_from_qmp_answers():
+    cpus = [{"cpu-index": v, "thread-id": 100 + v} for v in range(8)]
+    memdevs = [{"id": "vnode0", "size": 1024 << 20, "host-nodes": [0]},
+               {"id": "vnode1", "size": 512 << 20, "host-nodes": [1]},
+               {"id": "other", "size": 64 << 20, "host-nodes": [1]}]
+    lay = layout_from_qmp("a", cpus, memdevs, lambda tid: {LAYOUT.hosts[tid - 100]})
+    assert lay.vcpu_host == LAYOUT.vcpu_host
+    assert lay.mem_bounds == ((0, 1024, 1024), (1, 512, 512))
+    with pytest.raises(BadInput, match="vCPU 0 may run on host CPUs 0-7, not one"):
+        layout_from_qmp("a", cpus, memdevs, lambda tid: set(HOST.cpus))
+
+
+def test_pin_failures_are_behind(guest):
+    io, record, _, _, _ = guest
+
+    def broken(sock, commands, timeout):
+        raise qmp.PinError("QMP on /run/a-qmp.sock: ConnectError: refused")
+    io.query = broken
+    with pytest.raises(GuestBehind, match="pinning its vCPU threads: QMP on"):
+        io.apply("a", record, LAYOUT.whole(), H.share([0, 4], LAYOUT.whole().mem))

@@ -1,0 +1,117 @@
+"""vm tier: the coordinator's channel to a real guest. A placed 2-node guest (one vCPU
+per node, pinned 1:1) booted by 'vm run --agent-socket --qmp-socket' runs qemu-ga on
+its virtio-serial port; from the host, the guest agent runs 'share status' in it, the
+layout is read back through QMP, and a step parks vCPU 1 (the guest's own status
+confirms it, its thread is fenced onto vCPU 0's host CPU) and gives it back. Then 'share host' itself: start, set, status, stop on that guest."""
+
+import json
+import subprocess
+import time
+
+import pytest
+from helpers import VNUMA
+from test_vm_pin import QEMU, _exe, children, two_node_placement, vcpu_threads
+
+from vnuma_sched.kernel import qga
+from vnuma_sched.share import host_plan as H
+from vnuma_sched.share import host_state as S
+from vnuma_sched.share.host_guests import AgentGuests, read_layout
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.system.topology import read_topology
+
+pytestmark = pytest.mark.vm
+
+DONE = "/run/vnuma-agent-test.done"     # guest-local: made through the agent at the end
+BOOT_S = 240
+
+
+def wait_for_agent(sock, proc):
+    """The first answer of the guest agent (it starts with the guest's command)."""
+    deadline = time.monotonic() + BOOT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            return qga.run(sock, [VNUMA, "--json", "share", "status"], 20)
+        except qga.NoAnswer:
+            time.sleep(1)
+    pytest.fail(f"no answer from the guest agent (vm run exited {proc.poll()})")
+
+
+@pytest.fixture(scope="module")
+def guest(guest_build, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("agent")
+    spec, topo = two_node_placement(tmp_path)
+    agent, qmp_sock = tmp_path / "qga.sock", tmp_path / "qmp.sock"
+    script = (f"grep -q cgroup2 /proc/mounts || mount -t cgroup2 none /sys/fs/cgroup; "
+              f"while [ ! -e {DONE} ]; do sleep 0.2; done; echo bye")
+    proc = subprocess.Popen([VNUMA, "vm", "run", "--kernel", str(guest_build), "--topology",
+                             str(spec), "--mem", "1G", "--timeout", "600", "--json",
+                             "--agent-socket", str(agent), "--qmp-socket", str(qmp_sock),
+                             "--", "sh", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = wait_for_agent(agent, proc)
+        yield proc, topo, agent, qmp_sock, first
+        qga.run(agent, ["touch", DONE], 30)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert json.loads(out)["stdout"] == "bye\n"     # the guest's command ended well
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def qemu_of(proc):
+    qemus = [p for p in children(proc.pid) if _exe(p) == QEMU]
+    assert len(qemus) == 1
+    return qemus[0]
+
+
+def test_the_agent_channel_to_a_real_guest(guest):
+    proc, topo, agent, qmp_sock, first = guest
+    assert first.exitcode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert [(n["node"], n["used"], n["parked"]) for n in doc["nodes"]] == [(0, "0", ""),
+                                                                          (1, "1", "")]
+    # the layout QEMU has, read through QMP, is the placement vm run made
+    lay = read_layout("g", qmp_sock)
+    assert lay.hosts == {v: h for n in topo.nodes for v, h in zip(n.cpus, n.host_cpus)}
+    assert [m for m, _, _ in lay.mem_bounds] == sorted({n.host_node for n in topo.nodes})
+    record = S.GuestRecord(lay, str(qmp_sock), str(agent))
+    io = AgentGuests(command=(VNUMA,), timeout=120)
+    assert io.used("g", record) == [0, 1]
+    whole, one = lay.whole(), H.share([0], lay.whole().mem)
+    io.apply("g", record, whole, one)       # confirmed by the guest's own status
+    status = json.loads(qga.run(agent, [VNUMA, "--json", "share", "status"], 60).stdout)
+    assert (status["partition"], status["parked"]) == ("isolated", "1")
+    assert vcpu_threads(qemu_of(proc)) == {0: str(lay.hosts[0]), 1: str(lay.hosts[0])}
+    io.apply("g", record, one, whole)
+    assert io.used("g", record) == [0, 1]
+    assert vcpu_threads(qemu_of(proc)) == {v: str(h) for v, h in lay.hosts.items()}
+
+
+def host_cli(*args):
+    res = subprocess.run([VNUMA, "share", "host", *args], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_share_host_commands_on_a_real_guest(guest, tmp_path):
+    proc, topo, agent, qmp_sock, _ = guest
+    state = ["--state-dir", str(tmp_path / "state")]
+    host_node = read_topology(SysRoot("/")).node_of(topo.nodes[0].host_cpus[0])
+    out = json.loads(host_cli("start", "--guest", f"g={qmp_sock},{agent}", "--guest-command",
+                              VNUMA, "--timeout", "120", "--json", *state))
+    assert out["finished"] and out["steps"] == []      # alone, it keeps everything
+    out = json.loads(host_cli("set", "g", f"node{host_node}=1", "--json", *state))
+    assert [(s["phase"], s["after"]["used"], s["state"]) for s in out["steps"]] == [
+        ("give", [0], "done")]
+    report = json.loads(host_cli("status", "--json", *state))
+    (g,) = report["guests"]
+    assert (g["used"], g["guest_says"], g["agrees"], g["behind"]) == ("0", "0", True, None)
+    assert report["move"] is None
+    host_cli("stop", *state)
+    assert not (tmp_path / "state" / "state.json").exists()
+    status = json.loads(qga.run(agent, [VNUMA, "--json", "share", "status"], 60).stdout)
+    assert status["parked"] == ""
