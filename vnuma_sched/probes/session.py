@@ -103,6 +103,10 @@ class Session:
             snap["schedstat"] = schedstat.read_wake_counts(self.sysroot, self.topology.cpu_node)
         return snap
 
+    def program_stats(self):
+        """{probe: {program: (run_time_ns, run_cnt)}} (kernel.bpf_stats_enabled=1)."""
+        return {name: lp.program_stats() for name, lp in self.loaded.items()}
+
     def take_events(self):
         out, self.events = self.events, []
         return out
