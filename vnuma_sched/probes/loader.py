@@ -149,6 +149,9 @@ class LoadedProbe:
             return self._summed(m.name, size)
         if m.shape == "scalar":
             return self._summed(m.name, 1)[0]
+        if m.shape == "cpu_pairs":
+            return [[cpu, i, v] for cpu, row in enumerate(self._percpu(m.name, size))
+                    for i, v in enumerate(row) if v]
         return self._pairs(m)
 
     def snapshot(self):
