@@ -34,16 +34,21 @@ from pathlib import Path
 from probe_overhead import run  # this folder: perf bench's own "Total time"
 from serve_overhead import WORKLOADS, Serve, scrape
 
+from vnuma_sched.probes import session as session_mod
 from vnuma_sched.probes.session import Session
 from vnuma_sched.system.sysroot import SysRoot
-from vnuma_sched.system.topology import read_topology
+from vnuma_sched.system.topology import Node, Topology, read_topology
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 MESSAGING_FDS = 20      # perf bench sched messaging's default senders/receivers per group
+# Both pipe tasks on CPU 0: two wake-ups per op and no IPI or idle transition, which
+# makes the CPU time per op a steadier gauge of the per-wake-up cost (dispatch included).
+PINNED = {"sched pipe, CPU 0": ["taskset", "-c", "0", *WORKLOADS["sched pipe"]]}
 
 
 def ops(argv):
     """Benchmark operations of one run: pipe round trips, messaging messages."""
+    argv = argv[argv.index("perf"):]
     opts = dict(zip(argv[4::2], (int(v) for v in argv[5::2])))
     if argv[3] == "pipe":
         return opts.get("-l", 1_000_000)
@@ -145,21 +150,35 @@ def main():
     ap.add_argument("--scrapes", type=int, default=30, help="scrapes timed")
     ap.add_argument("--every", type=float, default=1.0,
                     help="scrape interval the user-space row assumes (s)")
+    ap.add_argument("--workload", action="append", default=[],
+                    help="only workloads whose name contains this (repeatable)")
     ap.add_argument("--no-serve", action="store_true", help="skip the user-space part")
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
+    ap.add_argument("--cpus", type=int, default=0,
+                    help="size the maps for a guest of this many CPUs (one node, one LLC) "
+                         "to see what handlers that walk CPUs would cost there")
+    ap.add_argument("--bpf", metavar="DIR",
+                    help="load the programs from DIR instead (an older bpf/, to compare)")
     ap.add_argument("probes", nargs="*", help="the probes to load (default: all)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (BPF)")
     root = SysRoot("/")
-    plain = measure_plain(WORKLOADS, args.repeat)
+    workloads = {name: argv for name, argv in {**WORKLOADS, **PINNED}.items()
+                 if not args.workload or any(w in name for w in args.workload)}
+    plain = measure_plain(workloads, args.repeat)
     previous = STATS_SYSCTL.read_text().strip()
     STATS_SYSCTL.write_text("1")
     try:
-        session = Session(args.probes, root, 0, read_topology(root)).start()
+        topology = read_topology(root)
+        if args.cpus > len(topology.cpus):
+            topology = Topology(nodes=(Node(0, tuple(range(args.cpus)), 0, (10,)),))
+        if args.bpf:
+            session_mod.BPF_DIR = Path(args.bpf).resolve()
+        session = Session(args.probes, root, 0, topology).start()
         try:
             print("loaded: " + ", ".join(session.loaded), file=sys.stderr)
-            results = measure_programs(session, WORKLOADS, args.repeat)
+            results = measure_programs(session, workloads, args.repeat)
             for name, cpu in plain.items():
                 results[name]["plain_cpu_s"] = cpu
         finally:

@@ -19,7 +19,9 @@
  *             balance move when the load-balance function cannot be probed)
  * CPU -> node comes from user space in cpu_node (filled from the topology),
  * CPU -> last-level cache in cpu_llc. It also counts wake-ups (sched_wakeup)
- * placed on a busy CPU while another CPU of the same LLC was idle.
+ * placed on a busy CPU while another CPU of the same LLC was idle (llc_idle
+ * counts the idle CPUs of each LLC as they enter and leave idle, so a wake-up
+ * costs the same whatever the size of the LLC).
  *
  * cross_node_avoidable (HAVE_AVOIDABLE=1): a migration to another node while
  * the task's previous node had an idle CPU, other than the destination, that
@@ -55,6 +57,7 @@
 BPF_ARRAY(cpu_node, u32, MAX_CPUS);
 BPF_ARRAY(cpu_llc, u32, MAX_CPUS);	/* first CPU of the last-level cache, from user space */
 BPF_ARRAY(cpu_in_idle, u8, MAX_CPUS);
+BPF_ARRAY(llc_idle, s64, MAX_CPUS);	/* [first CPU of an LLC]: its CPUs in cpu_in_idle */
 /* 0: wake-ups, 1: placed on a busy CPU while another CPU of its LLC was idle */
 BPF_PERCPU_ARRAY(wake_place, u64, 2);
 #if !HAVE_AVOIDABLE
@@ -90,12 +93,33 @@ static __always_inline u32 node_of(u32 cpu)
 	return n && *n < MAX_NODES ? *n : 0;
 }
 
+/*
+ * A CPU entering or leaving idle: cpu_in_idle and its LLC's idle count. Only the
+ * CPU itself traces its idle transitions, so each flag has one writer; the count
+ * changes only when the flag does.
+ */
+static __always_inline void idle_change(u32 cpu, u8 idle)
+{
+	u8 *cur = cpu_in_idle.lookup(&cpu);
+	u32 *llc;
+	s64 *n;
+	u32 l;
+
+	if (!cur || *cur == idle)
+		return;
+	*cur = idle;
+	llc = cpu_llc.lookup(&cpu);
+	if (!llc)
+		return;
+	l = *llc;
+	n = llc_idle.lookup(&l);
+	if (n)
+		__sync_fetch_and_add(n, idle ? 1 : -1);
+}
+
 TRACEPOINT_PROBE(power, cpu_idle)
 {
-	u32 cpu = args->cpu_id;
-	u8 idle = args->state != (u32)-1;
-
-	cpu_in_idle.update(&cpu, &idle);
+	idle_change(args->cpu_id, args->state != (u32)-1);
 	return 0;
 }
 
@@ -166,26 +190,27 @@ static __always_inline void count_place(u32 k)
 		(*v)++;
 }
 
-/* target_cpu is where the woken task will run */
+/*
+ * target_cpu is where the woken task will run. Placed on a busy CPU while another
+ * CPU of its LLC was idle: the target being busy, any idle CPU in the LLC's count.
+ */
 TRACEPOINT_PROBE(sched, sched_wakeup)
 {
-	u32 target = args->target_cpu, c;
+	u32 target = args->target_cpu, l;
 	u8 *target_idle = cpu_in_idle.lookup(&target);
-	u32 *llc = cpu_llc.lookup(&target);
+	u32 *llc;
+	s64 *n;
 
 	count_place(0);
-	if (!target_idle || *target_idle || !llc)
+	if (!target_idle || *target_idle)
 		return 0;
-	for (c = 0; c < MAX_CPUS; c++) {
-		u32 cpu = c;
-		u32 *l = cpu_llc.lookup(&cpu);
-		u8 *idle = cpu_in_idle.lookup(&cpu);
-
-		if (cpu != target && l && idle && *l == *llc && *idle) {
-			count_place(1);
-			break;
-		}
-	}
+	llc = cpu_llc.lookup(&target);
+	if (!llc)
+		return 0;
+	l = *llc;
+	n = llc_idle.lookup(&l);
+	if (n && *n > 0)
+		count_place(1);
 	return 0;
 }
 

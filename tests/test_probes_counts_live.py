@@ -14,9 +14,12 @@ import time
 
 import pytest
 
+from vnuma_sched.probes import catalog, loader, spec
+from vnuma_sched.probes.classify import node_cpu_slots
+from vnuma_sched.probes.events import BPF_DIR
 from vnuma_sched.probes.session import Session
 from vnuma_sched.system.sysroot import SysRoot
-from vnuma_sched.system.topology import read_topology
+from vnuma_sched.system.topology import Node, Topology, read_topology
 
 pytestmark = pytest.mark.bpf
 
@@ -143,3 +146,64 @@ def test_ipis_sent_per_pair_match_the_ipis_received(tracefs):
     received = sum(a[0] + a[1] - b[0] - b[1]
                    for a, b in zip(after["per_cpu"], before["per_cpu"]))
     assert sent > 100 and abs(sent - received) <= max(20, received // 20), (sent, received)
+
+
+def _wake(sleeper, times):
+    """Wake ``sleeper`` (reading one byte at a time) ``times`` times."""
+    for _ in range(times):
+        wait_state(sleeper.pid, "S")
+        sleeper.stdin.write(b"x")
+        sleeper.stdin.flush()
+    wait_state(sleeper.pid, "S")
+
+
+@pytest.mark.parametrize("build", ["raw", "classic"])
+def test_wake_ups_onto_a_busy_cpu_beside_an_idle_one(tracefs, build):
+    """CPUs 0 and 1 as one LLC, both kept busy by pinned spinners (so neither enters
+    idle and rewrites what the test sets). A task pinned to CPU 0 woken N times:
+    none counted as placed beside an idle CPU while CPU 1 reads busy; all N once
+    CPU 1 reads idle (set in the probe's maps as an idle entry would)."""
+    two_cpus()
+    probe = spec.PROBES["migrate"]
+    avail = catalog.availability(probe, catalog.KernelFacts(SysRoot("/"), 0))
+    if build == "classic":
+        if not avail.flags.get("HAVE_AVOIDABLE"):
+            pytest.skip("no BTF: the classic build is the only one, tested as 'raw'")
+        spec._avoidable_unsupported(avail, "test")
+    topo = Topology(nodes=(Node(0, (0, 1), 1, (10,)),))
+    context = {"topology": topo, "cpu_node": topo.cpu_node, "llc": {0: 0, 1: 0},
+               "node_cpus": node_cpu_slots(topo, 2, 1, 2)}
+    lp = loader.LoadedProbe(probe, avail, catalog.cflags(avail, 2, 1, False, 2), context,
+                            BPF_DIR)
+    spinners = [subprocess.Popen(SPINNER) for _ in range(2)]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys\nwhile sys.stdin.buffer"
+                                ".read(1): pass"], stdin=subprocess.PIPE)
+    idle, llc_idle = lp.bpf["cpu_in_idle"], lp.bpf["llc_idle"]
+
+    def cpu1_reads(value):
+        idle[idle.Key(1)] = idle.Leaf(value)
+        idle[idle.Key(0)] = idle.Leaf(0)
+        llc_idle[llc_idle.Key(0)] = llc_idle.Leaf(value)
+
+    def placed(n):
+        before = lp.snapshot()["wake_place"]
+        _wake(sleeper, n)
+        after = lp.snapshot()["wake_place"]
+        return [a - b for a, b in zip(after, before)]
+
+    try:
+        for cpu, proc in enumerate(spinners):
+            os.sched_setaffinity(proc.pid, {cpu})
+        os.sched_setaffinity(sleeper.pid, {0})
+        time.sleep(0.5)                 # the spinners own their CPUs
+        cpu1_reads(0)
+        busy = placed(20)
+        cpu1_reads(1)
+        beside_idle = placed(20)
+    finally:
+        for proc in (*spinners, sleeper):
+            proc.kill()
+            proc.wait()
+        lp.close()
+    assert busy[0] >= 20 and busy[1] == 0, busy
+    assert beside_idle[0] >= 20 and beside_idle[1] >= 20, beside_idle
