@@ -135,8 +135,10 @@ def test_ipis_sent_per_pair_match_the_ipis_received(tracefs):
         before = s.sample()["ipi"]
         subprocess.run(WORKLOAD + ["2", "1500"], check=True, timeout=120)
         after = s.sample()["ipi"]
+        counters = s.sample(listings=False)["ipi"]     # what serve reads
     finally:
         s.close()
+    assert "sent" not in counters and len(counters["per_cpu"]) == len(after["per_cpu"])
     cpus = set(read_topology(SysRoot("/")).cpus)
     rows = after["sent"]
     assert rows == sorted(rows) and len({(r[0], r[1]) for r in rows}) == len(rows)

@@ -154,10 +154,12 @@ class LoadedProbe:
                     for i, v in enumerate(row) if v]
         return self._pairs(m)
 
-    def snapshot(self):
+    def snapshot(self, listings=True):
+        """The maps' contents; ``listings=False`` leaves out the listing maps (hash-map
+        rows, not counters), which cost the most to read and serve does not export."""
         out = {}
         for m in self.probe.maps:
-            if m.when_flag and not self.flags.get(m.when_flag):
+            if (m.when_flag and not self.flags.get(m.when_flag)) or (m.listing and not listings):
                 continue
             out[m.key] = self._read(m)
             nodes = len(self.context["topology"].nodes)

@@ -91,11 +91,13 @@ class Session:
     def running(self):
         return [p.name for p in self.probes if self.status[p.name].ok]
 
-    def sample(self):
+    def sample(self, listings=True):
+        """Cumulative counters per probe; ``listings=False``: without the listing maps
+        (see LoadedProbe.snapshot)."""
         snap = {}
         for name, lp in self.loaded.items():
             lp.poll(0)
-            snap[name] = lp.snapshot()
+            snap[name] = lp.snapshot(listings)
         if "steal" in self.running():
             ncpus = max(self.topology.cpus, default=-1) + 1
             snap["steal"] = {"ms": steal_ms(self.sysroot, ncpus)}
