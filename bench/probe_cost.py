@@ -13,7 +13,11 @@ their product (ns per op) and its share of the total. These are CPU times of
 the programs themselves, so a busy machine changes them little, unlike wall
 times; the events per op include what other jobs trigger meanwhile (the
 programs trace the whole machine). bpf_stats itself adds two clock reads per
-run, inside the counted time.
+run, inside the counted time. The workloads' own CPU time per op, plain (run
+first) and with the probes, adds the tracepoint dispatch the stats do not see;
+the pipe pinned to CPU 0 is the steadiest of them. --cpus N sizes the maps for
+an N-CPU guest (handlers that walk CPUs then cost what they would there),
+--bpf DIR loads another bpf/ folder (say, an older commit's) to compare.
 
 Then `vnuma-sched serve` with the same probes runs as a separate process:
 its CPU time (/proc/PID/stat, exited request threads included) over --idle
