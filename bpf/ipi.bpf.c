@@ -41,21 +41,17 @@ TRACEPOINT_PROBE(sched, sched_wake_idle_without_ipi)
 }
 
 #if HAVE_IPI_SEND_CPU
-struct ipi_pair {
-	u32 src;
-	u32 dst;
-};
-
-BPF_HASH(ipi_sent, struct ipi_pair, u64, 4096);
+/* [dst], one copy per sending CPU: the (src, dst) pairs without a hash map */
+BPF_PERCPU_ARRAY(ipi_sent, u64, MAX_CPUS);
 
 /* callback == NULL is smp_send_reschedule() */
 TRACEPOINT_PROBE(ipi, ipi_send_cpu)
 {
-	struct ipi_pair key = {};
+	u32 dst = args->cpu;
+	u64 *v = ipi_sent.lookup(&dst);
 
-	key.src = bpf_get_smp_processor_id();
-	key.dst = args->cpu;
-	ipi_sent.increment(key);
+	if (v)
+		(*v)++;
 	return 0;
 }
 #endif

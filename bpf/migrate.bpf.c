@@ -4,9 +4,13 @@
  * whether the destination CPU was idle. bcc dialect.
  *
  * Cause, in order:
- *   wake      sched_waking of the same pid was traced on this CPU by the task
- *             that now moves it (try_to_wake_up() traces sched_waking before
- *             select_task_rq() and set_task_cpu(), in the waker's context)
+ *   wake      try_to_wake_up() moves the task: with the raw tracepoint
+ *             (HAVE_AVOIDABLE) the task is TASK_WAKING at the event (ttwu sets
+ *             it before select_task_rq() and set_task_cpu(); nothing else
+ *             migrates a waking task); without it, sched_waking of the same pid
+ *             was traced on this CPU by the task that now moves it (ttwu
+ *             traces sched_waking before set_task_cpu(), in the waker's
+ *             context), which needs a program on every wake-up
  *   numa      sched_move_numa / sched_swap_numa announced the pid
  *   newidle   inside the load-balance function with CPU_NEWLY_IDLE (kprobe)
  *   nohz      inside it for another CPU (nohz idle balance on its behalf)
@@ -15,7 +19,9 @@
  *             balance move when the load-balance function cannot be probed)
  * CPU -> node comes from user space in cpu_node (filled from the topology),
  * CPU -> last-level cache in cpu_llc. It also counts wake-ups (sched_wakeup)
- * placed on a busy CPU while another CPU of the same LLC was idle.
+ * placed on a busy CPU while another CPU of the same LLC was idle (llc_idle
+ * counts the idle CPUs of each LLC as they enter and leave idle, so a wake-up
+ * costs the same whatever the size of the LLC).
  *
  * cross_node_avoidable (HAVE_AVOIDABLE=1): a migration to another node while
  * the task's previous node had an idle CPU, other than the destination, that
@@ -30,7 +36,8 @@
  * never counted as "not avoidable" (cross_node_unchecked).
  * This needs the task_struct, so the migration handler is then a raw
  * tracepoint on sched_migrate_task (args: p, dest_cpu) reading task fields
- * at byte offsets the loader takes from the running kernel's BTF; both
+ * at byte offsets the loader takes from the running kernel's BTF (the task
+ * state too: TASK_STATE_OFF, the 32 low bits of __state); both
  * handlers feed the same counters through account(). Without BTF, or when
  * the raw tracepoint cannot be loaded, the loader builds HAVE_AVOIDABLE=0:
  * the classic tracepoint handler counts everything else and the metric is
@@ -45,18 +52,22 @@
 #define MAX_NODE_CPUS MAX_CPUS
 #endif
 #define MASK_WORDS ((MAX_CPUS + 63) / 64)
+#define TASK_WAKING 0x200
 
 BPF_ARRAY(cpu_node, u32, MAX_CPUS);
 BPF_ARRAY(cpu_llc, u32, MAX_CPUS);	/* first CPU of the last-level cache, from user space */
 BPF_ARRAY(cpu_in_idle, u8, MAX_CPUS);
+BPF_ARRAY(llc_idle, s64, MAX_CPUS);	/* [first CPU of an LLC]: its CPUs in cpu_in_idle */
 /* 0: wake-ups, 1: placed on a busy CPU while another CPU of its LLC was idle */
 BPF_PERCPU_ARRAY(wake_place, u64, 2);
+#if !HAVE_AVOIDABLE
 struct waking {
 	u32 pid;	/* the wakee */
 	u32 waker;	/* current at sched_waking: the same task calls set_task_cpu() */
 };
 
 BPF_PERCPU_ARRAY(waking, struct waking, 1);
+#endif
 BPF_PERCPU_ARRAY(balance_idle, s32, 1);	/* 0: not balancing; else idle type + 1 */
 BPF_PERCPU_ARRAY(balance_cpu, s32, 1);
 BPF_HASH(numa_pids, u32, u8, 4096);
@@ -82,15 +93,37 @@ static __always_inline u32 node_of(u32 cpu)
 	return n && *n < MAX_NODES ? *n : 0;
 }
 
+/*
+ * A CPU entering or leaving idle: cpu_in_idle and its LLC's idle count. Only the
+ * CPU itself traces its idle transitions, so each flag has one writer; the count
+ * changes only when the flag does.
+ */
+static __always_inline void idle_change(u32 cpu, u8 idle)
+{
+	u8 *cur = cpu_in_idle.lookup(&cpu);
+	u32 *llc;
+	s64 *n;
+	u32 l;
+
+	if (!cur || *cur == idle)
+		return;
+	*cur = idle;
+	llc = cpu_llc.lookup(&cpu);
+	if (!llc)
+		return;
+	l = *llc;
+	n = llc_idle.lookup(&l);
+	if (n)
+		__sync_fetch_and_add(n, idle ? 1 : -1);
+}
+
 TRACEPOINT_PROBE(power, cpu_idle)
 {
-	u32 cpu = args->cpu_id;
-	u8 idle = args->state != (u32)-1;
-
-	cpu_in_idle.update(&cpu, &idle);
+	idle_change(args->cpu_id, args->state != (u32)-1);
 	return 0;
 }
 
+#if !HAVE_AVOIDABLE	/* the raw tracepoint reads TASK_WAKING instead */
 TRACEPOINT_PROBE(sched, sched_waking)
 {
 	u32 zero = 0;
@@ -101,6 +134,7 @@ TRACEPOINT_PROBE(sched, sched_waking)
 	waking.update(&zero, &w);
 	return 0;
 }
+#endif
 
 #if HAVE_NUMA_TP
 TRACEPOINT_PROBE(sched, sched_move_numa)
@@ -156,26 +190,27 @@ static __always_inline void count_place(u32 k)
 		(*v)++;
 }
 
-/* target_cpu is where the woken task will run */
+/*
+ * target_cpu is where the woken task will run. Placed on a busy CPU while another
+ * CPU of its LLC was idle: the target being busy, any idle CPU in the LLC's count.
+ */
 TRACEPOINT_PROBE(sched, sched_wakeup)
 {
-	u32 target = args->target_cpu, c;
+	u32 target = args->target_cpu, l;
 	u8 *target_idle = cpu_in_idle.lookup(&target);
-	u32 *llc = cpu_llc.lookup(&target);
+	u32 *llc;
+	s64 *n;
 
 	count_place(0);
-	if (!target_idle || *target_idle || !llc)
+	if (!target_idle || *target_idle)
 		return 0;
-	for (c = 0; c < MAX_CPUS; c++) {
-		u32 cpu = c;
-		u32 *l = cpu_llc.lookup(&cpu);
-		u8 *idle = cpu_in_idle.lookup(&cpu);
-
-		if (cpu != target && l && idle && *l == *llc && *idle) {
-			count_place(1);
-			break;
-		}
-	}
+	llc = cpu_llc.lookup(&target);
+	if (!llc)
+		return 0;
+	l = *llc;
+	n = llc_idle.lookup(&l);
+	if (n && *n > 0)
+		count_place(1);
 	return 0;
 }
 
@@ -187,17 +222,25 @@ static __always_inline void count_seen(u32 k)
 		(*v)++;
 }
 
-/* The cause, as the header says; consumes the wake-up and NUMA markers. */
-static __always_inline u8 migration_cause(u32 pid, u32 dest, u32 cur)
+/*
+ * The cause, as the header says; consumes the wake-up and NUMA markers.
+ * waking: the task is TASK_WAKING (raw tracepoint; unused without it).
+ */
+static __always_inline u8 migration_cause(u32 pid, u32 dest, u32 cur, int waking_now)
 {
 	u32 zero = 0;
-	struct waking *w = waking.lookup(&zero);
 	s32 *bidle = balance_idle.lookup(&zero);
+#if HAVE_AVOIDABLE
+	if (waking_now)
+		return CAUSE_WAKE;
+#else
+	struct waking *w = waking.lookup(&zero);
 
 	if (w && w->pid == pid && w->waker == (u32)bpf_get_current_pid_tgid()) {
 		w->pid = 0;
 		return CAUSE_WAKE;
 	}
+#endif
 	if (numa_pids.lookup(&pid)) {
 		numa_pids.delete(&pid);
 		return CAUSE_NUMA;
@@ -215,11 +258,11 @@ static __always_inline u8 migration_cause(u32 pid, u32 dest, u32 cur)
  * (same node, or not examined); comm: a kernel address of 16 bytes or NULL.
  */
 static __always_inline void account(void *ctx, u32 pid, u32 orig, u32 dest,
-				    const void *comm, int avoid, u64 allowed)
+				    const void *comm, int avoid, u64 allowed, int waking_now)
 {
 	u32 cur = bpf_get_smp_processor_id();
 	u8 *dest_idle_p = cpu_in_idle.lookup(&dest);
-	u8 cause = migration_cause(pid, dest, cur), dest_idle = dest_idle_p ? *dest_idle_p : 0;
+	u8 cause = migration_cause(pid, dest, cur, waking_now), dest_idle = dest_idle_p ? *dest_idle_p : 0;
 	u32 src_node = node_of(orig), dst_node = node_of(dest), idx;
 	u64 *cell;
 
@@ -284,13 +327,14 @@ static __always_inline int idle_allowed_on(u32 node, u32 dest, struct cpu_words 
 int on_migrate_raw(struct bpf_raw_tracepoint_args *ctx)
 {
 	const char *p = (const char *)ctx->args[0];
-	u32 dest = (u32)ctx->args[1], pid = 0, orig = 0, zero = 0;
+	u32 dest = (u32)ctx->args[1], pid = 0, orig = 0, zero = 0, state = 0;
 	const void *cpus = NULL;
 	struct cpu_words *mask = mask_buf.lookup(&zero);
 	int avoid = -1, cross, have_mask = 0;
 
 	if (bpf_probe_read_kernel(&pid, sizeof(pid), p + TASK_PID_OFF) ||
-	    bpf_probe_read_kernel(&orig, sizeof(orig), p + TASK_CPU_OFF)) {
+	    bpf_probe_read_kernel(&orig, sizeof(orig), p + TASK_CPU_OFF) ||
+	    bpf_probe_read_kernel(&state, sizeof(state), p + TASK_STATE_OFF)) {
 		count_seen(SEEN_TASK_UNREADABLE);
 		return 0;
 	}
@@ -308,7 +352,7 @@ int on_migrate_raw(struct bpf_raw_tracepoint_args *ctx)
 		}
 	}
 	account(ctx, pid, orig, dest, p + TASK_COMM_OFF, avoid,
-		have_mask && mask ? mask->w[0] : 0);
+		have_mask && mask ? mask->w[0] : 0, (state & TASK_WAKING) != 0);
 	return 0;
 }
 #else
@@ -320,7 +364,7 @@ TRACEPOINT_PROBE(sched, sched_migrate_task)
 	const void *comm = NULL;
 #endif
 
-	account(args, args->pid, args->orig_cpu, args->dest_cpu, comm, -1, 0);
+	account(args, args->pid, args->orig_cpu, args->dest_cpu, comm, -1, 0, 0);
 	return 0;
 }
 #endif

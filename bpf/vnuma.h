@@ -12,7 +12,8 @@
  *   probed), PREEMPTED_FN_KRETPROBE (vcpu_is_preempted can be probed),
  *   HAVE_AVOIDABLE (migrate reads the task from a raw tracepoint) with the
  *   task_struct byte offsets TASK_PID_OFF, TASK_CPU_OFF, TASK_COMM_OFF,
- *   TASK_CPUS_PTR_OFF (from the running kernel's BTF, never from headers).
+ *   TASK_CPUS_PTR_OFF, TASK_STATE_OFF (from the running kernel's BTF, never
+ *   from headers).
  */
 #ifndef VNUMA_H
 #define VNUMA_H

@@ -157,5 +157,6 @@ def btf_blob(structs, order="<"):
 
 
 TASK_BTF = {"thread_info": [("flags", 0, "int"), ("status", 16, "int"), ("cpu", 20, "int")],
-            "task_struct": [("thread_info", 0, "thread_info"), ("cpus_ptr", 800, "int"),
+            "task_struct": [("thread_info", 0, "thread_info"), ("__state", 24, "int"),
+                            ("cpus_ptr", 800, "int"),
                             ("pid", 1264, "int"), ("comm", 1752, "int")]}

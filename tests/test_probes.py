@@ -96,7 +96,7 @@ def test_availability_full_guest(tmp_path):
     m = avail(root, "migrate")
     assert m.flags == {"HAVE_MIGRATE_COMM": 1, "HAVE_NUMA_TP": 1, "BALANCE_FN_KPROBE": 1,
                        "HAVE_AVOIDABLE": 1, "TASK_PID_OFF": 1264, "TASK_COMM_OFF": 1752,
-                       "TASK_CPUS_PTR_OFF": 800, "TASK_CPU_OFF": 20}
+                       "TASK_CPUS_PTR_OFF": 800, "TASK_CPU_OFF": 20, "TASK_STATE_OFF": 24}
     assert m.attach == {"balance": "sched_balance_rq", "migrate_raw": "sched_migrate_task"}
     assert m.unsupported == {} and m.notes == []
     p = avail(root, "preempt")

@@ -40,17 +40,18 @@ def test_task_offsets_from_btf(order):
     offsets, why = btf.task_offsets(btf_blob(TASK_BTF, order))
     assert why is None
     assert offsets == {"TASK_PID_OFF": 1264, "TASK_COMM_OFF": 1752,
-                       "TASK_CPUS_PTR_OFF": 800, "TASK_CPU_OFF": 20}
+                       "TASK_CPUS_PTR_OFF": 800, "TASK_CPU_OFF": 20, "TASK_STATE_OFF": 24}
 
 
 def test_task_cpu_without_thread_info_and_through_anonymous_members():
-    """task->cpu where thread_info has no cpu; members inside anonymous structs
-    (randomized_struct_fields_start with RANDSTRUCT) add the outer offset."""
+    """task->cpu where thread_info has no cpu, task->state before 5.14's __state;
+    members inside anonymous structs (randomized_struct_fields_start with RANDSTRUCT)
+    add the outer offset."""
     layout = {"#1": [("pid", 8, "int"), ("comm", 40, "int")],
-              "task_struct": [("cpu", 4, "int"), ("", 1000, "#1"),
+              "task_struct": [("state", 0, "int"), ("cpu", 4, "int"), ("", 1000, "#1"),
                               ("cpus_ptr", 1200, "int")]}
     offsets, why = btf.task_offsets(btf_blob(layout))
-    assert why is None and offsets["TASK_CPU_OFF"] == 4
+    assert why is None and offsets["TASK_CPU_OFF"] == 4 and offsets["TASK_STATE_OFF"] == 0
     assert offsets["TASK_PID_OFF"] == 1008 and offsets["TASK_COMM_OFF"] == 1040
 
 

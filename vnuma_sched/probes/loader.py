@@ -4,6 +4,7 @@ import contextlib
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from vnuma_sched.probes import spec
 from vnuma_sched.probes.classify import unflatten_cause_matrix, unflatten_matrix
@@ -59,6 +60,13 @@ def compile_check():
 
     version = getattr(bcc, "__version__", "?")
     return "ok", f"bcc {version} compiled and loaded a program"
+
+
+def read_prog_stats(fd, fdinfo_dir="/proc/self/fdinfo"):
+    """(run_time_ns, run_cnt) of the BPF program open as ``fd`` (its fdinfo lines)."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(fdinfo_dir, str(fd)).read_text().splitlines() if ":" in line)
+    return int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0))
 
 
 class LoadedProbe:
@@ -141,12 +149,17 @@ class LoadedProbe:
             return self._summed(m.name, size)
         if m.shape == "scalar":
             return self._summed(m.name, 1)[0]
+        if m.shape == "cpu_pairs":
+            return [[cpu, i, v] for cpu, row in enumerate(self._percpu(m.name, size))
+                    for i, v in enumerate(row) if v]
         return self._pairs(m)
 
-    def snapshot(self):
+    def snapshot(self, listings=True):
+        """The maps' contents; ``listings=False`` leaves out the listing maps (hash-map
+        rows, not counters), which cost the most to read and serve does not export."""
         out = {}
         for m in self.probe.maps:
-            if m.when_flag and not self.flags.get(m.when_flag):
+            if (m.when_flag and not self.flags.get(m.when_flag)) or (m.listing and not listings):
                 continue
             out[m.key] = self._read(m)
             nodes = len(self.context["topology"].nodes)
@@ -155,6 +168,11 @@ class LoadedProbe:
             elif m.cause_matrix:
                 out[m.key] = unflatten_cause_matrix(out[m.key], self.max_nodes, nodes)
         return out
+
+    def program_stats(self):
+        """{program name: (run_time_ns, run_cnt)} of this probe's loaded programs, as
+        the kernel counts them while kernel.bpf_stats_enabled=1 (zeros otherwise)."""
+        return {name.decode(): read_prog_stats(fn.fd) for name, fn in self.bpf.funcs.items()}
 
     def close(self):
         self.bpf.cleanup()

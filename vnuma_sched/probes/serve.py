@@ -77,7 +77,7 @@ class SessionCollector:
         with self.lock:
             if self.closed:
                 return
-            snapshot = self.session.sample()
+            snapshot = self.session.sample(listings=False)     # not exported
         yield from exposition.families(snapshot, self.session.status, self.ctx)
         yield exposition.info(facts.release(self.sysroot, ""),
                               facts.patch_gate_values(self.sysroot),

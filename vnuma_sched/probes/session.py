@@ -91,17 +91,23 @@ class Session:
     def running(self):
         return [p.name for p in self.probes if self.status[p.name].ok]
 
-    def sample(self):
+    def sample(self, listings=True):
+        """Cumulative counters per probe; ``listings=False``: without the listing maps
+        (see LoadedProbe.snapshot)."""
         snap = {}
         for name, lp in self.loaded.items():
             lp.poll(0)
-            snap[name] = lp.snapshot()
+            snap[name] = lp.snapshot(listings)
         if "steal" in self.running():
             ncpus = max(self.topology.cpus, default=-1) + 1
             snap["steal"] = {"ms": steal_ms(self.sysroot, ncpus)}
         if "schedstat" in self.running():
             snap["schedstat"] = schedstat.read_wake_counts(self.sysroot, self.topology.cpu_node)
         return snap
+
+    def program_stats(self):
+        """{probe: {program: (run_time_ns, run_cnt)}} (kernel.bpf_stats_enabled=1)."""
+        return {name: lp.program_stats() for name, lp in self.loaded.items()}
 
     def take_events(self):
         out, self.events = self.events, []

@@ -21,7 +21,8 @@ class Map:
 
     shape: "percpu" -> [cpu][index]; "sum" -> [index] summed over CPUs;
     "scalar" -> the single summed value; "pairs" -> sorted [*keys, value] rows of
-    a hash map. ``size`` is an int or a function of (max_cpus, max_nodes).
+    a hash map; "cpu_pairs" -> the same rows, [cpu, index, value] with value > 0, of
+    a per-CPU array (a pair counted without hashing). ``size`` is an int or a function of (max_cpus, max_nodes).
     """
 
     name: str
@@ -272,7 +273,7 @@ PROBES = {p.name: p for p in [
           tracepoints=("irq_vectors:reschedule_entry", "irq_vectors:call_function_single_entry",
                        "irq_vectors:call_function_entry", "sched:sched_wake_idle_without_ipi"),
           maps=(Map("ipi_recv", "per_cpu", "percpu", E.NR_IPI),
-                Map("ipi_sent", "sent", "pairs", keys=("src", "dst"),
+                Map("ipi_sent", "sent", "cpu_pairs", _cpus, keys=("src", "dst"),
                     when_flag="HAVE_IPI_SEND_CPU", listing=True)),
           metrics=(Metric("ipi_resched", "ipi", "reschedule IPIs received"),
                    Metric("ipi_call_single", "ipi", "call-function-single IPIs received"),

@@ -29,6 +29,9 @@ TASK_FIELDS = {
     "TASK_CPUS_PTR_OFF": (("cpus_ptr",),),
     # task_cpu(): thread_info.cpu with THREAD_INFO_IN_TASK (x86 since 5.17), else task->cpu
     "TASK_CPU_OFF": (("thread_info", "cpu"), ("cpu",)),
+    # TASK_WAKING is in the low 32 bits: __state (unsigned int) since 5.14, state before
+    # (long; read as its first 4 bytes, little-endian)
+    "TASK_STATE_OFF": (("__state",), ("state",)),
 }
 
 
