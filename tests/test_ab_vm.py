@@ -80,7 +80,8 @@ def test_arms_boot_their_own_guest_layouts(patched_build_612, tmp_path):
                           "--iterations", "100", "--threads", "2", "--out", str(out),
                           "--arm", "flat=topology:1x2", "--arm", "numa=topology:2x1",
                           "--arm", "parked=share:per-node=1",
-                          "--timeout", "300"], capture_output=True, text=True, timeout=1800)
+                          # per boot: the probes compile in the guest (lockdep, BTF)
+                          "--timeout", "600"], capture_output=True, text=True, timeout=3600)
     assert res.returncode == 0, res.stderr[-2000:]
     recs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
     guests = {r["boot"]: r for r in recs if r["type"] == "guest"}
