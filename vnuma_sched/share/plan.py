@@ -93,17 +93,18 @@ def _irq_rows(sysroot, used):
     rows = [_simple("share.irq_default", sysroot,
                     lambda cur: cpumask_hex(used, cur))]
     for irq in KS.irqs(sysroot):
-        reason = f"irq {irq.number}" + (f" ({irq.name})" if irq.name else "")
-        rows.append(_row("share.irq", irq.path, format_cpulist(irq.cpus),
-                         _moved(irq.cpus, used), reason))
+        current, target = format_cpulist(irq.cpus), _moved(irq.cpus, used)
+        name = KS.irq_name(sysroot, irq.number) if current != target else ""
+        reason = f"irq {irq.number}" + (f" ({name})" if name else "")
+        rows.append(_row("share.irq", irq.path, current, target, reason))
     return rows
 
 
 def _kthread_rows(sysroot, target):
     rows = []
     parked = set(target.parked)
-    for kt in KS.kthreads(sysroot):
-        if kt.per_cpu or not parked & set(kt.cpus):     # per-CPU ones stay: see status
+    for kt in KS.kthreads(sysroot, parked):
+        if kt.per_cpu:                  # per-CPU ones stay: see status
             continue
         current = format_cpulist(kt.cpus)
         if kt.fixed:
