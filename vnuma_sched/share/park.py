@@ -55,6 +55,6 @@ def apply(sysroot, target, shown_root=None, replace=False, warn=_nowarn, between
 def revert(sysroot, shown_root=None, force=False, warn=_nowarn):
     """Give every parked vCPU back: the journal's values restored, newest first."""
     st = store(sysroot, shown_root)
-    if J.load(st) is None:
+    if not J.present(st):           # revert loads and checks it
         raise BadInput("nothing to revert: no vCPUs parked by vnuma-sched (no share journal)")
     return engine.revert(sysroot, store=st, force=force, warn=warn)

@@ -2,7 +2,8 @@
 the tunables engine (knob, path, current, target, action), in the order apply makes
 them: timer migration, the unbound kernel threads, the unbound workqueue mask, the
 IRQs, and last the cpuset partition. Revert undoes them newest first: the partition
-goes first. Pure: reads only.
+goes first. Pure: reads only. Each row carries the value it read (Row.olds): apply,
+under the same lock, journals it without reading every path a second time.
 
 The partition comes last because the kernel itself changes two of the other values
 when a partition appears or goes (6.12): every task of the root cgroup without
@@ -39,10 +40,13 @@ def mask_cpus(text):
     return [c for c in range(value.bit_length()) if value >> c & 1]
 
 
-def _row(name, path, current, target, reason=""):
+def _row(name, path, current, target, reason="", read=True):
+    """``read``: ``current`` was read from ``path`` now (apply journals it as the old
+    value, without reading it again)."""
     knob = K.SHARE[name]
     action = P.UNCHANGED if current == target else P.SET
-    return P.Row(name, knob.kind, (path,), current, target, action, reason)
+    return P.Row(name, knob.kind, (path,), current, target, action, reason,
+                 olds=(current,) if read else None)
 
 
 def _unsupported(name, path, why):
@@ -72,7 +76,7 @@ def _group_rows(sysroot, target):
         current = P.read(K.SHARE[name], path, sysroot) if exists else NEW_GROUP[name]
         if name == "share.group.cpus":
             current = _normal(current, path)
-        rows.append(_row(name, path, current, value))
+        rows.append(_row(name, path, current, value, read=exists))  # else: after mkdir
     return rows
 
 
