@@ -5,6 +5,7 @@ SIGINT/SIGTERM/SIGHUP; revert restores exactly, newest first."""
 from dataclasses import dataclass, field
 
 from vnuma_sched.errors import BadInput
+from vnuma_sched.share import busy
 from vnuma_sched.share import plan as SP
 from vnuma_sched.tunables import engine
 from vnuma_sched.tunables import journal as J
@@ -48,7 +49,7 @@ def apply(sysroot, target, shown_root=None, replace=False, warn=_nowarn, between
         refused.append({"path": path, "what": row.reason, "why": why})
 
     count = engine.apply(rows, sysroot, _Name(), store=st, warn=warn, refused=note,
-                         between=between)
+                         between=between, around=busy.around(sysroot, target))
     return Applied(count, rows, refused)
 
 

@@ -3,6 +3,7 @@ doing it and, on any exception or SIGINT/SIGTERM/SIGHUP, restores everything it
 wrote; revert() walks the journal backwards. Neither acts on what it did not
 journal: a journal is checked before it is trusted (journal_check)."""
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -234,9 +235,14 @@ def _batches(rows):
         yield batch
 
 
-def _write_batch(rows, sysroot, journal, between, refused, count):
+def _held(row):
+    return contextlib.nullcontext()
+
+
+def _write_batch(rows, sysroot, journal, between, refused, count, around=_held):
     """Journal every write of ``rows`` (one fsync), then make them, then mark the ones
-    made "done" (one append, no fsync: an entry left pending is checked on revert)."""
+    made "done" (one append, no fsync: an entry left pending is checked on revert).
+    ``around(row)``: a context manager held while that row is written."""
     todo = []
     for row in rows:
         knob = K.known(row.knob)
@@ -246,7 +252,9 @@ def _write_batch(rows, sysroot, journal, between, refused, count):
                           for row, knob, p, old in todo])
     made = []
     for seq, (row, knob, path, old) in zip(seqs, todo, strict=True):
-        if not _write(knob, path, row, old, sysroot, refused):
+        with around(row):
+            made_it = _write(knob, path, row, old, sysroot, refused)
+        if not made_it:
             continue        # still journaled (pending): its revert is a no-op
         made.append(seq)
         count += 1
@@ -256,10 +264,10 @@ def _write_batch(rows, sysroot, journal, between, refused, count):
     return count
 
 
-def _write_rows(rows, sysroot, journal, between, refused=None):
+def _write_rows(rows, sysroot, journal, between, refused=None, around=_held):
     count = 0
     for batch in _batches(rows):
-        count = _write_batch(batch, sysroot, journal, between, refused, count)
+        count = _write_batch(batch, sysroot, journal, between, refused, count, around)
     return count
 
 
@@ -290,10 +298,11 @@ def _clear(store, sysroot, replace, warn):
 
 
 def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=False,
-          between=None, store=None, warn=_nowarn, refused=None):
+          between=None, store=None, warn=_nowarn, refused=None, around=_held):
     """Write every 'set' row, journal first; the number of writes. Hold the lock.
     With ``refused`` (a callback), a write that the kernel refuses to a knob that may
-    refuse it is reported there instead of failing the apply."""
+    refuse it is reported there instead of failing the apply. ``around(row)``: a
+    context manager held while that row is written."""
     store = _store(sysroot, store)
     _clear(store, sysroot, replace, warn)
     journal = None
@@ -301,7 +310,7 @@ def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=Fal
         try:
             journal = J.Writer(store, profile.name, facts.release(sysroot),
                                persistent=persist or persist_boot)
-            count = _write_rows(rows, sysroot, journal, between, refused)
+            count = _write_rows(rows, sysroot, journal, between, refused, around)
             _persist(rows, sysroot, journal, persist, persist_boot)
             journal.close()
             if count == 0 and not journal.doc.files:

@@ -1,0 +1,103 @@
+"""Keep the vCPUs to park busy while their partition is made, so that they do not go
+on serving as the idle load balancer.
+
+A CPU idle with its tick stopped is in nohz.idle_cpus_mask, from which the busy CPUs
+pick the one to kick (an IPI, call-function-single) to balance on behalf of every
+idle CPU (find_new_ilb(), kernel/sched/fair.c). It leaves that mask only at a busy
+tick (nohz_balancer_kick() -> nohz_balance_exit_idle()), which sched_balance_trigger()
+skips on a CPU attached to no sched domain, and through hotplug; only a CPU still in
+a domain enters it (nohz_balance_enter_idle()). So a vCPU that goes into an isolated
+partition while it idles with its tick stopped stays in the mask for as long as it is
+parked, and is kicked whenever the used vCPUs have more to run than CPUs: in a TCG
+guest (6.12) about 90 IPIs per second to each parked vCPU under load. A vCPU that is
+busy when the partition is made has left the mask at its last tick and never enters
+it again while parked.
+
+busy() starts one spinning child per vCPU, pinned to it and moved into the parked
+cgroup (a partition may hold tasks; the kernel does not move them out), waits until
+each has run for BUSY_NS (two ticks at HZ=100), holds while the partition is
+written, and kills and reaps them. Children get SIGKILL when this process dies
+(PR_SET_PDEATHSIG) and stop by themselves after LIMIT_S."""
+
+import contextlib
+import ctypes
+import os
+import signal
+import time
+
+from vnuma_sched.tunables import knobs as K
+
+PROCS = f"{K.PARKED}/cgroup.procs"
+BUSY_NS = 20_000_000            # 2 ticks at HZ=100, 5 at HZ=250
+LIMIT_S = 10.0                  # a child spins no longer than this, whatever happens
+WAIT_S = 5.0                    # for the children's run time
+PR_SET_PDEATHSIG = 1
+
+
+def _spin(cpu, parent):
+    """The child: die with the parent, run on ``cpu`` only, spin."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            return
+        os.sched_setaffinity(0, {cpu})
+        end = time.monotonic() + LIMIT_S
+        while time.monotonic() < end:
+            pass
+    finally:
+        os._exit(0)
+
+
+def _run_ns(pid):
+    """The time ``pid`` has run (the first field of /proc/PID/schedstat); 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _wait_busy(kids):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if all(_run_ns(pid) >= BUSY_NS for pid in kids):
+            return
+        time.sleep(0.002)
+
+
+@contextlib.contextmanager
+def busy(sysroot, cpus, procs=PROCS):
+    """Hold with every CPU of ``cpus`` running a task of the cgroup whose cgroup.procs
+    is ``procs`` (the parked cgroup's), on a live system; under another root there
+    is nothing to run."""
+    if not sysroot.is_live:
+        yield
+        return
+    kids, parent = [], os.getpid()
+    try:
+        for cpu in cpus:
+            pid = os.fork()
+            if pid == 0:
+                _spin(cpu, parent)
+            kids.append(pid)
+        for pid in kids:
+            sysroot.write(procs, f"{pid}\n")
+        _wait_busy(kids)
+        yield
+    finally:
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in kids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def around(sysroot, target):
+    """For the tunables engine: busy() around the write that makes the partition."""
+    def hold(row):
+        if row.knob == "share.group.partition" and row.target == "isolated":
+            return busy(sysroot, target.parked)
+        return contextlib.nullcontext()
+    return hold
+
