@@ -296,7 +296,9 @@ def summarize(windows, rec_path, target):
     results = []
     for load, state, win in windows:
         rates = probe_rates(rec_path, win["t0"], win["t1"], cpus)
-        results.append({"load": load, "state": state, **rates, **per_second(win, cpus)})
+        used = probe_rates(rec_path, win["t0"], win["t1"], list(target.used))
+        results.append({"load": load, "state": state, **rates, **per_second(win, cpus),
+                        "used": {k: used.get(k) for k in ("wakeups", "idle_fraction")}})
     return results
 
 
@@ -317,8 +319,10 @@ def render(results, cpus, verdict):
     for r in results:
         ipi = " ".join(f"{t} {mean(r['ipi'][t], cpus):.2f}" for t in IPI_TYPES) \
             if "ipi" in r else "-"
+        used = r["used"]["idle_fraction"] or {}
         lines.append(f"{r['load']:6} {r['state']:8} wake-ups "
-                     f"{mean(r.get('wakeups', {}), cpus):7.2f}  IPIs: {ipi}")
+                     f"{mean(r.get('wakeups', {}), cpus):7.2f}  IPIs: {ipi}  (used vCPUs "
+                     f"idle {100 * sum(used.values()) / max(len(used), 1):.0f}%)")
         for name, by_cpu in sorted(r["interrupts"].items(), key=lambda kv: -mean(kv[1], cpus)):
             lines.append(f"{'':16} {mean(by_cpu, cpus):7.2f}  {name}")
         causes = Counter()
