@@ -15,13 +15,14 @@ it again while parked.
 
 busy() starts one spinning child per vCPU, pinned to it and moved into the parked
 cgroup (a partition may hold tasks; the kernel does not move them out), waits until
-each has run for BUSY_NS (two ticks at HZ=100), holds while the partition is
-written, and kills and reaps them. Children get SIGKILL when this process dies
+each has run for BUSY_NS (two ticks at HZ=100) on its vCPU, holds while the
+partition is written, and kills and reaps them. Children get SIGKILL when this process dies
 (PR_SET_PDEATHSIG) and stop by themselves after LIMIT_S."""
 
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import time
 
@@ -34,13 +35,14 @@ WAIT_S = 5.0                    # for the children's run time
 PR_SET_PDEATHSIG = 1
 
 
-def _spin(cpu, parent):
-    """The child: die with the parent, run on ``cpu`` only, spin."""
+def _spin(cpu, parent, ready):
+    """The child: run on ``cpu`` only, die with the parent, say so on ``ready``, spin."""
     try:
+        os.sched_setaffinity(0, {cpu})
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             return
-        os.sched_setaffinity(0, {cpu})
+        os.write(ready, b"!")
         end = time.monotonic() + LIMIT_S
         while time.monotonic() < end:
             pass
@@ -57,10 +59,19 @@ def _run_ns(pid):
         return 0
 
 
-def _wait_busy(kids):
-    deadline = time.monotonic() + WAIT_S
+def _wait_busy(kids, ready, deadline):
+    """Until every child has said it runs on its CPU, then has run BUSY_NS more there
+    (what it ran before it moved there does not count); at most until ``deadline``."""
+    said = b""
+    while len(said) < len(kids) and time.monotonic() < deadline:
+        if select.select([ready], [], [], max(0, deadline - time.monotonic()))[0]:
+            chunk = os.read(ready, len(kids))
+            if not chunk:
+                break
+            said += chunk
+    start = {pid: _run_ns(pid) for pid in kids}
     while time.monotonic() < deadline:
-        if all(_run_ns(pid) >= BUSY_NS for pid in kids):
+        if all(_run_ns(pid) >= start[pid] + BUSY_NS for pid in kids):
             return
         time.sleep(0.002)
 
@@ -74,17 +85,23 @@ def busy(sysroot, cpus, procs=PROCS):
         yield
         return
     kids, parent = [], os.getpid()
+    ready, said = os.pipe()
     try:
         for cpu in cpus:
             pid = os.fork()
             if pid == 0:
-                _spin(cpu, parent)
+                _spin(cpu, parent, said)
             kids.append(pid)
+        os.close(said)
+        said = None
         for pid in kids:
             sysroot.write(procs, f"{pid}\n")
-        _wait_busy(kids)
+        _wait_busy(kids, ready, time.monotonic() + WAIT_S)
         yield
     finally:
+        os.close(ready)
+        if said is not None:
+            os.close(said)
         for pid in kids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
