@@ -15,8 +15,8 @@ from helpers import REPO, golden, one_line
 
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
+from vnuma_sched.share import busy, park
 from vnuma_sched.share import kernel as KS
-from vnuma_sched.share import park
 from vnuma_sched.share import plan as SP
 from vnuma_sched.share import target as T
 from vnuma_sched.system.doctor import DoctorEnv, check_parking
@@ -339,6 +339,7 @@ KILL = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import share_trees
+from vnuma_sched.share import busy
 from vnuma_sched.share import kernel as KS, park, target as T
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
@@ -378,3 +379,10 @@ def test_killed_mid_apply_then_revert_restores_every_byte(root, at):
     assert res.exit_code == 0, res.output
     assert written(root) == before
     assert not (root / ST.PARKED.lstrip("/")).exists() and not (root / JOURNAL).exists()
+
+
+def test_jiffies_from_schedstat(tmp_path):
+    assert busy._jiffies(SysRoot(tmp_path)) is None
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/schedstat").write_text("version 16\ntimestamp 4295123456\ncpu0 0\n")
+    assert busy._jiffies(SysRoot(tmp_path)) == 4295123456

@@ -15,21 +15,25 @@ it again while parked.
 
 busy() starts one spinning child per vCPU, pinned to it and moved into the parked
 cgroup (a partition may hold tasks; the kernel does not move them out), waits until
-each has run for BUSY_NS (two ticks at HZ=100) on its vCPU, holds while the
-partition is written, and kills and reaps them. Children get SIGKILL when this process dies
-(PR_SET_PDEATHSIG) and stop by themselves after LIMIT_S."""
+each runs on its vCPU and every vCPU has ticked since (two jiffies; without
+/proc/schedstat, BUSY_NS of run time: two ticks at HZ=100), holds while the
+partition is written, and kills and reaps them. Children get SIGKILL when this
+process dies (PR_SET_PDEATHSIG) and stop by themselves after LIMIT_S."""
 
 import contextlib
 import ctypes
 import os
+import re
 import select
 import signal
 import time
 
+from vnuma_sched.errors import DataError
 from vnuma_sched.tunables import knobs as K
 
 PROCS = f"{K.PARKED}/cgroup.procs"
-BUSY_NS = 20_000_000            # 2 ticks at HZ=100, 5 at HZ=250
+BUSY_NS = 20_000_000            # 2 ticks at HZ=100, 5 at HZ=250 (without jiffies)
+SCHEDSTAT = "/proc/schedstat"   # its "timestamp" is jiffies (CONFIG_SCHEDSTATS)
 LIMIT_S = 10.0                  # a child spins no longer than this, whatever happens
 WAIT_S = 5.0                    # for the children's run time
 PR_SET_PDEATHSIG = 1
@@ -50,18 +54,24 @@ def _spin(cpu, parent, ready):
         os._exit(0)
 
 
-def _run_ns(pid):
+def run_ns(sysroot, pid):
     """The time ``pid`` has run (the first field of /proc/PID/schedstat); 0 if unknown."""
     try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
+        return int(sysroot.read(f"/proc/{pid}/schedstat").split()[0])
+    except (DataError, ValueError, IndexError):
         return 0
 
 
-def _wait_busy(kids, ready, deadline):
-    """Until every child has said it runs on its CPU, then has run BUSY_NS more there
-    (what it ran before it moved there does not count); at most until ``deadline``."""
+def _jiffies(sysroot):
+    """The kernel's jiffies (the "timestamp" line of /proc/schedstat), or None."""
+    m = re.search(r"^timestamp ([0-9]+)$", sysroot.read_optional(SCHEDSTAT, ""), re.M)
+    return int(m.group(1)) if m else None
+
+
+def _wait_busy(sysroot, kids, ready, deadline):
+    """Until every child has said it runs on its CPU, then until every CPU has ticked
+    since: two jiffies later (one whole tick period), or where jiffies cannot be read,
+    when each child has run BUSY_NS more; at most until ``deadline``."""
     said = b""
     while len(said) < len(kids) and time.monotonic() < deadline:
         if select.select([ready], [], [], max(0, deadline - time.monotonic()))[0]:
@@ -69,11 +79,14 @@ def _wait_busy(kids, ready, deadline):
             if not chunk:
                 break
             said += chunk
-    start = {pid: _run_ns(pid) for pid in kids}
+    start, jiffies = {pid: run_ns(sysroot, pid) for pid in kids}, _jiffies(sysroot)
     while time.monotonic() < deadline:
-        if all(_run_ns(pid) >= start[pid] + BUSY_NS for pid in kids):
+        if jiffies is not None:
+            if (_jiffies(sysroot) or 0) >= jiffies + 2:
+                return
+        elif all(run_ns(sysroot, pid) >= start[pid] + BUSY_NS for pid in kids):
             return
-        time.sleep(0.002)
+        time.sleep(0.001)
 
 
 @contextlib.contextmanager
@@ -96,7 +109,7 @@ def busy(sysroot, cpus, procs=PROCS):
         said = None
         for pid in kids:
             sysroot.write(procs, f"{pid}\n")
-        _wait_busy(kids, ready, time.monotonic() + WAIT_S)
+        _wait_busy(sysroot, kids, ready, time.monotonic() + WAIT_S)
         yield
     finally:
         os.close(ready)
