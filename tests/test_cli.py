@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 from helpers import VNUMA, golden
@@ -118,3 +119,25 @@ def test_ab_help_shows_named_arms_and_boots():
                    "--arm on=kvm_guest.idle_halt_hint=on --runs 6 --boots 3",
                    "--a SPEC", "Shorthand for --arm a=SPEC", "--boots INTEGER"):
         assert needle in text, needle
+
+
+def test_every_command_is_found_by_its_name():
+    from vnuma_sched.cli.main import COMMANDS  # noqa: PLC0415 - beside main
+    ctx = click.Context(main)
+    assert main.list_commands(ctx) == sorted(COMMANDS)
+    for name in COMMANDS:
+        cmd = main.get_command(ctx, name)
+        assert isinstance(cmd, click.Command) and cmd.name == name
+        assert invoke(name, "--help").exit_code == 0
+
+
+def test_a_command_imports_only_its_own_modules():
+    code = ("import sys; from vnuma_sched.cli.main import main\n"
+            "try:\n    main(['share', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('vnuma_sched'))))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    loaded = set(res.stdout.split())
+    assert "vnuma_sched.cli.share" in loaded, res.stderr
+    assert not loaded & {"vnuma_sched.cli.bisect", "vnuma_sched.cli.probes",
+                         "vnuma_sched.cli.kernel", "vnuma_sched.probes.loader",
+                         "vnuma_sched.experiments.ab"}

@@ -3,22 +3,28 @@ changes nothing, apply + revert byte for byte, faults mid-apply rolled back, ref
 IRQs reported by name, status rendering, doctor's parking facts."""
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import share_trees as ST
 from click.testing import CliRunner
-from helpers import golden, one_line
+from helpers import REPO, golden, one_line
 
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
+from vnuma_sched.share import busy, park
 from vnuma_sched.share import kernel as KS
-from vnuma_sched.share import park
 from vnuma_sched.share import plan as SP
 from vnuma_sched.share import target as T
 from vnuma_sched.system.doctor import DoctorEnv, check_parking
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
 from vnuma_sched.tunables import engine
+from vnuma_sched.tunables import journal as J
+from vnuma_sched.tunables import knobs as K
 
 JOURNAL = "run/vnuma_sched/share/journal.jsonl"
 
@@ -263,3 +269,120 @@ def test_doctor_parking_facts(root):
     checks = {c.name: c for c in check_parking(DoctorEnv(sysroot=SysRoot(root), euid=0))}
     assert checks["parking:cpuset"].status == "missing"
     assert checks["parking:cpuset"].detail.startswith("unsupported: no cpuset controller")
+
+
+# --- the journal: one batch per apply, crash safety -------------------------------------
+
+def more_irqs(root, count):
+    for n in range(100, 100 + count):
+        for name in ("smp_affinity_list", "effective_affinity_list"):
+            (root / f"proc/irq/{n}").mkdir(parents=True, exist_ok=True)
+            (root / f"proc/irq/{n}/{name}").write_text("0-3\n")
+
+
+def test_fsyncs_do_not_grow_with_the_writes(root, monkeypatch):
+    """The writes are journaled in batches (one fsync each), not one fsync per write."""
+    real, calls = J.os.fsync, []
+    monkeypatch.setattr(J.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+
+    def fsyncs():
+        calls.clear()
+        applied = park.apply(SysRoot(root), choose(root, per_node=1))
+        park.revert(SysRoot(root))
+        return len(calls), applied.writes
+
+    few = fsyncs()
+    more_irqs(root, 40)
+    many = fsyncs()
+    assert many[1] == few[1] + 40 and many[0] == few[0]
+
+
+def test_every_write_is_on_disk_in_the_journal_before_it_happens(root, monkeypatch):
+    """At each write to the system, the journal's fsync'd part already names it."""
+    jpath = root / JOURNAL
+    synced = [0]
+    real_fsync = J.os.fsync
+
+    def fsync(fd):
+        real_fsync(fd)
+        if jpath.exists():
+            synced[0] = jpath.stat().st_size
+
+    def journaled(path, value):
+        lines = jpath.read_bytes()[:synced[0]].decode().splitlines()
+        recs = [json.loads(x) for x in lines if x.startswith('{"t":"write"')]
+        assert any(r["path"] == path and K.known(r["knob"]).encode(r["new"]) == value
+                   for r in recs), (path, value)
+
+    def hooked(name, value_of):
+        real = getattr(SysRoot, name)
+
+        def fn(self, *args):
+            path, value = value_of(*args)
+            if not path.startswith("/run/") and not (name == "write"
+                                                     and path.endswith("/status")):
+                journaled(path, value)      # (a status file: set_affinity's, in a tree)
+            return real(self, *args)
+        monkeypatch.setattr(SysRoot, name, fn)
+
+    monkeypatch.setattr(J.os, "fsync", fsync)
+    hooked("write", lambda p, v: (p, str(v).strip()))
+    hooked("mkdir", lambda p: (p, "1"))
+    hooked("set_affinity", lambda pid, cpus: (f"/proc/{pid}/status",
+                                              ",".join(map(str, cpus))))
+    park.apply(SysRoot(root), choose(root, per_node=1))
+    assert (root / ST.PARKED.lstrip("/") / "cpuset.cpus.partition").read_text().strip() \
+        == "isolated"
+
+
+KILL = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import share_trees
+from vnuma_sched.share import busy
+from vnuma_sched.share import kernel as KS, park, target as T
+from vnuma_sched.system.sysroot import SysRoot
+from vnuma_sched.system.topology import read_topology
+from vnuma_sched.tunables import journal
+share_trees.emulate_kernel(setattr)
+r = SysRoot({root!r})
+t = T.choose(read_topology(r), KS.online(r), per_node=1)
+at = {at!r}
+real_begin = journal.Writer.begin
+def begin(self, batch):
+    seqs = real_begin(self, batch)
+    if at == "journaled":             # the first batch on disk, no write made yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return seqs
+journal.Writer.begin = begin
+def between(n):
+    if n == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+park.apply(r, t, between=between)
+"""
+
+
+@pytest.mark.parametrize("at", ["journaled", 1, 3, 6, 9])
+def test_killed_mid_apply_then_revert_restores_every_byte(root, at):
+    """SIGKILL at points of both batches (the cgroup is made by the 6th write): the
+    journal on disk lets 'share revert' restore every value."""
+    before = written(root)
+    code = KILL.format(tests=str(Path(__file__).parent), root=str(root), at=at)
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    doc = J.load(park.store(SysRoot(root)))
+    assert {e["state"] for e in doc.entries} == {"pending"}     # killed mid-batch
+    if at != "journaled":
+        assert written(root) != before
+    res = cli(root, "share", "revert")
+    assert res.exit_code == 0, res.output
+    assert written(root) == before
+    assert not (root / ST.PARKED.lstrip("/")).exists() and not (root / JOURNAL).exists()
+
+
+def test_jiffies_from_schedstat(tmp_path):
+    assert busy._jiffies(SysRoot(tmp_path)) is None
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/schedstat").write_text("version 16\ntimestamp 4295123456\ncpu0 0\n")
+    assert busy._jiffies(SysRoot(tmp_path)) == 4295123456

@@ -47,6 +47,12 @@ def test_busy_tasks_never_run_on_a_parked_vcpu(guest):
     assert guest["busy_allowed_after"] == sorted(USED + PARKED)
 
 
+def test_parked_vcpus_are_not_kicked_to_balance(guest):
+    """Busy used vCPUs kick an idle one to balance for them (an IPI, then SCHED_SOFTIRQ
+    there); a parked vCPU has no sched domain and must never be that one."""
+    assert guest["parked_sched_softirqs"] == {str(c): 0 for c in PARKED}
+
+
 def test_status_agrees(guest):
     assert guest["status"]["rc"] == 0, guest["status"]["stderr"]
     doc = json.loads(guest["status"]["stdout"])

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """share_check.py VNUMA_SCHED_EXE - runs as root inside a 2-node, 4-vCPU guest: parks
 one vCPU per node with 'share apply --per-node 1', watches busy tasks started
-afterwards (their last CPU, /proc/PID/stat field 39, and their allowed CPUs), reads
+afterwards (their last CPU, /proc/PID/stat field 39, and their allowed CPUs, and the
+load-balancing softirqs the parked vCPUs ran meanwhile), reads
 'share status --json', reverts, and compares every value share touches before and
 after; prints one JSON document."""
 
@@ -55,6 +56,22 @@ def values():
     return v
 
 
+def cpulist(text):
+    out = set()
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out |= set(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def softirqs(name):
+    """{cpu: count} of one line of /proc/softirqs (columns: the online CPUs)."""
+    lines = read("/proc/softirqs").splitlines()
+    cpus = [int(c[3:]) for c in lines[0].split()]
+    row = next(line.split()[1:] for line in lines if line.split()[0] == f"{name}:")
+    return dict(zip(cpus, map(int, row)))
+
+
 def vnuma(exe, *args):
     res = subprocess.run([exe, *args], capture_output=True, text=True)
     return {"rc": res.returncode, "stdout": res.stdout, "stderr": res.stderr[-1500:]}
@@ -99,7 +116,13 @@ def main():
     out["apply"] = vnuma(exe, "share", "apply", "--per-node", "1", "--json")
     out["partition"] = read(f"{PARKED}/cpuset.cpus.partition")
     out["parked_cpus"] = read(f"{PARKED}/cpuset.cpus.effective")
+    sched = softirqs("SCHED")
     out["busy_cpus"], out["busy_allowed"] = watch_busy()
+    # load balancing softirqs the parked vCPUs ran under that load (kicked as the
+    # idle load balancer): {cpu: count}
+    out["parked_sched_softirqs"] = {c: n - sched.get(c, 0)
+                                    for c, n in softirqs("SCHED").items()
+                                    if c in cpulist(out["parked_cpus"])}
     out["status"] = vnuma(exe, "share", "status", "--json")
     out["revert"] = vnuma(exe, "share", "revert", "--json")
     out["after"] = values()

@@ -1,27 +1,19 @@
 """vnuma-sched command line: parse -> call core -> render -> exit code. No logic here.
 
-Command groups live beside this module (kernel, probes, tune, experiments,
-bisect); shared helpers in cli.common.
+Command groups live beside this module (system, kernel, probes, tune, share,
+experiments, bisect), named in COMMANDS; shared helpers in cli.common.
 """
 
-import functools
+import importlib
 import os
 import sys
-import time
 import traceback
 
 import click
 
 from vnuma_sched import __version__
-from vnuma_sched.cli import bisect, experiments, kernel, probes, serve, share, tune
-from vnuma_sched.cli.common import Settings, emit, json_option, merge_json
+from vnuma_sched.cli.common import Settings
 from vnuma_sched.errors import BadInput, VnumaError
-from vnuma_sched.probes.loader import compile_check
-from vnuma_sched.render import doctor_text, topology_text
-from vnuma_sched.system import cpuid
-from vnuma_sched.system import doctor as doc
-from vnuma_sched.system.doctor_vnuma import sample_cpu_ticks
-from vnuma_sched.system.topology import read_topology
 
 EPILOG = """\b
 Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 unreadable or malformed
@@ -39,8 +31,34 @@ Examples:
 """
 
 
+# Each command's module, imported when that command runs (or --help lists them all):
+# 'share apply' loads the modules it needs, not every command group's. In a TCG guest
+# with its root over 9p, importing all of them took seconds.
+COMMANDS = {
+    "topology": ("system", "topology"), "doctor": ("system", "doctor"),
+    "kernel": ("kernel", "kernel"), "build": ("kernel", "build"), "vm": ("kernel", "vm"),
+    "patches": ("kernel", "patches"), "pipeline": ("kernel", "pipeline"),
+    "probes": ("probes", "probes_cmd"), "top": ("probes", "top_cmd"),
+    "record": ("probes", "record_cmd"), "report": ("probes", "report_cmd"),
+    "serve": ("serve", "serve_cmd"), "tune": ("tune", "tune"), "share": ("share", "share"),
+    "ab": ("experiments", "ab"), "compare": ("experiments", "compare_cmd"),
+    "bisect": ("bisect", "bisect"),
+}
+
+
 class Group(click.Group):
-    """Turns VnumaError into one line on stderr and its exit code."""
+    """Turns VnumaError into one line on stderr and its exit code; finds its commands
+    in COMMANDS, importing each one's module when it is asked for."""
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMANDS:
+            module, attr = COMMANDS[name]
+            found = importlib.import_module(f"vnuma_sched.cli.{module}")
+            self.add_command(getattr(found, attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -80,68 +98,6 @@ def main(ctx, root, as_json, verbose):
         raise BadInput(f"--root {root}: no such directory")
     ctx.obj = Settings(root=root, json=as_json, verbose=verbose)
 
-
-@main.command()
-@json_option
-@click.pass_obj
-def topology(settings, as_json):
-    """NUMA nodes with their CPUs, memory and distances.
-
-    \b
-    Read from /sys/devices/system/node. Memoryless and CPU-less nodes are
-    shown as such.
-    \b
-    Example:
-      vnuma-sched topology --json
-    """
-
-    settings = merge_json(settings, as_json)
-    topo = read_topology(settings.sysroot())
-    emit(settings, topo.to_dict(), topology_text(topo))
-
-
-@main.command()
-@click.option("--steal-interval", type=click.FloatRange(0, 60), default=0.2, show_default=True,
-              metavar="SECONDS", help="Sample per-CPU steal time this long (0: since boot).")
-@json_option
-@click.pass_obj
-def doctor(settings, steal_interval, as_json):
-    """Check what this guest exposes before trusting the other commands.
-
-    \b
-    Kernel, KVM paravirt features (CPUID 0x40000001, or dmesg evidence),
-    PV spinlocks, steal time, cpuidle, vNUMA layout, bcc, BTF, tracefs,
-    debugfs, kprobes, lockdown, and whether this project's patches are in the
-    running kernel. Ends with which of the two vNUMA problems this guest can
-    be exposed to and what is available against each.
-    \b
-    Whether the guest is Full vNUMA, as far as a guest can tell: more than
-    one node with distances (vnuma), evidence of 1:1 pinning (vnuma:pinned:
-    the KVM_HINTS_REALTIME hint, steal time near zero over a short sample,
-    sockets that follow the nodes), memory on every node (vnuma:memory), and
-    the answer (vnuma:full). Host pinning itself shows on the host only.
-    \b
-    Examples:
-      sudo vnuma-sched doctor --json
-      vnuma-sched doctor --steal-interval 2
-    """
-
-    settings = merge_json(settings, as_json)
-    sysroot = settings.sysroot()
-    env = doc.DoctorEnv(sysroot=sysroot, euid=os.geteuid(),
-                        cpuid=cpuid.device_reader(sysroot), bcc_check=compile_check,
-                        steal_sample=functools.partial(sample_cpu_ticks, sysroot,
-                                                       steal_interval, time.sleep))
-    checks = doc.run_checks(env)
-    verdict = doc.verdict(checks)
-    emit(settings, {"checks": [c.to_dict() for c in checks], "verdict": verdict},
-         doctor_text(checks, verdict))
-
-for _command in (kernel.kernel, kernel.build, kernel.vm, kernel.patches, kernel.pipeline,
-                 probes.probes_cmd, probes.top_cmd, probes.record_cmd, probes.report_cmd,
-                 serve.serve_cmd, tune.tune, share.share, experiments.ab,
-                 experiments.compare_cmd, bisect.bisect):
-    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,9 +60,9 @@ def cgroup_problem(sysroot):
 @dataclass(frozen=True)
 class Irq:
     number: int
-    name: str           # its handlers (the directories in /proc/irq/N), or ""
     cpus: tuple         # smp_affinity_list
-    effective: tuple    # effective_affinity_list (= cpus when the kernel has none)
+    effective: tuple    # effective_affinity_list (= cpus when the kernel has none or
+    #                     it was not asked for)
 
     @property
     def path(self):
@@ -73,23 +73,32 @@ def irq_path(number):
     return f"{K.IRQ_DIR}/{number}/smp_affinity_list"
 
 
-def irqs(sysroot):
-    """Every IRQ with an affinity file, by number."""
+def irq_name(sysroot, number):
+    """Its handlers' names (the directories in /proc/irq/N), or ""."""
+    return ",".join(sysroot.subdirs(f"{K.IRQ_DIR}/{number}"))
+
+
+def _cpus(path, text):
+    try:
+        return tuple(parse_cpulist(text))
+    except ValueError as err:
+        raise DataError(path, f"malformed cpulist: {err}") from err
+
+
+def irqs(sysroot, effective=False):
+    """Every IRQ with an affinity file, by number; ``effective``: read the effective
+    affinities too (one more file per IRQ)."""
     out = []
     numbers = sorted(int(n) for n in sysroot.listdir(K.IRQ_DIR) if re.fullmatch(r"[0-9]+", n))
     for n in numbers:
-        base = f"{K.IRQ_DIR}/{n}"
-        text = sysroot.read_optional(f"{base}/smp_affinity_list")
+        path = irq_path(n)
+        text = sysroot.read_optional(path)
         if text is None:
             continue
-        try:
-            cpus = tuple(parse_cpulist(text))
-            eff = sysroot.read_optional(f"{base}/effective_affinity_list")
-            effective = tuple(parse_cpulist(eff)) if eff is not None else cpus
-        except ValueError as err:
-            raise DataError(f"{base}/smp_affinity_list", f"malformed cpulist: {err}") from err
-        names = [d for d in sysroot.listdir(base) if sysroot.is_dir(f"{base}/{d}")]
-        out.append(Irq(n, ",".join(names), cpus, effective))
+        cpus = _cpus(path, text)
+        eff_path = f"{K.IRQ_DIR}/{n}/effective_affinity_list"
+        eff = sysroot.read_optional(eff_path) if effective else None
+        out.append(Irq(n, cpus, cpus if eff is None else _cpus(eff_path, eff)))
     return out
 
 
@@ -123,6 +132,8 @@ class Kthread:
         return self.fixed and len(self.cpus) == 1
 
 
-def kthreads(sysroot):
+def kthreads(sysroot, meeting=None):
+    """The kernel threads (with ``meeting``, a set of CPUs: those allowed on one of
+    them)."""
     return [Kthread(st.pid, st.comm, cpus, bool(st.flags & tasks.PF_NO_SETAFFINITY))
-            for st, cpus in tasks.kernel_threads(sysroot)]
+            for st, cpus in tasks.kernel_threads(sysroot, meeting)]

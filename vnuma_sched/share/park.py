@@ -5,6 +5,7 @@ SIGINT/SIGTERM/SIGHUP; revert restores exactly, newest first."""
 from dataclasses import dataclass, field
 
 from vnuma_sched.errors import BadInput
+from vnuma_sched.share import busy
 from vnuma_sched.share import plan as SP
 from vnuma_sched.tunables import engine
 from vnuma_sched.tunables import journal as J
@@ -48,13 +49,13 @@ def apply(sysroot, target, shown_root=None, replace=False, warn=_nowarn, between
         refused.append({"path": path, "what": row.reason, "why": why})
 
     count = engine.apply(rows, sysroot, _Name(), store=st, warn=warn, refused=note,
-                         between=between)
+                         between=between, around=busy.around(sysroot, target))
     return Applied(count, rows, refused)
 
 
 def revert(sysroot, shown_root=None, force=False, warn=_nowarn):
     """Give every parked vCPU back: the journal's values restored, newest first."""
     st = store(sysroot, shown_root)
-    if J.load(st) is None:
+    if not J.present(st):           # revert loads and checks it
         raise BadInput("nothing to revert: no vCPUs parked by vnuma-sched (no share journal)")
     return engine.revert(sysroot, store=st, force=force, warn=warn)

@@ -2,7 +2,8 @@
 the tunables engine (knob, path, current, target, action), in the order apply makes
 them: timer migration, the unbound kernel threads, the unbound workqueue mask, the
 IRQs, and last the cpuset partition. Revert undoes them newest first: the partition
-goes first. Pure: reads only.
+goes first. Pure: reads only. Each row carries the value it read (Row.olds): apply,
+under the same lock, journals it without reading every path a second time.
 
 The partition comes last because the kernel itself changes two of the other values
 when a partition appears or goes (6.12): every task of the root cgroup without
@@ -39,10 +40,13 @@ def mask_cpus(text):
     return [c for c in range(value.bit_length()) if value >> c & 1]
 
 
-def _row(name, path, current, target, reason=""):
+def _row(name, path, current, target, reason="", read=True):
+    """``read``: ``current`` was read from ``path`` now (apply journals it as the old
+    value, without reading it again)."""
     knob = K.SHARE[name]
     action = P.UNCHANGED if current == target else P.SET
-    return P.Row(name, knob.kind, (path,), current, target, action, reason)
+    return P.Row(name, knob.kind, (path,), current, target, action, reason,
+                 olds=(current,) if read else None)
 
 
 def _unsupported(name, path, why):
@@ -72,7 +76,7 @@ def _group_rows(sysroot, target):
         current = P.read(K.SHARE[name], path, sysroot) if exists else NEW_GROUP[name]
         if name == "share.group.cpus":
             current = _normal(current, path)
-        rows.append(_row(name, path, current, value))
+        rows.append(_row(name, path, current, value, read=exists))  # else: after mkdir
     return rows
 
 
@@ -93,17 +97,18 @@ def _irq_rows(sysroot, used):
     rows = [_simple("share.irq_default", sysroot,
                     lambda cur: cpumask_hex(used, cur))]
     for irq in KS.irqs(sysroot):
-        reason = f"irq {irq.number}" + (f" ({irq.name})" if irq.name else "")
-        rows.append(_row("share.irq", irq.path, format_cpulist(irq.cpus),
-                         _moved(irq.cpus, used), reason))
+        current, target = format_cpulist(irq.cpus), _moved(irq.cpus, used)
+        name = KS.irq_name(sysroot, irq.number) if current != target else ""
+        reason = f"irq {irq.number}" + (f" ({name})" if name else "")
+        rows.append(_row("share.irq", irq.path, current, target, reason))
     return rows
 
 
 def _kthread_rows(sysroot, target):
     rows = []
     parked = set(target.parked)
-    for kt in KS.kthreads(sysroot):
-        if kt.per_cpu or not parked & set(kt.cpus):     # per-CPU ones stay: see status
+    for kt in KS.kthreads(sysroot, parked):
+        if kt.per_cpu:                  # per-CPU ones stay: see status
             continue
         current = format_cpulist(kt.cpus)
         if kt.fixed:

@@ -53,17 +53,14 @@ def _not_moved(sysroot, parked):
         out.append({"kind": "workqueue", "name": "unbound workqueues", "path": K.WQ_CPUMASK,
                     "cpus": format_cpulist(mask_cpus(wq.strip())),
                     "why": "the mask includes parked CPUs"})
-    for irq in KS.irqs(sysroot):
-        hit = parked & set(irq.effective)
-        if hit:
-            out.append({"kind": "irq", "name": f"{irq.number}" + (f" {irq.name}" if irq.name
-                                                                  else ""),
+    for irq in KS.irqs(sysroot, effective=True):
+        if parked & set(irq.effective):
+            name = KS.irq_name(sysroot, irq.number)
+            out.append({"kind": "irq", "name": f"{irq.number}" + (f" {name}" if name else ""),
                         "path": irq.path, "cpus": format_cpulist(irq.effective),
                         "why": "effective affinity on a parked CPU (a managed or "
                                "unmovable IRQ)"})
-    for kt in KS.kthreads(sysroot):
-        if not parked & set(kt.cpus):
-            continue
+    for kt in KS.kthreads(sysroot, parked):
         why = PER_CPU if kt.per_cpu else ("PF_NO_SETAFFINITY" if kt.fixed else
                                           "unbound, allowed on a parked CPU")
         out.append({"kind": "kthread", "name": kt.comm, "path": kt.path,

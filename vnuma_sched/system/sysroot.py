@@ -5,12 +5,28 @@ Every path the toolkit reads or writes on the system is an absolute path
 system, a recorded tree in tests or with ``--root``.
 """
 
+import errno
 import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 
 from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.system.topology import format_cpulist
+
+# What pathlib's exists() and is_dir() take for "not there"; other errors are raised.
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _stat(path):
+    try:
+        return os.stat(path)
+    except OSError as err:
+        if err.errno not in _ABSENT:
+            raise
+    except ValueError:
+        pass
+    return None
 
 
 class SysRoot:
@@ -21,10 +37,11 @@ class SysRoot:
         if not root.is_dir():
             raise BadInput(f"--root {root}: not a directory")
         self.root = root.resolve()
+        self._live = self.root == Path("/")
 
     @property
     def is_live(self):
-        return self.root == Path("/")
+        return self._live
 
     def path(self, abspath):
         """Map an absolute system path to the file under the root. Under a root other
@@ -33,7 +50,18 @@ class SysRoot:
         if not p.is_absolute() or ".." in p.parts:
             raise BadInput(f"{abspath}: system paths must be absolute, without '..'")
         joined = self.root.joinpath(*p.parts[1:])
-        return joined if self.is_live else self._inside(abspath, joined)
+        return joined if self._live else self._inside(abspath, joined)
+
+    def _os(self, abspath):
+        """path() as a string for the os calls. On the live system the same checks
+        without pathlib: a plan reads a few hundred /proc and /sys files, and building
+        a Path for each was most of what reading them cost."""
+        if not self._live:
+            return str(self.path(abspath))
+        abspath = os.fspath(abspath)
+        if not abspath.startswith("/") or ".." in abspath.split("/"):
+            raise BadInput(f"{abspath}: system paths must be absolute, without '..'")
+        return abspath
 
     def _inside(self, abspath, joined):
         """``joined`` with every symlink resolved; BadInput when that leaves the root."""
@@ -43,7 +71,7 @@ class SysRoot:
         return real
 
     def exists(self, abspath):
-        return self.path(abspath).exists()
+        return _stat(self._os(abspath)) is not None
 
     def readable(self, abspath):
         """Can this process read (and, for a directory, enter) the path?"""
@@ -51,15 +79,27 @@ class SysRoot:
         return os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0))
 
     def writable(self, abspath):
-        return os.access(self.path(abspath), os.W_OK)
+        return os.access(self._os(abspath), os.W_OK)
 
     def is_dir(self, abspath):
-        return self.path(abspath).is_dir()
+        st = _stat(self._os(abspath))
+        return st is not None and stat.S_ISDIR(st.st_mode)
 
     def listdir(self, abspath):
         """Sorted entry names of a directory; [] if it does not exist."""
         try:
-            return sorted(os.listdir(self.path(abspath)))
+            return sorted(os.listdir(self._os(abspath)))
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise DataError(abspath, err.strerror) from err
+
+    def subdirs(self, abspath):
+        """Sorted names of the directories in a directory (not following symlinks);
+        [] if it does not exist. One readdir: no stat per entry."""
+        try:
+            with os.scandir(self._os(abspath)) as found:
+                return sorted(e.name for e in found if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
         except OSError as err:
@@ -68,7 +108,8 @@ class SysRoot:
     def read(self, abspath):
         """The file's text with the trailing newline removed."""
         try:
-            return self.path(abspath).read_text(encoding="utf-8", errors="replace").rstrip("\n")
+            with open(self._os(abspath), encoding="utf-8", errors="replace") as f:
+                return f.read().rstrip("\n")
         except OSError as err:
             raise DataError(abspath, err.strerror or str(err), err.errno) from err
 
@@ -89,7 +130,7 @@ class SysRoot:
     def write(self, abspath, value):
         """Write ``value`` as sysfs expects it: one write() of the text."""
         try:
-            with open(self.path(abspath), "w", encoding="utf-8") as f:
+            with open(self._os(abspath), "w", encoding="utf-8") as f:
                 f.write(str(value))
         except OSError as err:
             raise DataError(abspath, f"write failed: {err.strerror or err}") from err
@@ -97,14 +138,14 @@ class SysRoot:
     def mkdir(self, abspath):
         """Create one directory (a cgroup: the kernel fills it with its files)."""
         try:
-            self.path(abspath).mkdir()
+            os.mkdir(self._os(abspath))
         except OSError as err:
             raise DataError(abspath, f"mkdir failed: {err.strerror or err}", err.errno) from err
 
     def rmdir(self, abspath):
         """Remove one empty directory (a cgroup without tasks or children)."""
         try:
-            os.rmdir(self.path(abspath))
+            os.rmdir(self._os(abspath))
         except OSError as err:
             raise DataError(abspath, f"rmdir failed: {err.strerror or err}", err.errno) from err
 

@@ -10,6 +10,7 @@ from vnuma_sched.system.topology import parse_cpulist
 PF_KTHREAD = 0x00200000            # include/linux/sched.h (6.1 and 6.12)
 PF_NO_SETAFFINITY = 0x04000000
 _ALLOWED = re.compile(r"^Cpus_allowed_list:\s*(\S*)\s*$", re.M)
+_KTHREAD = re.compile(r"^Kthread:\s*(\S*)\s*$", re.M)     # not printed by 6.1
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,11 @@ def stat(sysroot, pid):
         raise DataError(path, str(err)) from err
 
 
-def allowed_cpus(sysroot, pid):
-    """The cpulist text of Cpus_allowed_list in /proc/PID/status."""
-    path = f"/proc/{pid}/status"
-    m = _ALLOWED.search(sysroot.read(path))
+def allowed_cpus(sysroot, pid, text=None):
+    """The cpulist text of Cpus_allowed_list in /proc/PID/status (``text``: that file,
+    already read)."""
+    path = status_path(pid)
+    m = _ALLOWED.search(sysroot.read(path) if text is None else text)
     if not m:
         raise DataError(path, "no Cpus_allowed_list line")
     return m.group(1)
@@ -57,15 +59,31 @@ def pid_of(path):
     return int(path.split("/")[2])
 
 
-def kernel_threads(sysroot):
-    """(Stat, allowed CPUs) of every kernel thread; threads that exit while listed are
-    left out."""
+def _kernel_thread(sysroot, pid, meeting):
+    """(Stat, allowed CPUs) of a kernel thread, None for another task or when its
+    allowed CPUs miss ``meeting``. The status file first (the allowed CPUs, and whether
+    it is a kernel thread where the kernel says so): stat, for the flags, only for the
+    threads kept."""
+    text = sysroot.read(status_path(pid))
+    kthread = _KTHREAD.search(text)
+    if kthread and kthread.group(1) != "1":
+        return None
+    cpus = tuple(parse_cpulist(allowed_cpus(sysroot, pid, text)))
+    if meeting is not None and not meeting.intersection(cpus):
+        return None
+    st = stat(sysroot, pid)
+    return (st, cpus) if st.flags & PF_KTHREAD else None
+
+
+def kernel_threads(sysroot, meeting=None):
+    """(Stat, allowed CPUs) of every kernel thread (with ``meeting``, a set of CPUs:
+    of those allowed on one of them); threads that exit while listed are left out."""
     out = []
     for name in sorted((n for n in sysroot.listdir("/proc") if n.isdigit()), key=int):
         try:
-            st = stat(sysroot, name)
-            if st.flags & PF_KTHREAD:
-                out.append((st, tuple(parse_cpulist(allowed_cpus(sysroot, name)))))
+            found = _kernel_thread(sysroot, int(name), meeting)
         except (DataError, ValueError):
             continue
+        if found is not None:
+            out.append(found)
     return out

@@ -3,6 +3,7 @@ doing it and, on any exception or SIGINT/SIGTERM/SIGHUP, restores everything it
 wrote; revert() walks the journal backwards. Neither acts on what it did not
 journal: a journal is checked before it is trusted (journal_check)."""
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -63,18 +64,29 @@ def _value_now(knob, path, sysroot):
         return None
 
 
+def _vanished(knob, path, sysroot):
+    return knob.kind != K.CGROUP_DIR and not sysroot.exists(path)
+
+
 def restore_entry(entry, sysroot):
     """Put one journaled value back: None when it is back (or never changed), VANISHED,
-    or the reason it could not be restored."""
+    or the reason it could not be restored. A write journaled as made ("written") is
+    undone at once, with a look at the path only when that fails; a pending one (made
+    or not: apply was interrupted, or the kernel refused it) is read first and left
+    alone when it holds the old value."""
     knob, path, old = K.known(entry["knob"]), entry["path"], entry["old"]
     try:
-        if knob.kind != K.CGROUP_DIR and not sysroot.exists(path):
-            return VANISHED
-        if _value_now(knob, path, sysroot) == old:
-            return None
-        write(knob, path, old, sysroot)
-    except DataError as err:
-        return None if _value_now(knob, path, sysroot) == old else err.reason
+        if entry.get("state") != J.WRITTEN:
+            if _vanished(knob, path, sysroot):
+                return VANISHED
+            if _value_now(knob, path, sysroot) == old:
+                return None
+        try:
+            write(knob, path, old, sysroot)
+        except DataError as err:
+            if _vanished(knob, path, sysroot):
+                return VANISHED
+            return None if _value_now(knob, path, sysroot) == old else err.reason
     except VnumaError as err:
         return _reason(err, path)
     return None
@@ -184,12 +196,15 @@ def _rollback(store, journal, sysroot, err, warn):
     raise ApplyError(msg) from err
 
 
-def _journaled_old(knob, path, sysroot):
-    old = read(knob, path, sysroot)
-    if not knob.valid_stored(old):
-        raise DataError(path, f"current value {str(old)[:40]!r} is not a {knob.name} value "
-                              "the journal can keep")
-    return old
+def _journaled_olds(row, knob, sysroot):
+    """The values to journal for ``row``: those its plan read (Row.olds), else read
+    now; checked as a journal's values are."""
+    olds = row.olds if row.olds is not None else [read(knob, p, sysroot) for p in row.paths]
+    for path, old in zip(row.paths, olds, strict=True):
+        if not knob.valid_stored(old):
+            raise DataError(path, f"current value {str(old)[:40]!r} is not a {knob.name} "
+                                  "value the journal can keep")
+    return olds
 
 
 def _write(knob, path, row, old, sysroot, refused):
@@ -205,22 +220,54 @@ def _write(knob, path, row, old, sysroot, refused):
     return True
 
 
-def _write_rows(rows, sysroot, journal, between, refused=None):
-    count = 0
+def _batches(rows):
+    """The 'set' rows in batches: a batch ends after a row that creates or removes a
+    directory (the next rows may be files in it, readable only after that write)."""
+    batch = []
     for row in rows:
         if row.action != SET:
             continue
+        batch.append(row)
+        if row.kind == K.CGROUP_DIR:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _held(row):
+    return contextlib.nullcontext()
+
+
+def _write_batch(rows, sysroot, journal, between, refused, count, around=_held):
+    """Journal every write of ``rows`` (one fsync), then make them, then mark the ones
+    made "done" (one append, no fsync: an entry left pending is checked on revert).
+    ``around(row)``: a context manager held while that row is written."""
+    todo = []
+    for row in rows:
         knob = K.known(row.knob)
-        olds = [_journaled_old(knob, p, sysroot) for p in row.paths]
-        seqs = journal.begin([(row.knob, knob.kind, p, old, row.target)
-                              for p, old in zip(row.paths, olds, strict=True)])
-        for seq, path, old in zip(seqs, row.paths, olds, strict=True):
-            if not _write(knob, path, row, old, sysroot, refused):
-                continue        # still journaled (pending): its revert is a no-op
-            journal.done(seq)
-            count += 1
-            if between is not None:
-                between(count)
+        todo += [(row, knob, p, old) for p, old in
+                 zip(row.paths, _journaled_olds(row, knob, sysroot), strict=True)]
+    seqs = journal.begin([(row.knob, knob.kind, p, old, row.target)
+                          for row, knob, p, old in todo])
+    made = []
+    for seq, (row, knob, path, old) in zip(seqs, todo, strict=True):
+        with around(row):
+            made_it = _write(knob, path, row, old, sysroot, refused)
+        if not made_it:
+            continue        # still journaled (pending): its revert is a no-op
+        made.append(seq)
+        count += 1
+        if between is not None:
+            between(count)
+    journal.done(made)
+    return count
+
+
+def _write_rows(rows, sysroot, journal, between, refused=None, around=_held):
+    count = 0
+    for batch in _batches(rows):
+        count = _write_batch(batch, sysroot, journal, between, refused, count, around)
     return count
 
 
@@ -251,10 +298,11 @@ def _clear(store, sysroot, replace, warn):
 
 
 def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=False,
-          between=None, store=None, warn=_nowarn, refused=None):
+          between=None, store=None, warn=_nowarn, refused=None, around=_held):
     """Write every 'set' row, journal first; the number of writes. Hold the lock.
     With ``refused`` (a callback), a write that the kernel refuses to a knob that may
-    refuse it is reported there instead of failing the apply."""
+    refuse it is reported there instead of failing the apply. ``around(row)``: a
+    context manager held while that row is written."""
     store = _store(sysroot, store)
     _clear(store, sysroot, replace, warn)
     journal = None
@@ -262,7 +310,7 @@ def apply(rows, sysroot, profile, replace=False, persist=False, persist_boot=Fal
         try:
             journal = J.Writer(store, profile.name, facts.release(sysroot),
                                persistent=persist or persist_boot)
-            count = _write_rows(rows, sysroot, journal, between, refused)
+            count = _write_rows(rows, sysroot, journal, between, refused, around)
             _persist(rows, sysroot, journal, persist, persist_boot)
             journal.close()
             if count == 0 and not journal.doc.files:

@@ -11,10 +11,12 @@ header, then records:
   {"t": "done", "seq": 0}                                 that write happened
   {"t": "file", "path": P, "old": text|null, "mode": m|null, "sha256": of new text}
 
-The write records of a batch (the paths of one knob) are on disk, fsync'd once,
-before any of its writes happens; "done" records need no fsync (revert restores a
-pending entry too: a no-op if its write never happened). A torn last line (killed
-mid-append) is ignored: its writes had not started. Reading a journal trusts
+The write records of a batch are on disk, fsync'd once, before any of its writes
+happens: an apply journals all its writes as one batch, or two when a write creates
+a directory whose files the next ones write (tunables.engine). The "done" records of
+a batch follow its writes in one append, without fsync: revert restores a pending
+entry too, after a read (a no-op if its write never happened), and a "done" entry at
+once. A torn last line (killed mid-append) is ignored: its writes had not started. Reading a journal trusts
 nothing: every record is checked against the knob registry and the drop-in files
 (journal_check) before revert may act on it. The previous format (one JSON
 document in /run/vnuma_sched/journal.json) is still read.
@@ -142,9 +144,13 @@ class Writer:
             self.doc.entries.append({**_entry_fields(rec), "state": PENDING})
         return list(range(first, first + len(records)))
 
-    def done(self, seq):
-        self._guard(self._append, [{"t": "done", "seq": seq}], False)
-        self.doc.entries[seq]["state"] = WRITTEN
+    def done(self, seqs):
+        """Mark these writes made: one append, no fsync."""
+        if not seqs:
+            return
+        self._guard(self._append, [{"t": "done", "seq": seq} for seq in seqs], False)
+        for seq in seqs:
+            self.doc.entries[seq]["state"] = WRITTEN
 
     def add_file(self, path, old, mode, sha256):
         """Journal the previous content of a file before it is created or replaced."""
@@ -192,6 +198,11 @@ def remove(store):
             store.sysroot.remove(path)
         except OSError as err:
             raise DataError(store.shown(path), f"cannot remove: {err.strerror}") from err
+
+
+def present(store):
+    """Is there a journal (not checked: load() checks it)?"""
+    return any(store.sysroot.exists(path) for path, _parse in store.locations())
 
 
 def load(store):

@@ -25,6 +25,8 @@ class Row:
     action: str
     reason: str = ""
     boot: str = ""          # the kernel command-line word that sets the target, if any
+    olds: tuple = None      # per path, the value as read() gives it, when the plan read
+    #                         it under the lock apply holds (apply journals it as it is)
 
     def to_dict(self):
         return {"knob": self.knob, "path": list(self.paths), "current": self.current,
@@ -54,11 +56,17 @@ def read(knob, path, sysroot):
     if knob.kind == K.CGROUP_DIR:
         return "1" if sysroot.is_dir(path) else "0"
     if knob.kind == K.AFFINITY:
-        pid = tasks.pid_of(path)
-        if not tasks.stat(sysroot, pid).flags & tasks.PF_KTHREAD:
-            raise DataError(path, "not a kernel thread (the pid was reused)")
+        pid = _kernel_thread(path, sysroot)
         return tasks.allowed_cpus(sysroot, pid)
     return knob.decode(sysroot.read(path).strip())
+
+
+def _kernel_thread(path, sysroot):
+    """The pid of a /proc/PID/... path, when it is still a kernel thread."""
+    pid = tasks.pid_of(path)
+    if not tasks.stat(sysroot, pid).flags & tasks.PF_KTHREAD:
+        raise DataError(path, "not a kernel thread (the pid was reused)")
+    return pid
 
 
 def write(knob, path, value, sysroot):
@@ -70,7 +78,7 @@ def write(knob, path, value, sysroot):
     elif knob.kind == K.CGROUP_DIR:
         (sysroot.mkdir if value == "1" else sysroot.rmdir)(path)
     elif knob.kind == K.AFFINITY:
-        sysroot.set_affinity(tasks.pid_of(path), parse_cpulist(value))
+        sysroot.set_affinity(_kernel_thread(path, sysroot), parse_cpulist(value))
     else:
         sysroot.write(path, f"{knob.encode(value)}\n")
     if knob.readback:
