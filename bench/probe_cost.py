@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from probe_overhead import run  # this folder: perf bench's own "Total time"
-from serve_overhead import WORKLOADS, Serve, scrape
+from serve_overhead import PINNED, WORKLOADS, Serve, scrape
 
 from vnuma_sched.probes import session as session_mod
 from vnuma_sched.probes.session import Session
@@ -45,9 +45,6 @@ from vnuma_sched.system.topology import Node, Topology, read_topology
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 MESSAGING_FDS = 20      # perf bench sched messaging's default senders/receivers per group
-# Both pipe tasks on CPU 0: two wake-ups per op and no IPI or idle transition, which
-# makes the CPU time per op a steadier gauge of the per-wake-up cost (dispatch included).
-PINNED = {"sched pipe, CPU 0": ["taskset", "-c", "0", *WORKLOADS["sched pipe"]]}
 
 
 def ops(argv):
