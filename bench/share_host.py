@@ -140,7 +140,7 @@ def main():
     agent, qmp_sock = tmp / "qga.sock", tmp / "qmp.sock"
     proc = boot(args.kernel, placement(tmp, host), agent, qmp_sock)
     coord = Coordinator(S.StateDir(tmp / "state"), host,
-                        AgentGuests((VNUMA,), TIMEOUT))
+                        AgentGuests((VNUMA,), TIMEOUT, sysroot=SysRoot("/")))
     try:
         record = S.GuestRecord(read_layout("g", qmp_sock), str(qmp_sock), str(agent))
         node = host.node_of(layout.host_order(host)[0])

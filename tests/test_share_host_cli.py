@@ -29,14 +29,15 @@ def world(tmp_path, monkeypatch):
     shutil.copytree(DATA / "sysfs" / "qemu-2node", root)
     host = read_topology(SysRoot(root))
     layouts = {"a": mirror("a", host, mem=256), "b": mirror("b", host, first=1, mem=256)}
-    threads = {n: Threads(g, base) for (n, g), base in zip(layouts.items(), (100, 200))}
+    threads = {n: Threads(g, root, base) for (n, g), base in zip(layouts.items(), (100, 200))}
     by_sock = {f"{tmp_path}/{n}-qmp.sock": threads[n] for n in layouts}
     of = lambda tid: threads["a" if tid < 200 else "b"]     # noqa: E731
     monkeypatch.setattr(share_host, "read_layout", lambda name, sock: layouts[name])
     monkeypatch.setattr(share_host, "AgentGuests", functools.partial(
         AgentGuests, query=lambda sock, cmds, t: by_sock[sock].query(sock, cmds, t),
         setaffinity=lambda tid, cpus: of(tid).setaffinity(tid, cpus),
-        getaffinity=lambda tid: of(tid).affinity[tid]))
+        getaffinity=lambda tid: of(tid).affinity[tid],
+        sleep=lambda s: [th.sleep(s) for th in threads.values()]))
     shells = {n: FakeGuestShare([[0, 1], [2, 3]]) for n in layouts}
     agents = [FakeAgent(tmp_path / f"{n}-qga.sock", shells[n], polls=1) for n in layouts]
     for agent in agents:

@@ -3,6 +3,8 @@
 pinned home before the guest takes a vCPU and fenced after it parks one, a guest
 that does not answer (or answers wrongly) is behind; layouts from QMP answers."""
 
+import os
+
 import pytest
 from share_host_fakes import HOST, FakeAgent, FakeGuestShare, mirror
 
@@ -13,17 +15,36 @@ from vnuma_sched.share import host_plan as H
 from vnuma_sched.share import host_state as S
 from vnuma_sched.share.coordinator import GuestBehind
 from vnuma_sched.share.host_guests import AgentGuests, fenced, layout_from_qmp
+from vnuma_sched.system.sysroot import SysRoot
 
 LAYOUT = mirror("a", first=1)       # vCPU 0 on host CPU 1
 
 
 class Threads:
-    """QEMU's vCPU threads (thread id ``base`` + vCPU) and their affinities."""
+    """QEMU's vCPU threads (thread id ``base`` + vCPU), their affinities, and their CPU
+    time in a /proc under ``root``: ``sleep`` lets the vCPUs in ``running`` run for
+    the whole time (100 ticks a second), the others not at all."""
 
-    def __init__(self, layout, base=100):
-        self.base = base
+    def __init__(self, layout, root, base=100):
+        self.base, self.root = base, root
         self.affinity = {base + v: {h} for v, h in layout.vcpu_host}
         self.moves = []
+        self.ticks = dict.fromkeys(self.affinity, 0)
+        self.running = set()
+        self._write()
+
+    def _write(self):
+        for tid, ticks in self.ticks.items():
+            fields = ["S", *["0"] * 49]
+            fields[11], fields[12] = str(ticks // 2), str(ticks - ticks // 2)   # utime, stime
+            (self.root / "proc" / str(tid)).mkdir(parents=True, exist_ok=True)
+            (self.root / "proc" / str(tid) / "stat").write_text(
+                f"{tid} (CPU {tid - self.base}/TCG) {' '.join(fields)}\n")
+
+    def sleep(self, seconds):
+        for v in self.running:
+            self.ticks[self.base + v] += round(seconds * os.sysconf("SC_CLK_TCK"))
+        self._write()
 
     def query(self, sock, commands, timeout):
         assert commands == [("query-cpus-fast", None)]
@@ -42,11 +63,12 @@ def runs(fn):
 @pytest.fixture
 def guest(tmp_path):
     shell = FakeGuestShare([[0, 1, 2, 3], [4, 5, 6, 7]])
-    threads = Threads(LAYOUT)
+    threads = Threads(LAYOUT, tmp_path / "host")
     record = S.GuestRecord(LAYOUT, "/run/a-qmp.sock", str(tmp_path / "qga.sock"))
     io = AgentGuests(command=("vnuma-sched",), timeout=10, query=threads.query,
                      setaffinity=threads.setaffinity,
-                     getaffinity=lambda tid: threads.affinity[tid])
+                     getaffinity=lambda tid: threads.affinity[tid],
+                     sysroot=SysRoot(tmp_path / "host"), sleep=threads.sleep)
     with FakeAgent(record.agent, shell, polls=1) as agent:
         yield io, record, shell, threads, agent
 
@@ -132,6 +154,23 @@ def test_layout_from_qmp_answers():
     assert lay.mem_bounds == ((0, 1024, 1024), (1, 512, 512))
     with pytest.raises(BadInput, match="vCPU 0 may run on host CPUs 0-7, not one"):
         layout_from_qmp("a", cpus, memdevs, lambda tid: set(HOST.cpus))
+
+
+def test_a_give_is_confirmed_only_when_the_parked_threads_halt(guest):
+    io, record, shell, threads, _ = guest
+    threads.running = {7}          # the guest says it parked 7, its thread still runs
+    with pytest.raises(GuestBehind, match=r"parked vCPUs still run \(vCPU 7 100% of a host "
+                                          r"CPU over 0.5 s; a halted one uses at most 25%\)"):
+        io.apply("a", record, LAYOUT.whole(), H.share([0, 1, 4], LAYOUT.whole().mem))
+    threads.running = {4}          # a used vCPU may run; parked 2, 3, 5, 6, 7 halted
+    io.apply("a", record, LAYOUT.whole(), H.share([0, 1, 4], LAYOUT.whole().mem))
+
+
+def test_unreadable_thread_times_are_behind(guest, tmp_path):
+    io, record, _, _, _ = guest
+    (tmp_path / "host" / "proc" / "107" / "stat").unlink()     # the thread is gone
+    with pytest.raises(GuestBehind, match="reading its vCPU threads' CPU time: "):
+        io.apply("a", record, LAYOUT.whole(), H.share([0, 1, 4], LAYOUT.whole().mem))
 
 
 def test_pin_failures_are_behind(guest):

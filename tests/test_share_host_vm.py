@@ -78,7 +78,7 @@ def test_the_agent_channel_to_a_real_guest(guest):
     assert lay.hosts == {v: h for n in topo.nodes for v, h in zip(n.cpus, n.host_cpus)}
     assert [m for m, _, _ in lay.mem_bounds] == sorted({n.host_node for n in topo.nodes})
     record = S.GuestRecord(lay, str(qmp_sock), str(agent))
-    io = AgentGuests(command=(VNUMA,), timeout=120)
+    io = AgentGuests(command=(VNUMA,), timeout=120, sysroot=SysRoot("/"))
     assert io.used("g", record) == [0, 1]
     whole, one = lay.whole(), H.share([0], lay.whole().mem)
     io.apply("g", record, whole, one)       # confirmed by the guest's own status

@@ -59,7 +59,7 @@ def _coordinator(settings, state_dir, timeout=None):
     sd = _dir(settings, state_dir)
     state = sd.load()
     io = AgentGuests(state.command if state else ("vnuma-sched",),
-                     timeout or (state.timeout if state else 60.0))
+                     timeout or (state.timeout if state else 60.0), sysroot=settings.sysroot())
     return Coordinator(sd, read_topology(settings.sysroot()), io)
 
 
@@ -142,7 +142,7 @@ def host_start(settings, guests, shares, timeout, guest_command, state_dir, as_j
             raise BadInput(f"--share {text!r}: expected NAME=node0=N,...")
         pairs += [name, spec]
     coord = Coordinator(_dir(settings, state_dir), read_topology(settings.sysroot()),
-                        AgentGuests((guest_command,), timeout))
+                        AgentGuests((guest_command,), timeout, sysroot=settings.sysroot()))
     _done(settings, coord.start(records, _requests(pairs, ()), " ".join(shares),
                                 (guest_command,), timeout), "start")
 

@@ -7,6 +7,11 @@
 - What a guest does: ``vnuma-sched --json share status|apply|revert`` run inside it
   through its guest agent (kernel/qga.py). A step is confirmed when the guest's own
   'share status' afterwards shows exactly the vCPUs of the new share in use.
+- Halted: a step that parks vCPUs is confirmed only when their QEMU threads have
+  stopped running (``halted``): over HALT_WINDOW_S, each used at most HALT_BUSY_MAX
+  of a host CPU (utime + stime of the thread in the host's /proc). A parked vCPU
+  idles in HLT, which blocks its thread; it still wakes one to two times a second
+  (README, residual wake-ups), far below the bound.
 - Fencing: once a guest confirms a step, the thread of each vCPU it parked is
   confined to the host CPU of its boot vCPU (which it always holds), and each vCPU
   it uses runs on its own host CPU; a vCPU it takes goes back to its host CPU before
@@ -17,15 +22,31 @@
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
-from vnuma_sched.errors import BadInput
+from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.kernel import layout, qga, qmp
 from vnuma_sched.share import host_plan as H
 from vnuma_sched.share.coordinator import GuestBehind
+from vnuma_sched.system import tasks
 from vnuma_sched.system.topology import format_cpulist, parse_cpulist
 
 QMP_TIMEOUT_S = 10
+HALT_WINDOW_S = 0.5
+HALT_BUSY_MAX = 0.25        # of one host CPU
+
+
+def busy_share(sysroot, threads, window, sleep=time.sleep, hz=None):
+    """{vCPU: share of one host CPU its thread used over ``window`` seconds};
+    ``threads``: {vCPU: thread id} (tasks' CPU time from the host's /proc)."""
+    hz = hz or os.sysconf("SC_CLK_TCK")
+    before = {v: tasks.stat(sysroot, t).cpu_ticks for v, t in threads.items()}
+    start = time.monotonic()
+    sleep(window)
+    took = max(time.monotonic() - start, window)
+    return {v: (tasks.stat(sysroot, t).cpu_ticks - before[v]) / hz / took
+            for v, t in threads.items()}
 
 
 def layout_from_qmp(name, cpus, memdevs, affinity):
@@ -74,6 +95,8 @@ class AgentGuests:
     query: object = qmp.execute
     setaffinity: object = os.sched_setaffinity
     getaffinity: object = os.sched_getaffinity
+    sysroot: object = None                  # the host's, for the vCPU threads' CPU time
+    sleep: object = time.sleep
     pinned: dict = field(default_factory=dict)      # {guest: {vCPU: host CPU}}, last set
 
     def _share(self, name, record, *args):
@@ -117,18 +140,44 @@ class AgentGuests:
             raise GuestBehind(name, f"after the step it uses vCPUs {format_cpulist(used)}, "
                                     f"not {format_cpulist(after.used)}")
         self._pin(name, record, fenced(g, after))
+        self._halted(name, record, sorted(set(g.vcpus) - set(after.used)))
+
+    def _threads(self, name, record, doing):
+        """QEMU's vCPU threads: query-cpus-fast's answer."""
+        try:
+            (cpus,) = self.query(record.qmp, [("query-cpus-fast", None)], QMP_TIMEOUT_S)
+        except qmp.PinError as err:
+            raise GuestBehind(name, f"{doing} its vCPU threads: {err}") from err
+        return cpus
 
     def _pin(self, name, record, want):
         """Move vCPU threads (``want``: {vCPU: host CPU}) through QMP's thread ids."""
         if not want:
             return
+        cpus = self._threads(name, record, "pinning")
         try:
-            (cpus,) = self.query(record.qmp, [("query-cpus-fast", None)], QMP_TIMEOUT_S)
             qmp.pin_threads([c for c in cpus if c["cpu-index"] in want], want,
                             self.setaffinity, self.getaffinity)
         except qmp.PinError as err:
             raise GuestBehind(name, f"pinning its vCPU threads: {err}") from err
         self.pinned.setdefault(name, {}).update(want)
+
+    def _halted(self, name, record, parked):
+        """GuestBehind unless the threads of the ``parked`` vCPUs have stopped running."""
+        if not parked:
+            return
+        threads = {c["cpu-index"]: c["thread-id"] for c in self._threads(name, record, "reading")
+                   if c["cpu-index"] in parked}
+        try:
+            busy = busy_share(self.sysroot, threads, HALT_WINDOW_S, self.sleep)
+        except (OSError, DataError) as err:
+            raise GuestBehind(name, f"reading its vCPU threads' CPU time: {err}") from err
+        running = {v: b for v, b in sorted(busy.items()) if b > HALT_BUSY_MAX}
+        if running:
+            shown = ", ".join(f"vCPU {v} {b:.0%}" for v, b in running.items())
+            raise GuestBehind(name, f"parked vCPUs still run ({shown} of a host CPU over "
+                                    f"{HALT_WINDOW_S:g} s; a halted one uses at most "
+                                    f"{HALT_BUSY_MAX:.0%})")
 
 
 def fenced(layout_, share):

@@ -19,6 +19,7 @@ class Stat:
     comm: str
     flags: int
     processor: int          # the CPU it last ran on (field 39)
+    cpu_ticks: int = 0      # utime + stime (fields 14 and 15), in clock ticks
 
 
 def parse_stat(text):
@@ -29,7 +30,8 @@ def parse_stat(text):
     if not sep or not pid.strip().isdigit() or len(fields) < 37:
         raise ValueError(f"not a /proc/PID/stat line: {text[:60]!r}")
     # fields[0] is field 3 (state): field N is fields[N - 3]
-    return Stat(int(pid), comm, int(fields[6]), int(fields[36]))
+    return Stat(int(pid), comm, int(fields[6]), int(fields[36]),
+                int(fields[11]) + int(fields[12]))
 
 
 def stat(sysroot, pid):
