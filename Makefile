@@ -116,6 +116,8 @@ evidence: install
 		for e in sys.argv[1:]}, open("evidence-out/results.json", "w"), indent=1)' $(EXPERIMENTS)
 	@echo "evidence-out/table.md, evidence-out/results.json"
 
+# The slowest tests are listed at the end: CI's time budget is watched from there.
+PYTEST_ARGS ?= --durations=15
 test: install
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
