@@ -5,6 +5,7 @@ with exit 2."""
 
 import functools
 import json
+import os
 import shutil
 
 import pytest
@@ -16,6 +17,7 @@ from test_share_host_guests import Threads
 from vnuma_sched import render
 from vnuma_sched.cli import share_host
 from vnuma_sched.cli.main import main
+from vnuma_sched.kernel import guests
 from vnuma_sched.share.host_guests import AgentGuests
 from vnuma_sched.system.sysroot import SysRoot
 from vnuma_sched.system.topology import read_topology
@@ -128,7 +130,7 @@ def test_bad_changes_are_one_line_exit_2(world, args, needle):
 def test_start_refuses_bad_guests(world):
     root, tmp, _, _, _ = world
     res = cli(root, "share", "host", "start", "--guest", "a=/x")
-    assert res.exit_code == 2 and "expected NAME=QMP_SOCKET,AGENT_SOCKET" in res.output
+    assert res.exit_code == 2 and "expected NAME or NAME=QMP_SOCKET,AGENT_SOCKET" in res.output
     res = cli(root, "share", "host", "start", "--guest", f"a={tmp}/a-qmp.sock,{tmp}/a-qga.sock",
               "--guest", f"a={tmp}/a-qmp.sock,{tmp}/a-qga.sock")
     assert res.exit_code == 2 and "given twice" in res.output
@@ -158,3 +160,40 @@ def test_status_text_golden(monkeypatch):
              "behind": step["reason"], "guest_says": None, "agrees": None,
              "no_answer": step["reason"]}]}
     golden("share-host-status.txt", render.share_host_text(report) + "\n")
+
+
+def record_guest(root, tmp, name, pid, qmp=True):
+    """What 'vm run --name' records for a running guest."""
+    guests.add(SysRoot(root), guests.Guest(name, pid, f"{tmp}/{name}-qga.sock",
+                                           f"{tmp}/{name}-qmp.sock" if qmp else None,
+                                           "bzImage", "2 nodes"), lambda pid: True)
+
+
+def test_start_finds_guests_that_vm_run_named(world):
+    root, tmp, shells, _, _ = world
+    record_guest(root, tmp, "a", os.getpid())
+    record_guest(root, tmp, "b", os.getpid())
+    res = cli(root, "share", "host", "start", "--guest", "a", "--guest", "b", "--timeout", "5")
+    assert res.exit_code == 0, res.output
+    assert (shells["a"].parked, shells["b"].parked) == ({1}, {1, 2, 3})
+    listed = json.loads(cli(root, "vm", "list", "--json").output)["guests"]
+    assert [(g["name"], g["running"], g["qmp"]) for g in listed] == [
+        ("a", True, f"{tmp}/a-qmp.sock"), ("b", True, f"{tmp}/b-qmp.sock")]
+
+
+@pytest.mark.parametrize("setup, needle", [
+    (None, "--guest a: no guest of that name is running"),
+    ("dead", "--guest a: its 'vm run' (pid 999999999) is gone; the record is stale"),
+    ("flat", "--guest a: not booted as a placed guest with an agent"),
+])
+def test_start_refuses_guests_it_cannot_find(world, setup, needle):
+    root, tmp, _, _, _ = world
+    if setup:
+        record_guest(root, tmp, "a", 999999999 if setup == "dead" else os.getpid(),
+                     qmp=setup != "flat")
+    res = cli(root, "share", "host", "start", "--guest", "a")
+    assert res.exit_code == 2 and needle in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (root / STATE).exists()
+    if setup == "dead":
+        assert "stale (vm run gone)" in cli(root, "vm", "list").output

@@ -7,6 +7,7 @@ confirms it, its thread is fenced onto vCPU 0's host CPU) and gives it back. The
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from helpers import VNUMA
@@ -22,6 +23,8 @@ from vnuma_sched.system.topology import read_topology
 pytestmark = pytest.mark.vm
 
 DONE = "/run/vnuma-agent-test.done"     # guest-local: made through the agent at the end
+NAME = "vnuma-vm-tier"                  # vm run --name: the record 'share host start' finds
+RECORD = f"/run/vnuma_sched/guests/{NAME}.json"
 BOOT_S = 240
 
 
@@ -46,7 +49,7 @@ def guest(guest_build, tmp_path_factory):
     proc = subprocess.Popen([VNUMA, "vm", "run", "--kernel", str(guest_build), "--topology",
                              str(spec), "--mem", "1G", "--timeout", "600", "--json",
                              "--agent-socket", str(agent), "--qmp-socket", str(qmp_sock),
-                             "--", "sh", "-c", script],
+                             "--name", NAME, "--", "sh", "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = wait_for_agent(agent, proc)
@@ -55,6 +58,7 @@ def guest(guest_build, tmp_path_factory):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
         assert json.loads(out)["stdout"] == "bye\n"     # the guest's command ended well
+        assert not Path(RECORD).exists()                # vm run removed its record
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -101,10 +105,16 @@ def test_share_host_commands_on_a_real_guest(guest, tmp_path):
     proc, topo, agent, qmp_sock, _ = guest
     state = ["--state-dir", str(tmp_path / "state")]
     host_node = read_topology(SysRoot("/")).node_of(topo.nodes[0].host_cpus[0])
-    out = json.loads(host_cli("start", "--guest", f"g={qmp_sock},{agent}", "--guest-command",
+    listed = json.loads(subprocess.run([VNUMA, "vm", "list", "--json"], capture_output=True,
+                                       text=True, check=True).stdout)["guests"]
+    assert {"name": NAME, "running": True, "qmp": str(qmp_sock), "agent": str(agent),
+            "pid": proc.pid} in [{k: g[k] for k in ("name", "running", "qmp", "agent", "pid")}
+                                 for g in listed]
+    # by the name vm run recorded: the same sockets
+    out = json.loads(host_cli("start", "--guest", NAME, "--guest-command",
                               VNUMA, "--timeout", "120", "--json", *state))
     assert out["finished"] and out["steps"] == []      # alone, it keeps everything
-    out = json.loads(host_cli("set", "g", f"node{host_node}=1", "--json", *state))
+    out = json.loads(host_cli("set", NAME, f"node{host_node}=1", "--json", *state))
     assert [(s["phase"], s["after"]["used"], s["state"]) for s in out["steps"]] == [
         ("give", [0], "done")]
     report = json.loads(host_cli("status", "--json", *state))

@@ -395,6 +395,15 @@ def share_status_text(status):
     return "\n\n".join(out)
 
 
+def guest_list_text(rows):
+    """'vm list': a row per recorded guest."""
+    if not rows:
+        return "no guests recorded ('vm run --name NAME' records one)"
+    return table([[r["name"], r["pid"], "running" if r["running"] else "stale (vm run gone)",
+                   r["topology"], r["qmp"] or "-", r["agent"] or "-"] for r in rows],
+                 ["guest", "pid", "state", "topology", "QMP", "agent"], prose=[4, 5])
+
+
 def share_host_steps_text(move):
     """The steps of a coordinator move, one line each: number, phase, guest, the vCPUs
     the guest uses after it, its state (and why it failed)."""

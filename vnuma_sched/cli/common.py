@@ -66,6 +66,17 @@ def need_root(settings, what):
         raise NeedsRoot(what)
 
 
+def pid_alive(pid):
+    """Whether process ``pid`` exists (signal 0)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def settings_exit(code):
     ctx = click.get_current_context()
     ctx.exit(code)

@@ -13,12 +13,13 @@ from vnuma_sched.cli.common import (
     emit,
     json_option,
     merge_json,
+    pid_alive,
     pin_option,
     progress,
     settings_exit,
 )
 from vnuma_sched.errors import BadInput
-from vnuma_sched.kernel import kbuild, layout
+from vnuma_sched.kernel import guests, kbuild, layout
 from vnuma_sched.kernel import libvirt as lv
 from vnuma_sched.kernel import patches as P
 from vnuma_sched.kernel import pipeline as pl
@@ -27,6 +28,7 @@ from vnuma_sched.kernel import vm as vmod
 from vnuma_sched.kernel.ktree import fetch_debian, fetch_git, tree_version
 from vnuma_sched.render import (
     build_text,
+    guest_list_text,
     matrix_text,
     patches_text,
     pipeline_text,
@@ -135,11 +137,14 @@ def vm():
                    "this unix socket (the channel of 'share host').")
 @click.option("--qmp-socket", type=click.Path(), metavar="PATH",
               help="Where a placed guest's QEMU serves QMP (default: a private path).")
+@click.option("--name", metavar="NAME",
+              help="Record the guest while it runs (vm list), with a guest agent and, "
+                   "when placed, a QMP socket ('share host start --guest NAME').")
 @click.argument("command", nargs=-1, required=True)
 @json_option
 @click.pass_obj
 def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket, qmp_socket,
-           command, as_json):
+           name, command, as_json):
     """Boot KERNEL as a vNUMA guest, run COMMAND in it, return its exit code.
 
     \b
@@ -155,6 +160,7 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket
       vnuma-sched vm run --kernel K --topology host --json -- nproc
       vnuma-sched vm run --kernel K --topology host --agent-socket /tmp/g1-qga.sock \\
           --qmp-socket /tmp/g1-qmp.sock -- sleep 3600
+      vnuma-sched vm run --kernel K --topology host --name g1 -- sleep 3600
     """
 
     settings = merge_json(settings, as_json)
@@ -166,9 +172,21 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket
     runner = Runner()
     accel, why = vmod.choose_accel(accel, kernel_image, runner,
                                    os.path.join(cache_dir(), "accel.json"))
+    sysroot = settings.sysroot()
+    if name is not None:
+        guests.check_name(name)
+        agent_socket = agent_socket or guests.socket_path(sysroot, name, "qga")
+        if topo.pinned:
+            qmp_socket = qmp_socket or guests.socket_path(sysroot, name, "qmp")
+        guests.add(sysroot, guests.Guest(name, os.getpid(), agent_socket, qmp_socket,
+                                         str(kernel_image), topo.summary()), pid_alive)
     progress(settings)(f"booting {kernel_image} ({topo.summary()}, {accel}: {why})")
-    res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append,
-                   agent_socket=agent_socket, qmp_socket=qmp_socket)
+    try:
+        res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append,
+                       agent_socket=agent_socket, qmp_socket=qmp_socket)
+    finally:
+        if name is not None:
+            guests.remove(sysroot, name, os.getpid())
     if settings.json:
         emit(settings, {"status": res.status, "exit_code": res.exit_code, "accel": res.accel,
                         "seconds": round(res.seconds, 1), "stdout": res.stdout,
@@ -182,6 +200,24 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket
         click.echo(f"vnuma-sched: guest {res.status} after {res.seconds:.0f} s: {detail}",
                    err=True)
     settings_exit(res.exit_code)
+
+
+@vm.command("list")
+@json_option
+@click.pass_obj
+def vm_list(settings, as_json):
+    """The guests 'vm run --name' is running, with their sockets.
+
+    \b
+    A guest whose 'vm run' was killed is listed as stale.
+    Examples:
+      vnuma-sched vm list
+      vnuma-sched vm list --json
+    """
+    settings = merge_json(settings, as_json)
+    rows = [{**g.to_dict(), "running": up}
+            for g, up in guests.listing(settings.sysroot(), pid_alive)]
+    emit(settings, {"guests": rows}, guest_list_text(rows))
 
 
 @vm.command("libvirt-xml")

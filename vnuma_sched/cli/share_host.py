@@ -1,11 +1,10 @@
 """'share host': the host coordinator that shares the host between Full-vNUMA guests."""
 
-import re
-
 import click
 
-from vnuma_sched.cli.common import emit, json_option, merge_json, need_root
+from vnuma_sched.cli.common import emit, json_option, merge_json, need_root, pid_alive
 from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.kernel import guests
 from vnuma_sched.render import share_host_steps_text, share_host_text
 from vnuma_sched.share import host_plan as H
 from vnuma_sched.share import host_state as S
@@ -13,7 +12,7 @@ from vnuma_sched.share.coordinator import Coordinator
 from vnuma_sched.share.host_guests import AgentGuests, read_layout
 from vnuma_sched.system.topology import read_topology
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+NAME = guests.NAME          # a guest's name: the same rule as 'vm run --name'
 NEXT = "'vnuma-sched share host resume' or 'vnuma-sched share host rollback'"
 
 
@@ -37,6 +36,8 @@ def host():
     --state-dir before and after every step.
     \b
     Examples:
+      sudo vnuma-sched vm run --kernel K --topology host --name a -- sleep infinity &
+      sudo vnuma-sched share host start --guest a --guest b --share b=node0=1
       sudo vnuma-sched share host start --guest a=/tmp/a-qmp.sock,/tmp/a-qga.sock \\
           --guest b=/tmp/b-qmp.sock,/tmp/b-qga.sock --share b=node0=1
       sudo vnuma-sched share host set a node0=1 b node0=2
@@ -63,12 +64,20 @@ def _coordinator(settings, state_dir, timeout=None):
     return Coordinator(sd, read_topology(settings.sysroot()), io)
 
 
-def _guest(text):
+def _guest(sysroot, text):
+    """(name, QMP socket, agent socket) of NAME=QMP_SOCKET,AGENT_SOCKET, or of NAME
+    alone: a guest that 'vm run --name NAME' runs (kernel/guests.py)."""
     name, sep, socks = text.partition("=")
+    if not sep and NAME.fullmatch(name):
+        g = guests.find(sysroot, name, pid_alive)
+        if not g.qmp or not g.agent:
+            raise BadInput(f"--guest {name}: not booted as a placed guest with an agent "
+                           "(vm run --topology host --name NAME)")
+        return name, g.qmp, g.agent
     qmp_sock, comma, agent = socks.partition(",")
     if not sep or not comma or not NAME.fullmatch(name) or not qmp_sock or not agent:
-        raise BadInput(f"--guest {text[:80]!r}: expected NAME=QMP_SOCKET,AGENT_SOCKET "
-                       "(NAME: letters, digits, _ . -)")
+        raise BadInput(f"--guest {text[:80]!r}: expected NAME or NAME=QMP_SOCKET,AGENT_SOCKET "
+                       f"({guests.NAME_RULE})")
     return name, qmp_sock, agent
 
 
@@ -106,9 +115,11 @@ def _done(settings, outcome, what):
 
 
 @host.command("start")
-@click.option("--guest", "guests", multiple=True, required=True, metavar="NAME=QMP,AGENT",
-              help="A running Full-vNUMA guest: its QMP socket and guest-agent socket "
-                   "(repeatable; the order decides who gets free vCPUs first).")
+@click.option("--guest", "guest_args", multiple=True, required=True,
+              metavar="NAME[=QMP,AGENT]",
+              help="A running Full-vNUMA guest: its QMP socket and guest-agent socket, or "
+                   "the name 'vm run --name' gave it (repeatable; the order decides who "
+                   "gets free vCPUs first).")
 @click.option("--share", "shares", multiple=True, metavar="NAME=SPEC",
               help="A guest's first share, e.g. b=node0=1,node1=2 (repeatable); the "
                    "others take every free vCPU, in --guest order.")
@@ -119,7 +130,7 @@ def _done(settings, outcome, what):
 @_state_option
 @json_option
 @click.pass_obj
-def host_start(settings, guests, shares, timeout, guest_command, state_dir, as_json):
+def host_start(settings, guest_args, shares, timeout, guest_command, state_dir, as_json):
     """Take running guests under the coordinator and apply the first assignment.
 
     \b
@@ -131,7 +142,7 @@ def host_start(settings, guests, shares, timeout, guest_command, state_dir, as_j
     """
     settings = merge_json(settings, as_json)
     need_root(settings, "pinning vCPU threads and parking vCPUs")
-    parsed = [_guest(g) for g in guests]
+    parsed = [_guest(settings.sysroot(), g) for g in guest_args]
     if len({n for n, _, _ in parsed}) != len(parsed):
         raise BadInput("--guest: a name is given twice")
     records = {n: S.GuestRecord(read_layout(n, q), q, a) for n, q, a in parsed}
