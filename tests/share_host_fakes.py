@@ -36,7 +36,7 @@ def mirror(name, host=HOST, first=0, mem=1024, mem_max=None):
             pairs.append((v, cpu))
             v += 1
     return H.GuestLayout(name, tuple(pairs),
-                         tuple((n.id, mem, mem_max or mem) for n in host.nodes))
+                         tuple(H.MemNode(n.id, n.id, mem, mem_max or mem) for n in host.nodes))
 
 
 class Killed(BaseException):
@@ -44,25 +44,49 @@ class Killed(BaseException):
 
 
 class FakeGuests:
-    """Guests that do what they are told, remember what they use, and can go silent."""
+    """Guests that do what they are told, remember what they use (vCPUs, memory per
+    guest node), and can go silent. ``host``: each apply checks that no host node
+    then holds more guest memory than it has."""
 
-    def __init__(self, layouts):
-        self.layouts = layouts
+    def __init__(self, layouts, host=None):
+        self.layouts, self.host = layouts, host
         self.now = {n: set(g.vcpus) for n, g in layouts.items()}   # fresh: everything
+        self.mem = {n: dict(g.whole().mem) for n, g in layouts.items()}   # boot memory
         self.calls, self.silent, self.die_after_apply = [], set(), False
+        self.mem_calls = []             # (guest, {node: MiB}) of each step that resized
 
     def used(self, name, record):
         if name in self.silent:
             raise GuestBehind(name, "no answer from its agent within 5 s")
         return sorted(self.now[name])
 
+    def memory(self, name, record):
+        if name in self.silent:
+            raise GuestBehind(name, "no answer from its agent within 5 s")
+        return {m.node: {"plugged_mb": self.mem[name][m.node] - m.min_mb, "guest_mb": None}
+                for m in self.layouts[name].mem_bounds}
+
     def apply(self, name, record, before, after):
         self.calls.append((name, tuple(after.used)))
         if name in self.silent:
             raise GuestBehind(name, "no answer from its agent within 5 s")
         self.now[name] = set(after.used)
+        if dict(after.mem) != self.mem[name]:
+            self.mem_calls.append((name, dict(after.mem)))
+            self.mem[name] = dict(after.mem)
+            assert not self.overcommitted(), self.overcommitted()
         if self.die_after_apply:
             raise Killed()
+
+    def overcommitted(self):
+        """Host nodes holding more guest memory than they have (with ``host``)."""
+        out = []
+        for node in self.host.nodes if self.host else ():
+            total = sum(mb for name, mem in self.mem.items() for m in self.layouts[name].mem_bounds
+                        for n, mb in mem.items() if n == m.node and m.host_node == node.id)
+            if total > node.mem_kb // 1024:
+                out.append(node.id)
+        return out
 
     def overlaps(self):
         seen, out = {}, []
@@ -75,6 +99,36 @@ class FakeGuests:
         return out
 
 
+
+
+class FakeVmem:
+    """QEMU's side of 'vm run --mem-hotplug': a virtio-mem device per resizable guest
+    node of ``layout``. After a qom-set of requested-size, the guest has plugged it by
+    the ``lag``-th query-memory-devices; nodes in ``stuck`` never get there."""
+
+    def __init__(self, layout, lag=2, stuck=()):
+        self.lag, self.stuck, self.sets, self._wait = lag, set(stuck), [], 0
+        self.dev = {m.node: {"size": 0, "requested-size": 0,
+                             "max-size": (m.max_mb - m.min_mb) << 20}
+                    for m in layout.mem_bounds if m.max_mb > m.min_mb}
+
+    def execute(self, name, args):
+        if name == "qom-set":
+            node = int(args["path"].rsplit("vnuma-vmem", 1)[1])
+            assert args["property"] == "requested-size", args
+            self.dev[node]["requested-size"] = args["value"]
+            self.sets.append((node, args["value"] >> 20))
+            self._wait = self.lag
+            return {}
+        assert name == "query-memory-devices", name
+        self._wait -= 1
+        if self._wait <= 0:
+            for node, d in self.dev.items():
+                if node not in self.stuck:
+                    d["size"] = d["requested-size"]
+        return [{"type": "virtio-mem", "data": {**d, "node": n, "id": f"vnuma-vmem{n}",
+                                                "block-size": 2 << 20}}
+                for n, d in sorted(self.dev.items())]
 
 
 async def _messages(reader):
@@ -169,8 +223,9 @@ class FakeGuestShare:
     """What 'vnuma-sched --json share status|apply|revert' does in a guest with
     ``nodes`` ([[CPU, ...], ...]), for a FakeAgent: parked CPUs remembered."""
 
-    def __init__(self, nodes):
+    def __init__(self, nodes, mem_kb=None):
         self.nodes, self.parked, self.commands = nodes, set(), []
+        self.mem_kb = mem_kb            # mem_kb(node): its MemTotal now, if given
 
     def __call__(self, argv):
         assert argv[1:3] == ["--json", "share"], argv
@@ -188,5 +243,6 @@ class FakeGuestShare:
         return 0, json.dumps({"partition": "isolated" if self.parked else "",
                               "parked": format_cpulist(self.parked),
                               "nodes": [{"node": i, "used": format_cpulist(set(n) - self.parked),
-                                         "parked": format_cpulist(set(n) & self.parked)}
+                                         "parked": format_cpulist(set(n) & self.parked),
+                                         **({"mem_kb": self.mem_kb(i)} if self.mem_kb else {})}
                                         for i, n in enumerate(self.nodes)]}), ""

@@ -155,7 +155,10 @@ def test_status_text_golden(monkeypatch):
         "kind": "set", "request": "a node1=0 b node1=2", "steps": [give, step]},
         "guests": [
             {"name": "a", "used": "0", "nodes": [node(0, "0", "0"), node(1, "", "")],
-             "behind": None, "guest_says": "0", "agrees": True},
+             "behind": None, "guest_says": "0", "agrees": True, "mem_agrees": True,
+             "memory": [{"node": n, "host_node": n, "mem_mb": 512 + 256 * n, "boot_mb": 512,
+                         "max_mb": 1024, "plugged_mb": 256 * n, "guest_mb": 490 + 256 * n}
+                        for n in (0, 1)]},
             {"name": "b", "used": "0", "nodes": [node(0, "0", "1"), node(1, "", "")],
              "behind": step["reason"], "guest_says": None, "agrees": None,
              "no_answer": step["reason"]}]}

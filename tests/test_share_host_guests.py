@@ -6,15 +6,16 @@ that does not answer (or answers wrongly) is behind; layouts from QMP answers.""
 import os
 
 import pytest
-from share_host_fakes import HOST, FakeAgent, FakeGuestShare, mirror
+from share_host_fakes import HOST, FakeAgent, FakeGuestShare, FakeVmem, mirror
 
 from vnuma_sched.errors import BadInput
 from vnuma_sched.kernel import qmp
 from vnuma_sched.kernel.qga import ExecResult
+from vnuma_sched.share import coordinator as co
 from vnuma_sched.share import host_plan as H
 from vnuma_sched.share import host_state as S
 from vnuma_sched.share.coordinator import GuestBehind
-from vnuma_sched.share.host_guests import AgentGuests, fenced, layout_from_qmp
+from vnuma_sched.share.host_guests import AgentGuests, fenced, layout_from_qmp, vmem_devices
 from vnuma_sched.system.sysroot import SysRoot
 
 LAYOUT = mirror("a", first=1)       # vCPU 0 on host CPU 1
@@ -23,10 +24,11 @@ LAYOUT = mirror("a", first=1)       # vCPU 0 on host CPU 1
 class Threads:
     """QEMU's vCPU threads (thread id ``base`` + vCPU), their affinities, and their CPU
     time in a /proc under ``root``: ``sleep`` lets the vCPUs in ``running`` run for
-    the whole time (100 ticks a second), the others not at all."""
+    the whole time (100 ticks a second), the others not at all; and its virtio-mem
+    devices (``vmem``, a FakeVmem)."""
 
-    def __init__(self, layout, root, base=100):
-        self.base, self.root = base, root
+    def __init__(self, layout, root, base=100, vmem=None):
+        self.base, self.root, self.vmem = base, root, vmem or FakeVmem(layout)
         self.affinity = {base + v: {h} for v, h in layout.vcpu_host}
         self.moves = []
         self.ticks = dict.fromkeys(self.affinity, 0)
@@ -47,8 +49,9 @@ class Threads:
         self._write()
 
     def query(self, sock, commands, timeout):
-        assert commands == [("query-cpus-fast", None)]
-        return [[{"cpu-index": t - self.base, "thread-id": t} for t in sorted(self.affinity)]]
+        return [[{"cpu-index": t - self.base, "thread-id": t} for t in sorted(self.affinity)]
+                if name == "query-cpus-fast" else self.vmem.execute(name, args)
+                for name, args in commands]
 
     def setaffinity(self, tid, cpus):
         self.moves.append((tid - self.base, min(cpus)))
@@ -134,10 +137,56 @@ def test_a_silent_agent_is_behind(tmp_path):
             AgentGuests(timeout=0.3).used("a", record)
 
 
-def test_memory_changes_are_not_carried_yet(guest):
-    io, record, _, _, _ = guest
-    with pytest.raises(GuestBehind, match="memory per node cannot be resized yet"):
-        io.apply("a", record, LAYOUT.whole(), H.share(LAYOUT.vcpus, {0: 512, 1: 1024}))
+GROWS = mirror("a", first=1, mem=512, mem_max=1024)   # 512 MiB per node, up to 1 GiB
+
+
+@pytest.fixture
+def growing(tmp_path):
+    """A guest whose nodes can grow (virtio-mem), its QEMU, its agent."""
+    threads = Threads(GROWS, tmp_path / "host")
+    plugged = lambda node: threads.vmem.dev[node]["size"] >> 10     # noqa: E731
+    shell = FakeGuestShare([[0, 1, 2, 3], [4, 5, 6, 7]], lambda n: 500_000 + plugged(n))
+    record = S.GuestRecord(GROWS, "/run/a-qmp.sock", str(tmp_path / "qga.sock"))
+    io = AgentGuests(command=("vnuma-sched",), timeout=10, query=threads.query,
+                     setaffinity=threads.setaffinity,
+                     getaffinity=lambda tid: threads.affinity[tid],
+                     sysroot=SysRoot(tmp_path / "host"), sleep=threads.sleep)
+    with FakeAgent(record.agent, shell, polls=1):
+        yield io, record, shell, threads
+
+
+def test_memory_is_resized_through_qmp_and_confirmed_by_the_plugged_size(growing):
+    io, record, shell, threads = growing
+    whole = GROWS.whole()
+    more = H.share(whole.used, {0: 512, 1: 768})
+    io.apply("a", record, whole, more)
+    assert threads.vmem.sets == [(1, 256)]                  # node 1 only: +256 MiB
+    assert threads.vmem.dev[1]["size"] == 256 << 20          # waited until plugged
+    assert shell.commands == [] and threads.moves == []     # memory only: no vCPU step
+    assert io.memory("a", record) == {0: {"plugged_mb": 0, "guest_mb": 500_000 >> 10},
+                                      1: {"plugged_mb": 256,
+                                          "guest_mb": (500_000 + (256 << 10)) >> 10}}
+    io.apply("a", record, more, whole)
+    assert threads.vmem.sets[-1] == (1, 0) and threads.vmem.dev[1]["size"] == 0
+
+
+def test_a_guest_that_does_not_plug_in_time_is_behind_and_asked_back(growing):
+    io, record, _, threads = growing
+    threads.vmem.stuck = {1}
+    clock = iter(range(0, 1000, 3))
+    io.clock = lambda: next(clock)
+    whole = GROWS.whole()
+    with pytest.raises(GuestBehind, match=r"node 1 has 0 MiB plugged, not 256 MiB, after "
+                                          r"10 s \(asked back to 0 MiB\)"):
+        io.apply("a", record, whole, H.share(whole.used, {0: 512, 1: 768}))
+    assert threads.vmem.sets == [(1, 256), (1, 0)]
+
+
+def test_memory_read_from_qmp_is_boot_plus_plugged(growing):
+    io, record, _, threads = growing
+    threads.vmem.dev[0].update({"size": 128 << 20, "requested-size": 128 << 20})
+    got = io.memory("a", record)
+    assert co.mem_now(GROWS, got) == {0: 640, 1: 512}
 
 
 def test_fenced_puts_parked_vcpus_on_the_boot_vcpus_host_cpu():
@@ -151,7 +200,7 @@ def test_layout_from_qmp_answers():
                {"id": "other", "size": 64 << 20, "host-nodes": [1]}]
     lay = layout_from_qmp("a", cpus, memdevs, lambda tid: {LAYOUT.hosts[tid - 100]})
     assert lay.vcpu_host == LAYOUT.vcpu_host
-    assert lay.mem_bounds == ((0, 1024, 1024), (1, 512, 512))
+    assert lay.mem_bounds == ((0, 0, 1024, 1024), (1, 1, 512, 512))   # fixed: no virtio-mem
     with pytest.raises(BadInput, match="vCPU 0 may run on host CPUs 0-7, not one"):
         layout_from_qmp("a", cpus, memdevs, lambda tid: set(HOST.cpus))
 
@@ -181,3 +230,46 @@ def test_pin_failures_are_behind(guest):
     io.query = broken
     with pytest.raises(GuestBehind, match="pinning its vCPU threads: QMP on"):
         io.apply("a", record, LAYOUT.whole(), H.share([0, 4], LAYOUT.whole().mem))
+
+
+# recorded from QEMU 7.2 (query-memdev, query-memory-devices) with the backends and
+# devices 'vm run --mem 1G --mem-hotplug 256M' gives a 2-node guest placed on a 1-node
+# host (both guest nodes on host node 0); node 1 edited to show 256 MiB plugged (a
+# stopped QEMU plugs nothing: its size stays 0 after the qom-set)
+MEMDEVS_2ON1 = [
+    {"share": True, "reserve": True, "prealloc": False, "host-nodes": [0],
+     "size": 536870912, "merge": True, "dump": True, "policy": "bind", "id": "vnode0"},
+    {"share": True, "reserve": True, "prealloc": False, "host-nodes": [0],
+     "size": 268435456, "merge": True, "dump": True, "policy": "bind", "id": "vnode0-vmem"},
+    {"share": True, "reserve": True, "prealloc": False, "host-nodes": [0],
+     "size": 536870912, "merge": True, "dump": True, "policy": "bind", "id": "vnode1"},
+    {"share": True, "reserve": True, "prealloc": False, "host-nodes": [0],
+     "size": 268435456, "merge": True, "dump": True, "policy": "bind", "id": "vnode1-vmem"}]
+DEVICES_2ON1 = [
+    {"type": "virtio-mem", "data": {"memdev": "/objects/vnode0-vmem", "memaddr": 4294967296,
+                                    "block-size": 2097152, "size": 0, "node": 0,
+                                    "max-size": 268435456, "requested-size": 0,
+                                    "id": "vnuma-vmem0"}},
+    {"type": "virtio-mem", "data": {"memdev": "/objects/vnode1-vmem", "memaddr": 4563402752,
+                                    "block-size": 2097152, "size": 268435456, "node": 1,
+                                    "max-size": 268435456, "requested-size": 268435456,
+                                    "id": "vnuma-vmem1"}}]
+
+
+def test_layout_from_qmp_reads_virtio_mem_per_guest_node():
+    cpus = [{"cpu-index": v, "thread-id": 100 + v} for v in range(2)]
+    lay = layout_from_qmp("g", cpus, MEMDEVS_2ON1, lambda tid: {tid - 100}, DEVICES_2ON1)
+    assert lay.mem_bounds == ((0, 0, 512, 768), (1, 0, 512, 768))
+    assert lay.whole().mem == ((0, 512), (1, 512))      # boot memory: the least
+    # what it has now: node 1 has 256 MiB plugged
+    now = {n: {"plugged_mb": d["size"] >> 20} for n, d in vmem_devices(DEVICES_2ON1).items()}
+    assert co.mem_now(lay, now) == {0: 512, 1: 768}
+
+
+def test_virtio_mem_bound_elsewhere_than_the_boot_memory_is_refused():
+    memdevs = [dict(m) for m in MEMDEVS_2ON1]
+    memdevs[3]["host-nodes"] = [1]          # vnode1-vmem
+    with pytest.raises(BadInput, match="node 1's virtio-mem memory is bound to host nodes "
+                                       r"\[1\], its boot memory to \[0\]"):
+        layout_from_qmp("g", [{"cpu-index": 0, "thread-id": 100}], memdevs,
+                        lambda tid: {0}, DEVICES_2ON1)

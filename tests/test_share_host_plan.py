@@ -48,8 +48,35 @@ def test_layout_of_a_placed_topology_is_the_mirror():
     topo = vm.from_host(HOST, 2048)
     g = H.layout_of("a", topo)
     assert g.hosts == {v: v for v in range(8)}
-    assert g.mem_bounds == ((0, 1024, 1024), (1, 1024, 1024))
+    assert g.mem_bounds == ((0, 0, 1024, 1024), (1, 1, 1024, 1024))   # node, host node
     assert g.on_node(HOST, 1) == (4, 5, 6, 7)
+    # 'vm run --mem-hotplug 512M': each node can grow by that much
+    assert H.layout_of("a", topo, 512).bounds(1) == (1024, 1536)
+
+
+def test_memory_is_per_guest_node_and_counted_on_its_host_node():
+    """Two guest nodes on one host node (a 2-node guest on a 1-node host): each is
+    resized on its own, the host node holds both."""
+    host = host_of([2], mem_mb=2048)
+    g = H.GuestLayout("a", ((0, 0), (1, 1)), (H.MemNode(0, 0, 512, 1024),
+                                               H.MemNode(1, 0, 512, 1024)))
+    start = H.plan_start(host, {"a": g}, {"a": g.whole()}).after
+    move = H.plan_change(host, {"a": g}, start, [H.parse_request("a", None, "node1=768M")])
+    assert move.after["a"].mem == ((0, 512), (1, 768))
+    assert g.mem_on(move.after["a"], 0) == 1280
+    with pytest.raises(H.Refused, match="node 0 overcommitted: 2048 MiB of guest memory"
+                                        ", 1536 MiB there"):
+        H.plan_change(host_of([2], mem_mb=1536), {"a": g}, start,
+                      [H.parse_request("a", None, "node0=1024M,node1=1024M")])
+
+
+def test_memory_off_the_virtio_mem_block_is_refused():
+    host = host_of([2, 2], mem_mb=2048)
+    guests = {"a": mirror("a", host, mem=512, mem_max=1024)}
+    start = H.plan_start(host, guests, {"a": guests["a"].whole()}).after
+    with pytest.raises(H.Refused, match="--mem node1=515M: 3 MiB above its 512 MiB boot "
+                                        "memory is not a multiple of virtio-mem's 2 MiB"):
+        H.plan_change(host, guests, start, [H.parse_request("a", None, "node1=515M")])
 
 
 # --- the first assignment --------------------------------------------------------------

@@ -6,7 +6,7 @@ and is named; the state file is data, checked field by field."""
 import json
 
 import pytest
-from share_host_fakes import HOST, FakeGuests, Killed, mirror
+from share_host_fakes import HOST, FakeGuests, Killed, host_of, mirror
 
 from vnuma_sched.errors import BadInput, DataError
 from vnuma_sched.share import host_plan as H
@@ -69,6 +69,29 @@ def test_set_gives_back_before_the_receiver_takes(world):
     assert guests.calls == [("a", (0, 2, 3, 4, 5)), ("b", (0, 6, 7))]
     assert current(coord) == {"a": [0, 2, 3, 4, 5], "b": [0, 6, 7]}
     assert guests.overlaps() == []
+
+
+def test_memory_moves_giver_first_and_never_overcommits_the_host_node(tmp_path):
+    host = host_of([4, 4], mem_mb=2048)
+    layouts = {"a": mirror("a", host, mem=512, mem_max=1536),
+               "b": mirror("b", host, first=1, mem=512, mem_max=1536)}
+    records = {n: S.GuestRecord(g, f"/run/{n}-qmp.sock", f"/run/{n}-qga.sock")
+               for n, g in layouts.items()}
+    guests = FakeGuests(layouts, host)      # every apply checks the host nodes
+    coord = Coordinator(S.StateDir(tmp_path / "state"), host, guests)
+    coord.start(records)
+    assert coord.set([H.parse_request("a", None, "node1=1536M")]).finished
+    guests.calls.clear()
+    out = coord.set([H.parse_request("b", None, "node1=1536M"),
+                     H.parse_request("a", None, "node1=512M")])
+    assert out.finished and [c[0] for c in guests.calls] == ["a", "b"]   # a gives first
+    assert guests.mem_calls[-2:] == [("a", {0: 512, 1: 512}), ("b", {0: 512, 1: 1536})]
+    report = coord.report()
+    assert [[m["mem_mb"] for m in g["memory"]] for g in report["guests"]] == [[512, 512],
+                                                                               [512, 1536]]
+    assert all(g["mem_agrees"] for g in report["guests"])
+    coord.stop()                            # everyone back to the memory it booted with
+    assert guests.mem == {"a": {0: 512, 1: 512}, "b": {0: 512, 1: 512}}
 
 
 def swap(coord):

@@ -2,9 +2,12 @@
 per node, pinned 1:1) booted by 'vm run --agent-socket --qmp-socket' runs qemu-ga on
 its virtio-serial port; from the host, the guest agent runs 'share status' in it, the
 layout is read back through QMP, and a step parks vCPU 1 (the guest's own status
-confirms it, its thread is fenced onto vCPU 0's host CPU) and gives it back. Then 'share host' itself: start, set, status, stop on that guest."""
+confirms it, its thread is fenced onto vCPU 0's host CPU) and gives it back. Then 'share host' itself: start, set, status, stop on that guest. The guest has a
+virtio-mem device per node ('vm run --mem-hotplug'): 'share host set --mem' grows
+guest node 1 by 256 MiB and gives it back, the guest's own MemTotal follows."""
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ DONE = "/run/vnuma-agent-test.done"     # guest-local: made through the agent at
 NAME = "vnuma-vm-tier"                  # vm run --name: the record 'share host start' finds
 RECORD = f"/run/vnuma_sched/guests/{NAME}.json"
 BOOT_S = 240
+HOTPLUG_MB = 256                        # per guest node, on top of its boot memory
 
 
 def wait_for_agent(sock, proc):
@@ -47,7 +51,8 @@ def guest(guest_build, tmp_path_factory):
     script = (f"grep -q cgroup2 /proc/mounts || mount -t cgroup2 none /sys/fs/cgroup; "
               f"while [ ! -e {DONE} ]; do sleep 0.2; done; echo bye")
     proc = subprocess.Popen([VNUMA, "vm", "run", "--kernel", str(guest_build), "--topology",
-                             str(spec), "--mem", "1G", "--timeout", "600", "--json",
+                             str(spec), "--mem", "1G", "--mem-hotplug", f"{HOTPLUG_MB}M",
+                             "--timeout", "900", "--json",
                              "--agent-socket", str(agent), "--qmp-socket", str(qmp_sock),
                              "--name", NAME, "--", "sh", "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,7 +85,9 @@ def test_the_agent_channel_to_a_real_guest(guest):
     # the layout QEMU has, read through QMP, is the placement vm run made
     lay = read_layout("g", qmp_sock)
     assert lay.hosts == {v: h for n in topo.nodes for v, h in zip(n.cpus, n.host_cpus)}
-    assert [m for m, _, _ in lay.mem_bounds] == sorted({n.host_node for n in topo.nodes})
+    # per guest node: its host node, its boot memory up to HOTPLUG_MB more (virtio-mem)
+    assert lay.mem_bounds == tuple((i, n.host_node, n.mem_mb, n.mem_mb + HOTPLUG_MB)
+                                   for i, n in enumerate(topo.nodes))
     record = S.GuestRecord(lay, str(qmp_sock), str(agent))
     io = AgentGuests(command=(VNUMA,), timeout=120, sysroot=SysRoot("/"))
     assert io.used("g", record) == [0, 1]
@@ -125,3 +132,41 @@ def test_share_host_commands_on_a_real_guest(guest, tmp_path):
     assert not (tmp_path / "state" / "state.json").exists()
     status = json.loads(qga.run(agent, [VNUMA, "--json", "share", "status"], 60).stdout)
     assert status["parked"] == ""
+
+
+def node_mem_kb(agent, node):
+    """MemTotal of guest node ``node``, read in the guest through its agent."""
+    res = qga.run(agent, ["cat", f"/sys/devices/system/node/node{node}/meminfo"], 60)
+    return int(re.search(r"MemTotal:\s+(\d+) kB", res.stdout).group(1))
+
+
+def memory_status(state):
+    """Guest node 1's memory as 'share host status' shows it."""
+    (g,) = json.loads(host_cli("status", "--json", *state))["guests"]
+    assert g["mem_agrees"] and g["agrees"], g
+    return g["memory"][1]
+
+
+def test_share_host_moves_memory_on_a_real_guest(guest, tmp_path):
+    proc, topo, agent, qmp_sock, _ = guest
+    state = ["--state-dir", str(tmp_path / "state")]
+    boot = topo.nodes[1].mem_mb
+    host_cli("start", "--guest", f"g={qmp_sock},{agent}", "--guest-command", VNUMA,
+             "--timeout", "120", *state)
+    before = node_mem_kb(agent, 1)
+    assert memory_status(state)["plugged_mb"] == 0
+    out = json.loads(host_cli("set", "--mem", f"g:node1={boot + 256}M", "--json", *state))
+    assert [(s["phase"], s["after"]["mem_mb"]["1"], s["state"]) for s in out["steps"]] == [
+        ("take", boot + 256, "done")]
+    grown = node_mem_kb(agent, 1)
+    assert grown - before >= 250 * 1024
+    m = memory_status(state)
+    assert (m["mem_mb"], m["plugged_mb"], m["guest_mb"]) == (boot + 256, 256, grown >> 10)
+    out = json.loads(host_cli("set", "--mem", f"g:node1={boot}M", "--json", *state))
+    assert [(s["phase"], s["after"]["mem_mb"]["1"], s["state"]) for s in out["steps"]] == [
+        ("give", boot, "done")]
+    back = node_mem_kb(agent, 1)
+    assert abs(back - before) <= 4 * 1024
+    m = memory_status(state)
+    assert (m["mem_mb"], m["plugged_mb"], m["guest_mb"]) == (boot, 0, back >> 10)
+    host_cli("stop", *state)

@@ -15,7 +15,7 @@ from vnuma_sched import resources
 from vnuma_sched import runner as runner_module
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput, Missing
-from vnuma_sched.kernel import vm
+from vnuma_sched.kernel import layout, vm
 from vnuma_sched.runner import Runner, path_with
 from vnuma_sched.system.sysroot import SysRoot
 
@@ -405,3 +405,52 @@ def test_bad_sockets_are_refused_before_booting(tmp_path, monkeypatch, kw, needl
     monkeypatch.setattr(vm, "find_qemu_ga", lambda: "/usr/sbin/qemu-ga")
     with pytest.raises(BadInput, match=re.escape(needle)):
         vm.run(image, vm.parse_topology("1x1", 512), ["true"], None, "tcg", 10, **kw)
+
+
+def _qemu_opts(argv, flag):
+    """The values of ``--qemu-opts=<flag> ...`` in a vng argv."""
+    return [a.split(" ", 1)[1] for a in argv if a.startswith(f"--qemu-opts={flag} ")]
+
+
+def test_mem_hotplug_gives_each_node_a_virtio_mem_device_bound_like_its_memory(
+        tmp_path, fixture_root):
+    host = read_topology(SysRoot(fixture_root / "qemu-2node"))
+    t = vm.parse_topology("host", 2048, host)
+    argv = vm.vng_argv("/k", t, tmp_path, "tcg", hotplug_mb=512)
+    objects, devices = _qemu_opts(argv, "-object"), _qemu_opts(argv, "-device")
+    for i, node in enumerate(t.nodes):
+        bind = f"host-nodes={node.host_node},policy=bind"
+        assert f"memory-backend-memfd,id=vnode{i}-vmem,size=512M,share=on,{bind}" in objects
+        assert bind in layout.backend_object(i, node)      # the same host node as boot
+        assert (f"virtio-mem-pci,id=vnuma-vmem{i},node={i},memdev=vnode{i}-vmem,"
+                "requested-size=0") in devices
+    # QEMU's room for the devices: a -m that it merges into virtme-ng's size
+    assert _qemu_opts(argv, "-m") == [f"2048M,maxmem={2048 + 2 * 512}M"]
+    assert argv[argv.index("--memory") + 1] == "2048M"
+    assert "--append=memhp_default_state=online_movable" in argv
+    plain = vm.vng_argv("/k", t, tmp_path, "tcg")
+    assert not _qemu_opts(plain, "-m") and "vmem" not in " ".join(plain)
+    assert not any("memhp" in a for a in plain)
+
+
+@pytest.mark.parametrize("spec, size, needle", [
+    ("1x1", 512, "--mem-hotplug: only a placed (Full-vNUMA) guest"),
+    ("host", 511, "--mem-hotplug 511M: not a multiple of virtio-mem's 2 MiB block size"),
+])
+def test_mem_hotplug_is_refused_before_booting(tmp_path, monkeypatch, fixture_root, spec,
+                                               size, needle):
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"x")
+    monkeypatch.setattr(vm, "find_vng", lambda: pytest.fail("booted"))
+    host = read_topology(SysRoot(fixture_root / "qemu-2node"))
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        vm.run(image, vm.parse_topology(spec, 1024, host), ["true"], None, "tcg", 10,
+               hotplug_mb=size)
+
+
+def test_vm_run_names_mem_hotplug_in_a_bad_size(tmp_path):
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"x")
+    res = CliRunner().invoke(main, ["vm", "run", "--kernel", str(image), "--mem-hotplug",
+                                    "lots", "--", "true"])
+    assert res.exit_code == 2 and "--mem-hotplug 'lots': expected a size" in res.output

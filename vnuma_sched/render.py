@@ -415,6 +415,21 @@ def share_host_steps_text(move):
     return "\n".join(out)
 
 
+def _share_host_memory(report):
+    """The guest nodes whose memory can be resized: the share, its range, what QEMU has
+    plugged and the MemTotal the guest reports."""
+    rows = []
+    for g in report["guests"]:
+        for m in g.get("memory", ()):
+            if m["max_mb"] > m["boot_mb"]:
+                said = m.get("guest_mb")
+                rows.append([g["name"], m["node"], m["host_node"], m["mem_mb"],
+                             f"{m['boot_mb']}..{m['max_mb']}", m.get("plugged_mb", "-"),
+                             "-" if said is None else said])
+    return table(rows, ["guest", "node", "host node", "MiB", "range", "plugged",
+                        "guest MemTotal"]) if rows else ""
+
+
 def share_host_text(report):
     """'share host status': a row per guest and node, who is behind, the pending move."""
     rows = []
@@ -428,7 +443,13 @@ def share_host_text(report):
                          n["host_cpus"] or "-", n["mem_mb"], said if i == 0 else ""])
     out = [f"state: {report['state']}",
            table(rows, ["guest", "node", "vCPUs", "host CPUs", "MiB", "guest says"])]
+    mem = _share_host_memory(report)
+    if mem:
+        out += ["resizable memory per guest node (MiB):", mem]
     for g in report["guests"]:
+        if g.get("mem_agrees") is False:
+            out.append(f"memory differs: {g['name']}: QEMU has not plugged what its "
+                       "share says")
         if g["behind"]:
             out.append(f"behind: {g['name']} keeps its last share: {g['behind']}")
         if g.get("no_answer") and g["no_answer"] != g["behind"]:

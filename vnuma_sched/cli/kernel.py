@@ -140,11 +140,14 @@ def vm():
 @click.option("--name", metavar="NAME",
               help="Record the guest while it runs (vm list), with a guest agent and, "
                    "when placed, a QMP socket ('share host start --guest NAME').")
+@click.option("--mem-hotplug", metavar="SIZE",
+              help="Resizable memory: per guest node, the most a virtio-mem device can plug "
+                   "on top of its boot memory (a multiple of 2M; placed guests only).")
 @click.argument("command", nargs=-1, required=True)
 @json_option
 @click.pass_obj
 def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket, qmp_socket,
-           name, command, as_json):
+           mem_hotplug, name, command, as_json):
     """Boot KERNEL as a vNUMA guest, run COMMAND in it, return its exit code.
 
     \b
@@ -152,6 +155,10 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket
     host_node per node) every vCPU thread is pinned to its host CPU before the
     guest runs and each guest node's memory is bound to its host node; --pin
     places an NxM grid on the host's CPUs in order, --no-pin places nothing.
+    --mem-hotplug gives a placed guest one virtio-mem device per node (QMP
+    id vnuma-vmem<N>, nothing plugged at boot) that 'share host set --mem'
+    resizes; the guest kernel needs CONFIG_VIRTIO_MEM, and boots with
+    memhp_default_state=online_movable so plugged memory can be unplugged again.
 
     \b
     Examples:
@@ -161,9 +168,12 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket
       vnuma-sched vm run --kernel K --topology host --agent-socket /tmp/g1-qga.sock \\
           --qmp-socket /tmp/g1-qmp.sock -- sleep 3600
       vnuma-sched vm run --kernel K --topology host --name g1 -- sleep 3600
+      vnuma-sched vm run --kernel K --topology host --mem 4G --mem-hotplug 2G \\
+          --agent-socket /tmp/g1-qga.sock --qmp-socket /tmp/g1-qmp.sock -- sleep 3600
     """
 
     settings = merge_json(settings, as_json)
+    hotplug_mb = vmod.parse_size_mb(mem_hotplug, "--mem-hotplug") if mem_hotplug else 0
     kernel_image = vmod.kernel_image(image)
     host = read_topology(settings.sysroot())
     config = vmod.image_config(kernel_image)
@@ -183,7 +193,7 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket
     progress(settings)(f"booting {kernel_image} ({topo.summary()}, {accel}: {why})")
     try:
         res = vmod.run(kernel_image, topo, list(command), runner, accel, timeout, append,
-                       agent_socket=agent_socket, qmp_socket=qmp_socket)
+                       agent_socket=agent_socket, qmp_socket=qmp_socket, hotplug_mb=hotplug_mb)
     finally:
         if name is not None:
             guests.remove(sysroot, name, os.getpid())

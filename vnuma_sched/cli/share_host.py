@@ -159,25 +159,33 @@ def host_start(settings, guest_args, shares, timeout, guest_command, state_dir, 
 
 
 @host.command("set")
-@click.argument("pairs", nargs=-1, required=True, metavar="NAME SPEC [NAME SPEC]...")
-@click.option("--mem", "mems", multiple=True, metavar="[NAME:]nodeN=SIZE",
-              help="Memory per node of a guest (needs resizable guest memory).")
+@click.argument("pairs", nargs=-1, metavar="[NAME SPEC]...")
+@click.option("--mem", "mems", multiple=True, metavar="[NAME:]nodeN=SIZE,...",
+              help="A guest's memory on its guest node N, boot memory included "
+                   "(repeatable; needs 'vm run --mem-hotplug').")
 @click.option("--timeout", type=click.FloatRange(0.1, 86400),
               help="Seconds a guest has for each command (default: as at start).")
 @_state_option
 @json_option
 @click.pass_obj
 def host_set(settings, pairs, mems, timeout, state_dir, as_json):
-    """Change guests' vCPUs per node; name the guests that give back too.
+    """Change guests' vCPUs per node and memory per node; name the guests that
+    give back too.
 
     \b
-    SPEC: nodeN=COUNT,... (nodes not named keep their count). A host CPU in
-    use by a guest not named is refused, naming it: nothing is taken silently.
+    SPEC: nodeN=COUNT,... vCPUs on host node N (nodes not named keep their
+    count). A host CPU in use by a guest not named is refused, naming it:
+    nothing is taken silently. --mem NAME:nodeN=SIZE sets the memory of the
+    guest's node N (its boot memory plus what its virtio-mem device plugs,
+    in steps of 2M); no host node may hold more guest memory than it has.
     Examples:
       sudo vnuma-sched share host set a node1=0 b node1=4
       sudo vnuma-sched share host set a node0=2,node1=2
+      sudo vnuma-sched share host set --mem a:node1=1G --mem b:node1=3G
     """
     settings = merge_json(settings, as_json)
+    if not pairs and not mems:
+        raise BadInput("nothing to change: give NAME SPEC pairs or --mem NAME:nodeN=SIZE")
     need_root(settings, "pinning vCPU threads and parking vCPUs")
     coord = _coordinator(settings, state_dir, timeout)
     _done(settings, coord.set(_requests(pairs, mems), " ".join([*pairs, *mems])), "set")

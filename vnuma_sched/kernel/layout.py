@@ -11,6 +11,14 @@ from dataclasses import replace
 from vnuma_sched.errors import BadInput
 
 BACKEND_ID = "vnode{}"   # QEMU memory backend of guest node N (ours, not virtme-ng's)
+# Resizable memory ('vm run --mem-hotplug'): guest node N's virtio-mem device (QOM
+# path /machine/peripheral/<id>) and the backend it plugs from
+VMEM_ID = "vnuma-vmem{}"
+VMEM_BACKEND_ID = "vnode{}-vmem"
+VMEM_BLOCK_MB = 2       # virtio-mem's default block size on x86 (the THP size)
+# plugged memory comes online by itself, in ZONE_MOVABLE: removable again
+# (kconfig/vnuma-guest.config says why a boot parameter, not a Kconfig default)
+ONLINE_MOVABLE = "memhp_default_state=online_movable"
 
 
 def _ints(value):
@@ -123,13 +131,41 @@ def vcpu_hosts(topo):
     return {v: h for n in topo.nodes for v, h in zip(n.cpus, n.host_cpus)}
 
 
-def backend_object(index, node):
-    """QEMU's -object value for guest node ``index``'s memory: bound to its host node
-    (policy=bind: the kernel never falls back to another node), else unbound."""
-    value = f"memory-backend-memfd,id={BACKEND_ID.format(index)},size={node.mem_mb}M,share=on"
+def _backend(backend_id, size_mb, node):
+    value = f"memory-backend-memfd,id={backend_id},size={size_mb}M,share=on"
     if node.host_node is not None:
         value += f",host-nodes={node.host_node},policy=bind"
     return value
+
+
+def backend_object(index, node):
+    """QEMU's -object value for guest node ``index``'s memory: bound to its host node
+    (policy=bind: the kernel never falls back to another node), else unbound."""
+    return _backend(BACKEND_ID.format(index), node.mem_mb, node)
+
+
+def check_hotplug(topo, size_mb):
+    """``size_mb`` (MiB per guest node that can be plugged on top of its boot memory)
+    if this guest can have it, else BadInput."""
+    if not size_mb:
+        return 0
+    if not topo.pinned:
+        raise BadInput("--mem-hotplug: only a placed (Full-vNUMA) guest gets resizable "
+                       "memory; use --topology host or --pin")
+    if size_mb < 0 or size_mb % VMEM_BLOCK_MB:
+        raise BadInput(f"--mem-hotplug {size_mb}M: not a multiple of virtio-mem's "
+                       f"{VMEM_BLOCK_MB} MiB block size (x86)")
+    return size_mb
+
+
+def vmem_objects(index, node, size_mb):
+    """QEMU's -object and -device values of guest node ``index``'s virtio-mem device:
+    up to ``size_mb`` plugged from a backend bound where the node's boot memory is,
+    nothing plugged at boot."""
+    backend = VMEM_BACKEND_ID.format(index)
+    return (_backend(backend, size_mb, node),
+            f"virtio-mem-pci,id={VMEM_ID.format(index)},node={index},memdev={backend},"
+            "requested-size=0")
 
 
 def record(topo):

@@ -125,10 +125,10 @@ def guest_limits(configs=None):
     return limits
 
 
-def parse_size_mb(text):
+def parse_size_mb(text, what="--mem"):
     m = _SIZE.match(text.strip())
     if not m:
-        raise BadInput(f"--mem {text!r}: expected a size like 2G or 1536M")
+        raise BadInput(f"{what} {text!r}: expected a size like 2G or 1536M")
     return int(m.group(1)) * (1024 if m.group(2).upper() == "G" else 1)
 
 
@@ -310,15 +310,29 @@ QMP_SOCKET = "qmp.sock"   # in the run's io_dir
 GUEST_NAME = "vnuma-guest"   # QEMU's -name (thread names) and the libvirt domain's
 
 
-def _placed_args(topo, qmp_sock):
+def _hotplug_args(topo, hotplug_mb):
+    """One virtio-mem device per guest node, and QEMU's room for them: a second -m
+    that QEMU merges into virtme-ng's (whose --memory takes a size only)."""
+    argv = []
+    for i, node in enumerate(topo.nodes):
+        backend, device = layout.vmem_objects(i, node, hotplug_mb)
+        argv += [f"--qemu-opts=-object {backend}", f"--qemu-opts=-device {device}"]
+    maxmem = topo.mem_mb + hotplug_mb * len(topo.nodes)
+    return argv + [f"--qemu-opts=-m {topo.mem_mb}M,maxmem={maxmem}M"]
+
+
+def _placed_args(topo, qmp_sock, hotplug_mb=0):
     """virtme-ng arguments of a placed (Full-vNUMA) guest: our own memory backends
-    bound to host nodes (virtme-ng's "--numa 0,..." adds none), a QMP socket, and
-    QEMU stopped until the vCPU threads are pinned (kernel/qmp.py)."""
+    bound to host nodes (virtme-ng's "--numa 0,..." adds none), resizable memory per
+    node when ``hotplug_mb``, a QMP socket, and QEMU stopped until the vCPU threads
+    are pinned (kernel/qmp.py)."""
     argv = []
     for i, node in enumerate(topo.nodes):
         cpus = f",cpus={_cpurange(node.cpus)}" if node.cpus else ""
         argv += ["--numa", f"0,memdev={layout.BACKEND_ID.format(i)}{cpus}",
                  f"--qemu-opts=-object {layout.backend_object(i, node)}"]
+    if hotplug_mb:
+        argv += _hotplug_args(topo, hotplug_mb)
     # "=": a value starting with "-" stays a value; virtme-ng joins these into
     # its QEMU command line, the names make thread names "CPU n/TCG" (or /KVM)
     return argv + [f"--qemu-opts=-qmp unix:{qmp_sock},server=on,wait=off",
@@ -335,9 +349,10 @@ def _agent_args(sock):
 
 
 def vng_argv(image, topo, io_dir, accel, append=(), vng="vng", agent_socket=None,
-             qmp_socket=None):
+             qmp_socket=None, hotplug_mb=0):
     """The virtme-ng command line (a list, never a shell string); a placed guest's QMP
-    socket is ``qmp_socket`` or the run's io_dir/qmp.sock."""
+    socket is ``qmp_socket`` or the run's io_dir/qmp.sock; ``hotplug_mb``: MiB per
+    guest node a virtio-mem device can plug (placed guests only)."""
     argv = [vng, "--run", str(image), "--verbose", "--cpus", str(topo.ncpus),
             "--memory", f"{topo.mem_mb}M", "--rwdir", str(io_dir)]
     if accel == "tcg":
@@ -345,7 +360,7 @@ def vng_argv(image, topo, io_dir, accel, append=(), vng="vng", agent_socket=None
     if agent_socket:
         argv += _agent_args(agent_socket)
     if topo.pinned:
-        argv += _placed_args(topo, qmp_socket or io_dir / QMP_SOCKET)
+        argv += _placed_args(topo, qmp_socket or io_dir / QMP_SOCKET, hotplug_mb)
     else:
         for node in topo.nodes:
             # virtme-ng accepts one contiguous range per cpus=; node CPUs are contiguous
@@ -354,7 +369,7 @@ def vng_argv(image, topo, io_dir, accel, append=(), vng="vng", agent_socket=None
         for j, d in enumerate(row):
             if i < j:
                 argv += ["--numa-distance", f"{i},{j}={d}"]
-    for arg in append:
+    for arg in [*append, *([layout.ONLINE_MOVABLE] if hotplug_mb else [])]:
         argv.append(f"--append={arg}")  # "=": a value starting with "-" stays a value
     return argv + ["--", "/bin/sh", str(io_dir / "run.sh")]
 
@@ -473,17 +488,19 @@ def _socket(path, what):
 
 
 def run(image, topo, command, runner, accel, timeout, append=(), workdir=None,
-        agent_socket=None, qmp_socket=None):
+        agent_socket=None, qmp_socket=None, hotplug_mb=0):
     """Boot ``image`` with ``topo``, run ``command``; return a VmResult. With
     ``agent_socket`` (a path), the guest runs qemu-ga on a virtio-serial port that
     QEMU serves on that unix socket (kernel/qga.py speaks to it); ``qmp_socket``: where
-    a placed guest's QEMU serves QMP (by default inside the run's own directory)."""
+    a placed guest's QEMU serves QMP (by default inside the run's own directory);
+    ``hotplug_mb``: resizable memory per guest node (layout.check_hotplug)."""
     image = Path(image).absolute()
     if not image.is_file():
         raise BadInput(f"--kernel {image}: no such kernel image")
     if qmp_socket is not None and not topo.pinned:
         raise BadInput("--qmp-socket: only a placed (Full-vNUMA) guest has a QMP socket; "
                        "use --topology host or --pin")
+    hotplug_mb = layout.check_hotplug(topo, hotplug_mb)
     vng = find_vng()
     qemu_ga = find_qemu_ga() if agent_socket else None
     agent_socket = _socket(agent_socket, "--agent-socket")
@@ -495,7 +512,8 @@ def run(image, topo, command, runner, accel, timeout, append=(), workdir=None,
                            "use a temporary directory without spaces or shell characters")
         (io_dir / "run.sh").write_text(guest_script(command, io_dir, qemu_ga))
         argv = vng_argv(_safe_image(image, io_dir), topo, io_dir, accel, append, vng=vng,
-                        agent_socket=agent_socket, qmp_socket=qmp_socket)
+                        agent_socket=agent_socket, qmp_socket=qmp_socket,
+                        hotplug_mb=hotplug_mb)
         sock = qmp_socket or io_dir / QMP_SOCKET
         pinner = qmp.Pinner(sock, topo, timeout).start() if topo.pinned else None
         t0 = time.monotonic()

@@ -84,7 +84,8 @@ def _locked(method):
 class Coordinator:
     def __init__(self, state_dir, host, io, between=None):
         """``state_dir``: a StateDir; ``host``: the host Topology; ``io``: the guests'
-        channel (used(name, record), apply(name, record, before, after));
+        channel (used(name, record), memory(name, record), apply(name, record, before,
+        after));
         ``between(i)``: called before step i > 0 (tests stop there)."""
         self.dir, self.host, self.io, self.between = state_dir, host, io, between
 
@@ -107,7 +108,7 @@ class Coordinator:
                            "'vnuma-sched share host stop' first (or 'status')")
         layouts = {n: r.layout for n, r in records.items()}
         H.check_layouts(self.host, layouts)
-        actual = {n: H.share(self.io.used(n, r), layouts[n].whole().mem)
+        actual = {n: H.share(self.io.used(n, r), mem_now(layouts[n], self.io.memory(n, r)))
                   for n, r in records.items()}
         move = H.plan_start(self.host, layouts, actual, requests)
         state = S.State(dict(records), dict(actual), _pending("start", request, move),
@@ -156,9 +157,10 @@ class Coordinator:
         return self._run(state)
 
     def report(self, query=True):
-        """What status shows: per guest and node the vCPUs in use (and their host CPUs)
-        and memory, whether it is behind, and (``query``) what the guest itself says it
-        uses; the pending move, step by step."""
+        """What status shows: per guest and host node the vCPUs in use (and their host
+        CPUs) and memory, per guest node its memory, whether it is behind, and
+        (``query``) what the guest itself says it uses and what QEMU has plugged; the
+        pending move, step by step."""
         state = self.load()
         guests = []
         for name, rec in state.guests.items():
@@ -168,14 +170,17 @@ class Coordinator:
                 mine = [v for v in lay.on_node(self.host, node.id) if v in sh.used]
                 nodes.append({"node": node.id, "used": format_cpulist(mine),
                               "host_cpus": format_cpulist(lay.hosts[v] for v in mine),
-                              "mem_mb": sh.mem_of(node.id)})
+                              "mem_mb": lay.mem_on(sh, node.id)})
+            memory = [{"node": m.node, "host_node": m.host_node, "mem_mb": sh.mem_of(m.node),
+                       "boot_mb": m.min_mb, "max_mb": m.max_mb} for m in lay.mem_bounds]
             entry = {"name": name, "qmp": rec.qmp, "agent": rec.agent,
-                     "used": format_cpulist(sh.used), "nodes": nodes,
+                     "used": format_cpulist(sh.used), "nodes": nodes, "memory": memory,
                      "behind": state.behind.get(name)}
             if query:
                 try:
                     said = self.io.used(name, rec)
                     entry.update(guest_says=format_cpulist(said), agrees=said == list(sh.used))
+                    _query_memory(entry, self.io.memory(name, rec))
                 except GuestBehind as err:
                     entry.update(guest_says=None, agrees=None, no_answer=err.reason)
             guests.append(entry)
@@ -212,6 +217,24 @@ class Coordinator:
             state.move = None
             self.dir.save(state)
         return Outcome(move.kind, move.request, move.steps)
+
+
+def mem_now(layout_, memory):
+    """{guest node: MiB} a guest has now: boot memory plus what QEMU has plugged
+    (``memory``: io.memory's answer)."""
+    return {m.node: m.min_mb + memory.get(m.node, {}).get("plugged_mb", 0)
+            for m in layout_.mem_bounds}
+
+
+def _query_memory(entry, memory):
+    """Add to a status entry, per guest node, what QEMU has plugged and the MemTotal
+    the guest reports; ``mem_agrees``: QEMU's plugged size is the share's."""
+    agree = True
+    for m in entry["memory"]:
+        got = memory.get(m["node"], {})
+        m.update(plugged_mb=got.get("plugged_mb", 0), guest_mb=got.get("guest_mb"))
+        agree &= m["boot_mb"] + m["plugged_mb"] == m["mem_mb"]
+    entry["mem_agrees"] = agree
 
 
 def _no_pending(state):

@@ -4,15 +4,18 @@ Full-vNUMA guest uses, and the order in which a change is applied.
 Every guest sees the whole host layout: its vCPUs are pinned 1:1 (``vm run
 --topology host``: vCPU k of guest node i on the k-th host CPU of node i,
 layout.vcpu_hosts). A guest's *share* is the set of vCPUs it uses (the others are
-parked inside it by 'vnuma-sched share apply') and its memory per host node. An
-assignment gives every guest a share such that
+parked inside it by 'vnuma-sched share apply') and its memory per guest node (each
+guest node's memory is bound to one host node; 'vm run --mem-hotplug' makes it
+resizable through a virtio-mem device). An assignment gives every guest a share
+such that
 
 - no host CPU runs two active vCPUs (of two guests);
 - no host node holds more guest memory than it has;
 - every guest keeps the vCPUs it cannot park (its boot vCPU, share/target.py), and
   its memory per node stays within what the guest can have there.
 
-A change names vCPU counts per node (``node0=2,node1=1``) and memory per node. The
+A change names vCPU counts per host node (``node0=2,node1=1``) and memory per guest
+node (in a Full-vNUMA guest that mirrors the host, guest node N is host node N). The
 vCPUs chosen: a shrinking node keeps the vCPUs that cannot be parked, then the
 lowest-numbered ones in use; a growing node adds the lowest-numbered vCPUs whose
 host CPU no other guest uses. Nothing is taken from a guest that is not named: a
@@ -26,9 +29,10 @@ remove, and each take adds only what the new assignment gives that guest.
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vnuma_sched.errors import BadInput
-from vnuma_sched.kernel.layout import vcpu_hosts
+from vnuma_sched.kernel.layout import VMEM_BLOCK_MB, vcpu_hosts
 from vnuma_sched.kernel.vm import parse_size_mb
 from vnuma_sched.share.target import BOOT_CPU
 from vnuma_sched.system.topology import format_cpulist
@@ -42,14 +46,24 @@ class Refused(BadInput):
     """A change (or a starting assignment) the rules do not allow; one line."""
 
 
+class MemNode(NamedTuple):
+    """A guest node's memory: the host node that holds it, the least (its boot memory)
+    and the most it can have (MiB)."""
+
+    node: int                           # guest node
+    host_node: int
+    min_mb: int
+    max_mb: int
+
+
 @dataclass(frozen=True)
 class GuestLayout:
-    """What a guest is: its vCPUs' host CPUs, the vCPUs it cannot park, and per host
-    node the least and the most memory it can have there (MiB)."""
+    """What a guest is: its vCPUs' host CPUs, the vCPUs it cannot park, and per guest
+    node the host node of its memory and the least and most it can have there."""
 
     name: str
     vcpu_host: tuple                    # ((vcpu, host CPU), ...) in vCPU order
-    mem_bounds: tuple = ()              # ((host node, min MiB, max MiB), ...)
+    mem_bounds: tuple = ()              # (MemNode, ...) by guest node
     fixed: frozenset = frozenset({BOOT_CPU})
 
     @property
@@ -61,7 +75,12 @@ class GuestLayout:
         return tuple(v for v, _ in self.vcpu_host)
 
     def bounds(self, node):
-        return next(((lo, hi) for n, lo, hi in self.mem_bounds if n == node), None)
+        """(min MiB, max MiB) of guest node ``node``, None when it has no bound memory."""
+        return next(((m.min_mb, m.max_mb) for m in self.mem_bounds if m.node == node), None)
+
+    def mem_on(self, share_, host_node):
+        """MiB of ``share_`` that host node ``host_node`` holds for this guest."""
+        return sum(share_.mem_of(m.node) for m in self.mem_bounds if m.host_node == host_node)
 
     def on_node(self, host, node):
         """This guest's vCPUs that run on host ``node``, ascending."""
@@ -69,31 +88,28 @@ class GuestLayout:
 
     def whole(self):
         """The share of a guest that uses everything it has (its Full-vNUMA layout)."""
-        return GuestShare(self.vcpus, tuple((n, lo) for n, lo, _ in self.mem_bounds))
+        return GuestShare(self.vcpus, tuple((m.node, m.min_mb) for m in self.mem_bounds))
 
     def to_dict(self):
         return {"name": self.name,
                 "vcpus": [{"vcpu": v, "host_cpu": h} for v, h in self.vcpu_host],
                 "fixed": sorted(self.fixed),
-                "memory": [{"node": n, "min_mb": lo, "max_mb": hi}
-                           for n, lo, hi in self.mem_bounds]}
+                "memory": [m._asdict() for m in self.mem_bounds]}
 
 
-def layout_of(name, topo):
-    """The GuestLayout of a placed guest topology (kernel/vm.py GuestTopology): memory
-    is fixed at its boot size per host node (no resizable memory yet)."""
-    mem = {}
-    for node in topo.nodes:
-        if node.host_node is not None:
-            mem[node.host_node] = mem.get(node.host_node, 0) + node.mem_mb
-    return GuestLayout(name, tuple(sorted(vcpu_hosts(topo).items())),
-                       tuple((n, mb, mb) for n, mb in sorted(mem.items())))
+def layout_of(name, topo, hotplug_mb=0):
+    """The GuestLayout of a placed guest topology (kernel/vm.py GuestTopology): each
+    bound guest node from its boot memory up to ``hotplug_mb`` more ('vm run
+    --mem-hotplug')."""
+    mem = tuple(MemNode(i, n.host_node, n.mem_mb, n.mem_mb + hotplug_mb)
+                for i, n in enumerate(topo.nodes) if n.host_node is not None)
+    return GuestLayout(name, tuple(sorted(vcpu_hosts(topo).items())), mem)
 
 
 @dataclass(frozen=True)
 class GuestShare:
     used: tuple                         # vCPUs in use, ascending
-    mem: tuple = ()                     # ((host node, MiB), ...) ascending by node
+    mem: tuple = ()                     # ((guest node, MiB), ...) ascending by node
 
     def mem_of(self, node):
         return dict(self.mem).get(node, 0)
@@ -110,8 +126,8 @@ def share(used, mem=()):
 @dataclass(frozen=True)
 class Request:
     guest: str
-    cpus: tuple = ()                    # ((node, count), ...)
-    mem: tuple = ()                     # ((node, MiB), ...)
+    cpus: tuple = ()                    # ((host node, count), ...)
+    mem: tuple = ()                     # ((guest node, MiB), ...)
 
 
 @dataclass(frozen=True)
@@ -187,10 +203,9 @@ def problems(host, guests, assignment):
             out.append(f"guest {name} must keep vCPU {format_cpulist(missing)} "
                        "(never parked: the boot vCPU)")
         for node, mb in sh.mem:
-            b = g.bounds(node)
-            if b is None or not b[0] <= mb <= b[1]:
-                out.append(f"guest {name}: {mb} MiB on node {node}, outside what it can "
-                           f"have there ({_range(b)})")
+            why = _mem_problem(g, node, mb)
+            if why:
+                out.append(f"guest {name}: {mb} MiB on node {node}: {why}")
     if out:
         return out
     for cpu, users in sorted(holders(guests, assignment).items()):
@@ -198,7 +213,7 @@ def problems(host, guests, assignment):
             out.append(f"host CPU {cpu} would run two active vCPUs: " +
                        " and ".join(f"vCPU {v} of {n}" for n, v in users))
     for node in host.nodes:
-        total = sum(sh.mem_of(node.id) for sh in assignment.values())
+        total = sum(guests[n].mem_on(sh, node.id) for n, sh in assignment.items())
         if total > node.mem_kb // 1024:
             out.append(f"node {node.id} overcommitted: {total} MiB of guest memory, "
                        f"{node.mem_kb // 1024} MiB there")
@@ -209,7 +224,19 @@ def _range(bounds):
     if bounds is None:
         return "it has no memory there"
     lo, hi = bounds
-    return f"fixed at {lo} MiB: no resizable memory there" if lo == hi else f"{lo}..{hi} MiB"
+    return (f"fixed at {lo} MiB: no resizable memory there ('vm run --mem-hotplug')"
+            if lo == hi else f"{lo}..{hi} MiB")
+
+
+def _mem_problem(g, node, mb):
+    """Why guest ``g`` cannot have ``mb`` MiB on guest node ``node`` (None if it can)."""
+    b = g.bounds(node)
+    if b is None or not b[0] <= mb <= b[1]:
+        return _range(b)
+    if (mb - b[0]) % VMEM_BLOCK_MB:
+        return (f"{mb - b[0]} MiB above its {b[0]} MiB boot memory is not a multiple of "
+                f"virtio-mem's {VMEM_BLOCK_MB} MiB block")
+    return None
 
 
 def check(host, guests, assignment):
@@ -232,10 +259,11 @@ def check_layouts(host, guests):
                 raise Refused(f"guest {g.name}: two vCPUs on host CPU {cpu} (a Full-vNUMA "
                               "guest is pinned 1:1)")
             seen.add(cpu)
-        for node, lo, hi in g.mem_bounds:
-            if node not in _node_ids(host) or not 0 <= lo <= hi:
-                raise Refused(f"guest {g.name}: memory {lo}..{hi} MiB on node {node} does "
-                              "not fit this host")
+        for m in g.mem_bounds:
+            if m.host_node not in _node_ids(host) or not 0 <= m.min_mb <= m.max_mb:
+                raise Refused(f"guest {g.name}: node {m.node}'s memory ({m.min_mb}.."
+                              f"{m.max_mb} MiB on host node {m.host_node}) does not fit "
+                              "this host")
 
 
 def _node_ids(host):
@@ -257,12 +285,9 @@ def _check_request(host, g, req):
                           f"{format_cpulist(keep)} runs there and is never parked "
                           "(the boot vCPU)")
     for node, mb in req.mem:
-        if node not in _node_ids(host):
-            raise Refused(f"guest {g.name}: --mem node{node}: the host has nodes "
-                          f"{format_cpulist(_node_ids(host))}")
-        b = g.bounds(node)
-        if b is None or not b[0] <= mb <= b[1]:
-            raise Refused(f"guest {g.name}: --mem node{node}={mb}M: {_range(b)}")
+        why = _mem_problem(g, node, mb)
+        if why:
+            raise Refused(f"guest {g.name}: --mem node{node}={mb}M: {why}")
 
 
 def _shrink(g, used, node_vcpus, count):
@@ -350,9 +375,10 @@ def plan_start(host, guests, actual, requests=()):
     """The first assignment and the steps from ``actual`` (what each guest uses now,
     overlapping as Full-vNUMA guests boot): every guest keeps its never-parked vCPUs,
     the guests named in ``requests`` get their counts, the others, in order, every
-    vCPU whose host CPU is still free; memory as booted."""
+    vCPU whose host CPU is still free; memory as the guests have it now (``actual``)
+    unless a request names it."""
     check_layouts(host, guests)
-    new = {name: share(g.fixed & set(g.vcpus), g.whole().mem) for name, g in guests.items()}
+    new = {name: share(g.fixed & set(g.vcpus), actual[name].mem) for name, g in guests.items()}
     for cpu, users in sorted(holders(guests, new).items()):
         if len(users) > 1:
             (a, va), (b, vb) = users[:2]

@@ -19,7 +19,7 @@ from vnuma_sched.share import host_plan as H
 STATE_DIR = "/run/vnuma_sched/share-host"      # default, under --root
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
-VERSION = 1
+VERSION = 2             # 2: memory per guest node (with its host node)
 TODO, STARTED, DONE, FAILED = "todo", "started", "done", "failed"
 STEP_STATES = (TODO, STARTED, DONE, FAILED)
 
@@ -180,10 +180,10 @@ def _layout(name, d):
     _need(_ints(d.get("fixed")), f"guest {name}: fixed is not a list of vCPUs")
     mem = d.get("memory")
     _need(isinstance(mem, list) and all(isinstance(x, dict) and
-                                        all(_int(x.get(k)) for k in ("node", "min_mb", "max_mb"))
+                                        all(_int(x.get(k)) for k in H.MemNode._fields)
                                         for x in mem), f"guest {name}: memory is malformed")
     return H.GuestLayout(name, tuple((x["vcpu"], x["host_cpu"]) for x in vcpus),
-                         tuple((x["node"], x["min_mb"], x["max_mb"]) for x in mem),
+                         tuple(H.MemNode(*(x[k] for k in H.MemNode._fields)) for x in mem),
                          frozenset(d["fixed"]))
 
 

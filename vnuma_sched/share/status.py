@@ -18,7 +18,7 @@ class Status:
     group: str
     partition: str              # the kernel's text ("isolated", "isolated invalid (...)"),
     parked: tuple               # or "" when there is no group
-    nodes: list                 # [{"node", "used", "parked"}]
+    nodes: list                 # [{"node", "used", "parked", "mem_kb"}]
     not_moved: list = field(default_factory=list)   # [{"kind", "name", "path", "cpus", "why"}]
     journal: dict = None        # the share journal's header, when vCPUs were parked by us
 
@@ -77,7 +77,8 @@ def read_status(sysroot, store):
         cpus = [c for c in node.cpus if c in online]
         nodes.append({"node": node.id, "used": format_cpulist(c for c in cpus
                                                              if c not in parked),
-                      "parked": format_cpulist(c for c in cpus if c in parked)})
+                      "parked": format_cpulist(c for c in cpus if c in parked),
+                      "mem_kb": node.mem_kb})      # MemTotal: what the node has now
     doc = J.load(store)
     header = None if doc is None else {"created": doc.created, "kernel": doc.kernel,
                                        "writes": len(doc.entries)}
