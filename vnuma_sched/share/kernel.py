@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 from vnuma_sched.errors import DataError
 from vnuma_sched.system import facts, tasks
-from vnuma_sched.system.topology import CPU_ONLINE, parse_cpulist
+from vnuma_sched.system.topology import (
+    CPU_ONLINE,
+    packages_of_cpus,
+    parse_cpulist,
+    read_topology,
+)
 from vnuma_sched.tunables import knobs as K
 
 PARTITION_SINCE = (5, 15)       # PRS_ISOLATED ("isolated") in kernel/cgroup/cpuset.c
@@ -137,3 +142,41 @@ def kthreads(sysroot, meeting=None):
     them)."""
     return [Kthread(st.pid, st.comm, cpus, bool(st.flags & tasks.PF_NO_SETAFFINITY))
             for st, cpus in tasks.kernel_threads(sysroot, meeting)]
+
+
+CLOCKSOURCES = "/sys/devices/system/clocksource/clocksource0/available_clocksource"
+TSC_TRUSTED = ("constant_tsc", "nonstop_tsc", "tsc_adjust")
+# The kernel trusts such a TSC on a small machine only (arch/x86/kernel/tsc.c,
+# check_system_tsc_reliable(); read in Debian's 6.1.192 and 6.12.117): 6.12 up to 4
+# packages, 6.1 up to 2 NUMA nodes. Kernels between those two were not read: they
+# get 6.1's rule, the stricter for a vNUMA guest.
+TSC_SMALL_SINCE = (6, 12)
+
+
+def tsc_watchdog(sysroot):
+    """Why the clocksource watchdog verifies the TSC here, or None when it does not.
+    Its timer moves to the next online CPU every half second (kernel/time/
+    clocksource.c, clocksource_watchdog(): add_timer_on()), parked CPUs included, so
+    each wakes every (online CPUs / 2) seconds; only a boot parameter stops it."""
+    if "tsc" not in sysroot.read_optional(CLOCKSOURCES, "").split():
+        return None
+    args = set(sysroot.read_optional("/proc/cmdline", "").split())
+    if args & {"tsc=reliable", "tsc=nowatchdog"}:
+        return None
+    flags = facts.cpu_flags(sysroot)
+    if "tsc_reliable" in flags:
+        return None
+    missing = [f for f in TSC_TRUSTED if f not in flags]
+    if missing:
+        return f"the TSC lacks {', '.join(missing)}"
+    topo = read_topology(sysroot)
+    ver = facts.parse_version(facts.release(sysroot, ""))
+    if ver is not None and ver >= TSC_SMALL_SINCE:
+        packages = packages_of_cpus(sysroot, online(sysroot))
+        count = len(set(packages.values())) if packages else None
+        if count is not None and count <= 4:
+            return None
+        return f"{count or 'unknown'} CPU packages (the kernel trusts the TSC up to 4)"
+    if len(topo.nodes) <= 2:
+        return None
+    return f"{len(topo.nodes)} NUMA nodes (this kernel trusts the TSC up to 2)"

@@ -60,6 +60,13 @@ def _not_moved(sysroot, parked):
                         "path": irq.path, "cpus": format_cpulist(irq.effective),
                         "why": "effective affinity on a parked CPU (a managed or "
                                "unmovable IRQ)"})
+    why = KS.tsc_watchdog(sysroot)
+    if why is not None:
+        out.append({"kind": "timer", "name": "clocksource_watchdog", "path": KS.CLOCKSOURCES,
+                    "cpus": format_cpulist(KS.online(sysroot)),
+                    "why": f"verifies the TSC ({why}) from each online CPU in turn, "
+                           "parked ones too; boot with tsc=reliable where the host's "
+                           "TSC is stable"})
     for kt in KS.kthreads(sysroot, parked):
         why = PER_CPU if kt.per_cpu else ("PF_NO_SETAFFINITY" if kt.fixed else
                                           "unbound, allowed on a parked CPU")

@@ -117,6 +117,12 @@ def hypervisor_flag(sysroot):
     return re.search(r"^flags\s*:.*\bhypervisor\b", text, re.M) is not None
 
 
+def cpu_flags(sysroot):
+    """The "flags" of the first CPU in /proc/cpuinfo (an empty set when unreadable)."""
+    m = re.search(r"^flags\s*:(.*)$", sysroot.read_optional(CPUINFO, ""), re.M)
+    return set(m.group(1).split()) if m else set()
+
+
 def steal_ticks(sysroot):
     """Steal time of all CPUs since boot, in USER_HZ ticks (0 without a "cpu" line)."""
     return next((t for name, t in _steal_lines(sysroot) if name == "cpu"), 0)
