@@ -302,3 +302,67 @@ def test_libvirt_checks_are_not_vacuous(fixture_root, tmp_path):
     wrong_cell.write_text(text.replace('cellid="0"', 'cellid="9"'))
     assert validate(wrong_cell).returncode == 0     # the schema cannot see it ...
     assert define(wrong_cell, tmp_path).returncode != 0   # ... libvirt's parser does
+
+
+# --- resizable memory: the virtio-mem devices 'vm run --mem-hotplug' adds ------------
+
+def vmem_xml(dom):
+    """[(guest node, host nodes, size MiB, block MiB, requested MiB)] per virtio-mem."""
+    per_mib = {"MiB": 1, "KiB": 1024, "B": 1 << 20, "bytes": 1 << 20}
+
+    def mib(el):
+        return int(el.text) // per_mib[el.get("unit", "KiB")]
+    out = []
+    for mem in dom.findall("devices/memory[@model='virtio-mem']"):
+        t = mem.find("target")
+        nodemask = mem.findtext("source/nodemask")
+        out.append((int(t.findtext("node")), parse_cpulist(nodemask or ""), mib(t.find("size")),
+                    mib(t.find("block")), mib(t.find("requested"))))
+    return out
+
+
+def vmem_qemu(argv):
+    """The same from vng's argv: virtio-mem-pci devices and their backends."""
+    objects, out = {}, []
+    for arg in argv:
+        if arg.startswith("--qemu-opts=-object "):
+            _, *props = arg.split(" ", 1)[1].split(",")
+            kv = dict(p.split("=", 1) for p in props)
+            objects[kv["id"]] = kv
+    for arg in argv:
+        if arg.startswith("--qemu-opts=-device virtio-mem-pci,"):
+            kv = dict(p.split("=", 1) for p in arg.split(" ", 1)[1].split(",")[1:])
+            backend = objects[kv["memdev"]]
+            out.append((int(kv["node"]), parse_cpulist(backend.get("host-nodes", "")),
+                        int(backend["size"].rstrip("M")), layout.VMEM_BLOCK_MB,
+                        int(kv["requested-size"])))
+    return out
+
+
+def test_mem_hotplug_matches_the_qemu_devices_and_libvirt_accepts_it(fixture_root, tmp_path):
+    host = host_of(fixture_root, "xeon-8160-2s")
+    topo = vm.parse_topology("host", 2048, host)
+    dom = ET.fromstring(lv.to_xml(topo, hotplug_mb=512))
+    assert dom.find("maxMemory").get("unit") == "MiB"
+    assert int(dom.findtext("maxMemory")) == 2048 + 512 * len(topo.nodes)
+    argv = vm.vng_argv("/k/bzImage", topo, tmp_path, "kvm", hotplug_mb=512)
+    assert vmem_xml(dom) == vmem_qemu(argv) == [
+        (i, [n.host_node], 512, 2, 0) for i, n in enumerate(topo.nodes)]
+    path = tmp_path / "vmem.xml"
+    path.write_text(lv.to_xml(topo, hotplug_mb=512))
+    res = validate(path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = define(path, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    read = ET.fromstring(res.stdout[res.stdout.index("<domain"):])
+    assert vmem_xml(read) == vmem_xml(dom)      # what libvirt read back
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--topology", "2x1", "--mem-hotplug", "256M"], "only a placed (Full-vNUMA) guest"),
+    (["--topology", "host", "--mem-hotplug", "3M"], "not a multiple of virtio-mem's 2 MiB"),
+    (["--topology", "host", "--mem-hotplug", "lots"], "--mem-hotplug"),
+])
+def test_cli_mem_hotplug_bad_input_is_one_line(fixture_root, args, needle):
+    res = invoke("--root", str(fixture_root / "qemu-2node"), "vm", "libvirt-xml", *args)
+    assert res.exit_code == 2 and needle in res.output and res.output.count("\n") == 1

@@ -115,6 +115,16 @@ def build(settings, tree, fragments, out, jobs, allow_dropped, targets, as_json)
          build_text(result))
 
 
+mem_hotplug_option = click.option(
+    "--mem-hotplug", metavar="SIZE",
+    help="Resizable memory: per guest node, the most a virtio-mem device can plug on top "
+         "of its boot memory (a multiple of 2M; placed guests only).")
+
+
+def _hotplug_mb(text):
+    return vmod.parse_size_mb(text, "--mem-hotplug") if text else 0
+
+
 @click.group()
 def vm():
     """Boot kernels as vNUMA guests (virtme-ng, host root filesystem)."""
@@ -140,9 +150,7 @@ def vm():
 @click.option("--name", metavar="NAME",
               help="Record the guest while it runs (vm list), with a guest agent and, "
                    "when placed, a QMP socket ('share host start --guest NAME').")
-@click.option("--mem-hotplug", metavar="SIZE",
-              help="Resizable memory: per guest node, the most a virtio-mem device can plug "
-                   "on top of its boot memory (a multiple of 2M; placed guests only).")
+@mem_hotplug_option
 @click.argument("command", nargs=-1, required=True)
 @json_option
 @click.pass_obj
@@ -173,7 +181,7 @@ def vm_run(settings, image, spec, mem, append, timeout, accel, pin, agent_socket
     """
 
     settings = merge_json(settings, as_json)
-    hotplug_mb = vmod.parse_size_mb(mem_hotplug, "--mem-hotplug") if mem_hotplug else 0
+    hotplug_mb = _hotplug_mb(mem_hotplug)
     kernel_image = vmod.kernel_image(image)
     host = read_topology(settings.sysroot())
     config = vmod.image_config(kernel_image)
@@ -236,9 +244,10 @@ def vm_list(settings, as_json):
 @click.option("--mem", default="2G", show_default=True, help="Guest memory, split across nodes.")
 @click.option("--name", default=vmod.GUEST_NAME, show_default=True, help="The domain's name.")
 @pin_option
+@mem_hotplug_option
 @json_option
 @click.pass_obj
-def vm_libvirt_xml(settings, spec, mem, name, pin, as_json):
+def vm_libvirt_xml(settings, spec, mem, name, pin, mem_hotplug, as_json):
     """Print the layout 'vm run' boots as a libvirt domain XML document.
 
     \b
@@ -246,19 +255,24 @@ def vm_libvirt_xml(settings, spec, mem, name, pin, as_json):
     <cpu><numa>: one cell per guest node, its vCPUs, memory and distances.
     Placed (Full vNUMA, as with 'vm run'): <cputune> pins each vCPU to its
     host CPU, <numatune> binds each guest node's memory to its host node
-    (mode strict). Copy those parts into your own domain. With --json:
-    {"xml": ..., "placement": ...} (the placement 'vm run' records).
+    (mode strict). --mem-hotplug adds <maxMemory> and one
+    <memory model='virtio-mem'> per guest node (its host node in <nodemask>,
+    nothing requested), as 'vm run --mem-hotplug' does. Copy those parts into
+    your own domain. With --json: {"xml": ..., "placement": ...} (the
+    placement 'vm run' records).
     \b
     Examples:
       vnuma-sched vm libvirt-xml --topology host --mem 64G --name db1 > db1.xml
+      vnuma-sched vm libvirt-xml --topology host --mem 64G --mem-hotplug 16G
       vnuma-sched vm libvirt-xml --topology 2x4 --pin
       vnuma-sched vm libvirt-xml --topology layout.json --json
     """
 
     settings = merge_json(settings, as_json)
+    hotplug_mb = _hotplug_mb(mem_hotplug)
     host = read_topology(settings.sysroot())
     topo = vmod.parse_topology(spec, vmod.parse_size_mb(mem), host, pin=pin)
-    xml = lv.to_xml(topo, name)
+    xml = lv.to_xml(topo, name, hotplug_mb)
     emit(settings, {"xml": xml, "placement": layout.record(topo)}, xml.rstrip("\n"))
 
 

@@ -18,6 +18,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from vnuma_sched.errors import BadInput
+from vnuma_sched.kernel import layout
 from vnuma_sched.kernel.vm import GUEST_NAME
 from vnuma_sched.system.topology import format_cpulist
 
@@ -67,10 +68,30 @@ def _numa(dom, topo):
             ET.SubElement(distances, "sibling", id=str(j), value=str(value))
 
 
-def domain(topo, name=GUEST_NAME):
-    """The ``<domain>`` element of a vm.GuestTopology (placed or not)."""
+def _virtio_mem(dom, topo, hotplug_mb):
+    """One ``<memory model='virtio-mem'>`` per guest node, as 'vm run --mem-hotplug'
+    adds them: up to ``hotplug_mb`` from the node's host node, nothing plugged at boot."""
+    devices = ET.SubElement(dom, "devices")
+    for i, node in enumerate(topo.nodes):
+        mem = ET.SubElement(devices, "memory", model="virtio-mem")
+        if node.host_node is not None:
+            ET.SubElement(ET.SubElement(mem, "source"), "nodemask").text = str(node.host_node)
+        target = ET.SubElement(mem, "target")
+        ET.SubElement(target, "size", unit="MiB").text = str(hotplug_mb)
+        ET.SubElement(target, "node").text = str(i)
+        ET.SubElement(target, "block", unit="MiB").text = str(layout.VMEM_BLOCK_MB)
+        ET.SubElement(target, "requested", unit="MiB").text = "0"
+
+
+def domain(topo, name=GUEST_NAME, hotplug_mb=0):
+    """The ``<domain>`` element of a vm.GuestTopology (placed or not); ``hotplug_mb``:
+    resizable memory per guest node (layout.check_hotplug: placed guests only)."""
+    hotplug_mb = layout.check_hotplug(topo, hotplug_mb)
     dom = ET.Element("domain", type="kvm")
     ET.SubElement(dom, "name").text = check_name(name)
+    if hotplug_mb:      # libvirt's schema wants slots; virtio-mem devices take none
+        ET.SubElement(dom, "maxMemory", slots="1", unit="MiB").text = str(
+            topo.mem_mb + hotplug_mb * len(topo.nodes))
     ET.SubElement(dom, "memory", unit="MiB").text = str(topo.mem_mb)
     ET.SubElement(dom, "vcpu", placement="static").text = str(topo.ncpus)
     if topo.pinned:
@@ -79,11 +100,13 @@ def domain(topo, name=GUEST_NAME):
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch=ARCH, machine=MACHINE).text = "hvm"
     _numa(dom, topo)
+    if hotplug_mb:
+        _virtio_mem(dom, topo, hotplug_mb)
     return dom
 
 
-def to_xml(topo, name=GUEST_NAME):
+def to_xml(topo, name=GUEST_NAME, hotplug_mb=0):
     """The domain document as text, indented, ending with a newline."""
-    dom = domain(topo, name)
+    dom = domain(topo, name, hotplug_mb)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
