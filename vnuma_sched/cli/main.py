@@ -14,6 +14,7 @@ import click
 from vnuma_sched import __version__
 from vnuma_sched.cli.common import Settings
 from vnuma_sched.errors import BadInput, VnumaError
+from vnuma_sched.runner import sigterm_as_interrupt
 
 EPILOG = """\b
 Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 unreadable or malformed
@@ -62,7 +63,10 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            # SIGTERM is Ctrl-C for every command: rollbacks run, and the runner stops
+            # the process trees it started (a guest's QEMU would outlive us otherwise)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except VnumaError as err:
             self._report(ctx, str(err))
             ctx.exit(err.exit_code)
