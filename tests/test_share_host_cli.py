@@ -39,7 +39,8 @@ def world(tmp_path, monkeypatch):
         AgentGuests, query=lambda sock, cmds, t: by_sock[sock].query(sock, cmds, t),
         setaffinity=lambda tid, cpus: of(tid).setaffinity(tid, cpus),
         getaffinity=lambda tid: of(tid).affinity[tid],
-        sleep=lambda s: [th.sleep(s) for th in threads.values()]))
+        sleep=lambda s: [th.sleep(s) for th in threads.values()],
+        clock=lambda: threads["a"].now))
     shells = {n: FakeGuestShare([[0, 1], [2, 3]]) for n in layouts}
     agents = [FakeAgent(tmp_path / f"{n}-qga.sock", shells[n], polls=1) for n in layouts]
     for agent in agents:

@@ -33,6 +33,7 @@ class Threads:
         self.moves = []
         self.ticks = dict.fromkeys(self.affinity, 0)
         self.running = set()
+        self.now = 0.0          # the clock ``sleep`` advances
         self._write()
 
     def _write(self):
@@ -44,6 +45,7 @@ class Threads:
                 f"{tid} (CPU {tid - self.base}/TCG) {' '.join(fields)}\n")
 
     def sleep(self, seconds):
+        self.now += seconds
         for v in self.running:
             self.ticks[self.base + v] += round(seconds * os.sysconf("SC_CLK_TCK"))
         self._write()
@@ -71,7 +73,8 @@ def guest(tmp_path):
     io = AgentGuests(command=("vnuma-sched",), timeout=10, query=threads.query,
                      setaffinity=threads.setaffinity,
                      getaffinity=lambda tid: threads.affinity[tid],
-                     sysroot=SysRoot(tmp_path / "host"), sleep=threads.sleep)
+                     sysroot=SysRoot(tmp_path / "host"), sleep=threads.sleep,
+                     clock=lambda: threads.now)
     with FakeAgent(record.agent, shell, polls=1) as agent:
         yield io, record, shell, threads, agent
 
@@ -209,10 +212,27 @@ def test_a_give_is_confirmed_only_when_the_parked_threads_halt(guest):
     io, record, shell, threads, _ = guest
     threads.running = {7}          # the guest says it parked 7, its thread still runs
     with pytest.raises(GuestBehind, match=r"parked vCPUs still run \(vCPU 7 100% of a host "
-                                          r"CPU over 0.5 s; a halted one uses at most 25%\)"):
+                                          r"CPU over 0.5 s, for 10 s; a halted one uses at "
+                                          r"most 25%\)"):
         io.apply("a", record, LAYOUT.whole(), H.share([0, 1, 4], LAYOUT.whole().mem))
     threads.running = {4}          # a used vCPU may run; parked 2, 3, 5, 6, 7 halted
     io.apply("a", record, LAYOUT.whole(), H.share([0, 1, 4], LAYOUT.whole().mem))
+
+
+def test_a_parked_vcpu_may_settle_before_it_halts(guest):
+    """Just parked, a vCPU may still run for a moment: confirmed at the first quiet
+    window, not refused at the first busy one."""
+    io, record, _, threads, _ = guest
+    threads.running = {7}
+    sleep = threads.sleep
+
+    def settling(seconds):          # 7 runs for the first two windows, then halts
+        sleep(seconds)
+        if threads.now >= 1.0:
+            threads.running = set()
+    io.sleep = settling
+    io.apply("a", record, LAYOUT.whole(), H.share([0, 1, 4], LAYOUT.whole().mem))
+    assert threads.now == 1.5       # three windows of 0.5 s
 
 
 def test_unreadable_thread_times_are_behind(guest, tmp_path):

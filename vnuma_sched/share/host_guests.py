@@ -11,8 +11,9 @@
   through its guest agent (kernel/qga.py). A step is confirmed when the guest's own
   'share status' afterwards shows exactly the vCPUs of the new share in use.
 - Halted: a step that parks vCPUs is confirmed only when their QEMU threads have
-  stopped running (``halted``): over HALT_WINDOW_S, each used at most HALT_BUSY_MAX
-  of a host CPU (utime + stime of the thread in the host's /proc). A parked vCPU
+  stopped running (``halted``): within the guest's timeout, a window of
+  HALT_WINDOW_S in which each used at most HALT_BUSY_MAX of a host CPU (the
+  thread's run time in the host's /proc). A parked vCPU
   idles in HLT, which blocks its thread; it still wakes one to two times a second
   (README, residual wake-ups), far below the bound.
 - Fencing: once a guest confirms a step, the thread of each vCPU it parked is
@@ -47,16 +48,24 @@ PLUG_POLL_S = 0.2       # between two looks at what a guest has plugged
 _BACKEND = re.compile(re.escape(layout.BACKEND_ID).replace(r"\{\}", "([0-9]+)"))
 
 
-def busy_share(sysroot, threads, window, sleep=time.sleep, hz=None):
+def run_seconds(sysroot, tid):
+    """How long thread ``tid`` has run: /proc/TID/schedstat's nanoseconds, else the
+    utime + stime ticks of /proc/TID/stat (sampled at the tick: a thread that wakes
+    briefly but often is charged whole ticks)."""
+    text = sysroot.read_optional(f"/proc/{tid}/schedstat")
+    if text and text.split()[0].isdigit():
+        return int(text.split()[0]) / 1e9
+    return tasks.stat(sysroot, tid).cpu_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def busy_share(sysroot, threads, window, sleep=time.sleep, clock=time.monotonic):
     """{vCPU: share of one host CPU its thread used over ``window`` seconds};
-    ``threads``: {vCPU: thread id} (tasks' CPU time from the host's /proc)."""
-    hz = hz or os.sysconf("SC_CLK_TCK")
-    before = {v: tasks.stat(sysroot, t).cpu_ticks for v, t in threads.items()}
-    start = time.monotonic()
+    ``threads``: {vCPU: thread id} (their run time from the host's /proc)."""
+    before = {v: run_seconds(sysroot, t) for v, t in threads.items()}
+    start = clock()
     sleep(window)
-    took = max(time.monotonic() - start, window)
-    return {v: (tasks.stat(sysroot, t).cpu_ticks - before[v]) / hz / took
-            for v, t in threads.items()}
+    took = max(clock() - start, window)
+    return {v: (run_seconds(sysroot, t) - before[v]) / took for v, t in threads.items()}
 
 
 def vmem_devices(devices):
@@ -261,21 +270,28 @@ class AgentGuests:
         self.pinned.setdefault(name, {}).update(want)
 
     def _halted(self, name, record, parked):
-        """GuestBehind unless the threads of the ``parked`` vCPUs have stopped running."""
+        """GuestBehind unless the threads of the ``parked`` vCPUs stop running: a
+        window in which each used at most HALT_BUSY_MAX, within the guest's timeout
+        (a vCPU just parked may still finish what it was doing)."""
         if not parked:
             return
         threads = {c["cpu-index"]: c["thread-id"] for c in self._threads(name, record, "reading")
                    if c["cpu-index"] in parked}
-        try:
-            busy = busy_share(self.sysroot, threads, HALT_WINDOW_S, self.sleep)
-        except (OSError, DataError) as err:
-            raise GuestBehind(name, f"reading its vCPU threads' CPU time: {err}") from err
-        running = {v: b for v, b in sorted(busy.items()) if b > HALT_BUSY_MAX}
-        if running:
-            shown = ", ".join(f"vCPU {v} {b:.0%}" for v, b in running.items())
-            raise GuestBehind(name, f"parked vCPUs still run ({shown} of a host CPU over "
-                                    f"{HALT_WINDOW_S:g} s; a halted one uses at most "
-                                    f"{HALT_BUSY_MAX:.0%})")
+        deadline = self.clock() + self.timeout
+        while True:
+            try:
+                busy = busy_share(self.sysroot, threads, HALT_WINDOW_S, self.sleep, self.clock)
+            except (OSError, DataError) as err:
+                raise GuestBehind(name, f"reading its vCPU threads' CPU time: {err}") from err
+            running = {v: b for v, b in sorted(busy.items()) if b > HALT_BUSY_MAX}
+            if not running:
+                return
+            if self.clock() > deadline:
+                break
+        shown = ", ".join(f"vCPU {v} {b:.0%}" for v, b in running.items())
+        raise GuestBehind(name, f"parked vCPUs still run ({shown} of a host CPU over "
+                                f"{HALT_WINDOW_S:g} s, for {self.timeout:g} s; a halted one "
+                                f"uses at most {HALT_BUSY_MAX:.0%})")
 
 
 def fenced(layout_, share):
