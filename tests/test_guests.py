@@ -66,3 +66,9 @@ def test_a_malformed_record_is_data_error_and_not_listed(tmp_path):
 def test_default_sockets_live_beside_the_records(tmp_path):
     assert G.socket_path(SysRoot(tmp_path), "g1", "qmp") == \
         f"{tmp_path}/run/vnuma_sched/guests/g1-qmp.sock"
+
+
+def test_an_unwritable_registry_is_one_error_naming_it(tmp_path):
+    (tmp_path / "run").write_text("not a directory")      # /run cannot hold the records
+    with pytest.raises(DataError, match=r"guests/g1.json: cannot record the guest"):
+        G.add(SysRoot(tmp_path), guest(), alive)

@@ -64,7 +64,11 @@ def add(sysroot, guest, alive):
     if old is not None and old.pid != guest.pid and alive(old.pid):
         raise BadInput(f"--name {guest.name}: a guest of that name is running "
                        f"('vm run' pid {old.pid}); see 'vnuma-sched vm list'")
-    sysroot.write_atomic(_path(guest.name), json.dumps(guest.to_dict(), indent=1) + "\n")
+    try:
+        sysroot.write_atomic(_path(guest.name), json.dumps(guest.to_dict(), indent=1) + "\n")
+    except OSError as err:
+        raise DataError(_path(guest.name), f"cannot record the guest ({err.strerror or err}; "
+                        "--name needs root)", err.errno) from err
 
 
 def remove(sysroot, name, pid):
