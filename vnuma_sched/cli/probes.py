@@ -2,7 +2,6 @@
 
 import json as _json
 import os
-import signal
 import time
 
 import click
@@ -23,6 +22,7 @@ from vnuma_sched.probes.recording import Sampler
 from vnuma_sched.probes.report import top_view
 from vnuma_sched.probes.session import Session
 from vnuma_sched.render import report_text, table, top_text
+from vnuma_sched.runner import sigterm_as_interrupt as _sigterm_as_interrupt
 from vnuma_sched.system.topology import read_topology
 
 
@@ -117,21 +117,6 @@ def top_cmd(settings, args, per_cpu, as_json):
                        top_text(top_view(rec, session.topology, per_cpu)))
         finally:
             session.close()
-
-
-class _sigterm_as_interrupt:
-    """SIGTERM detaches like Ctrl-C."""
-
-    def __enter__(self):
-        def raise_interrupt(signum, frame):
-            raise KeyboardInterrupt
-
-        self.old = signal.signal(signal.SIGTERM, raise_interrupt)
-        return self
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.old)
-        return False
 
 
 class _RecordCommand(click.Command):
