@@ -416,6 +416,27 @@ def test_arms_differing_in_boot_parameters_boot_once_per_run(tmp_path, monkeypat
     assert ref["boot_medians"] == [10, 510] and ref["within_boot_iqr"] is None
 
 
+def test_arms_with_the_same_boot_parameters_share_boots_beside_one_that_boots_alone(
+        tmp_path, monkeypatch):
+    # the problem-2 comparison: two run-time arms and one with a boot parameter
+    arm_list = _arms("off=feature.NUMA_WAKE_PREV=0", "wake=feature.NUMA_WAKE_PREV=1",
+                     "relax=feature.NUMA_WAKE_PREV=0 relax_domain_level=3")
+    doc, guest, said = _run(tmp_path, monkeypatch, arm_list, 4, 2)
+    assert [p["order"] for p in guest.plans] == [["off", "wake", "off", "wake"], ["relax"],
+                                                 ["relax"], ["wake", "off", "wake", "off"],
+                                                 ["relax"], ["relax"]]
+    assert [a[1:] for a in guest.appends] == [[], ["relax_domain_level=3"],
+                                              ["relax_domain_level=3"], [],
+                                              ["relax_domain_level=3"],
+                                              ["relax_domain_level=3"]]
+    assert doc["mode"] == "boot per run (relax); 2 boots (off wake)" and doc["boots"] == 6
+    assert any(s.startswith("6 boots: boot per run (relax); 2 boots (off wake)")
+               for s in said)
+    m = doc["metrics"]["cross_node_migrations"]
+    assert [m[a]["n"] for a in ("off", "wake", "relax")] == [4, 4, 4]
+    assert len(m["off"]["boot_medians"]) == 2 and len(m["relax"]["boot_medians"]) == 4
+
+
 def test_two_arms_in_one_boot_keep_the_old_plan(tmp_path, monkeypatch):
     arm_list = arms.parse_arms(arms.named_specs([], "kernel.numa_balancing=0",
                                                 "kernel.numa_balancing=3"),

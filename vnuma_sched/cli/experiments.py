@@ -54,7 +54,8 @@ from vnuma_sched.system.topology import read_topology
                    "evenly over the boots.")
 @click.option("--boots", type=int, default=1, show_default=True,
               help="Boots of the guest; each runs the arms interleaved, starting with the "
-                   "next arm (implied by the runs when the arms differ in boot parameters).")
+                   "next arm (an arm whose boot parameters no other arm has boots once "
+                   "per run).")
 @click.option("--out", type=click.Path(file_okay=False), default="ab-out", show_default=True)
 @click.option("--timeout", type=click.IntRange(10), default=600, show_default=True,
               help="Seconds per run (a boot gets this times its runs).")
@@ -74,9 +75,9 @@ def ab(settings, image, spec, mem, pin, kind, threads, spincount, iterations, ki
     \b
     An arm may boot a guest layout of its own: topology:SPEC (as --topology
     takes), pin or nopin (as --pin/--no-pin); memory stays --mem. Arms with a
-    layout no other arm has boot once per run; arms with the same layout share
-    boots. --threads is the same in every arm: a layout with fewer vCPUs runs
-    more threads per vCPU.
+    layout or boot parameters no other arm has boot once per run; arms with the
+    same layout and boot parameters share boots. --threads is the same in every
+    arm: a layout with fewer vCPUs runs more threads per vCPU.
     \b
     Examples:
       vnuma-sched ab --kernel /var/cache/vnuma_sched/builds/series-6.12 \\
@@ -87,6 +88,10 @@ def ab(settings, image, spec, mem, pin, kind, threads, spincount, iterations, ki
           --b feature.NUMA_WAKE_PREV=1
       vnuma-sched ab --kernel K --threads 4 --arm flat=topology:1x4 \\
           --arm numa=topology:2x2 --arm full=topology:2x2,pin --runs 10
+      vnuma-sched ab --kernel K --threads 8 --arm off=feature.NUMA_WAKE_PREV=0 \\
+          --arm wake=feature.NUMA_WAKE_PREV=1 \\
+          --arm "relax=feature.NUMA_WAKE_PREV=0 relax_domain_level=3" \\
+          --runs 10 --boots 5
     """
 
     arm_list = arms.parse_arms(arms.named_specs(arm_specs, spec_a, spec_b),

@@ -77,20 +77,16 @@ def schedule(names, runs, boots):
 
 
 def boot_groups(arm_list, topos=None):
-    """[[arm names]] that share boots, in arm order. Arms with the same guest layout
-    (``topos``: {arm name: vm.GuestTopology}; absent: one layout) share boots and
-    switch run-time gates between runs, unless they differ in boot parameters; an
-    arm whose layout no other arm has, or whose boot parameters differ, boots on its own."""
-    by_layout = {}
+    """[[arm names]] that share boots, in the order of their first arm. Arms with the
+    same guest layout (``topos``: {arm name: vm.GuestTopology}; absent: one layout)
+    and the same boot parameters and parked vCPUs (arms.boot_key) share boots and
+    switch run-time gates between runs; an arm that no other arm matches boots on
+    its own, once per run."""
+    groups = {}
     for arm in arm_list:
-        by_layout.setdefault((topos or {}).get(arm.name), []).append(arm)
-    out = []
-    for members in by_layout.values():
-        if A.needs_boot_per_run(*members):
-            out += [[a.name] for a in members]
-        else:
-            out.append([a.name for a in members])
-    return out
+        key = ((topos or {}).get(arm.name), A.boot_key(arm))
+        groups.setdefault(key, []).append(arm.name)
+    return list(groups.values())
 
 
 def boot_orders(groups, runs, boots):

@@ -135,10 +135,16 @@ def parse_arm(name, spec, profile_dirs, option=None):
     return arm
 
 
+def boot_key(arm):
+    """What an arm fixes when its guest boots: its boot parameters and the vCPUs it
+    parks (a guest parks once, at boot). Arms with the same key can share a boot."""
+    return tuple(sorted(arm.boot)), str(arm.share)
+
+
 def needs_boot_per_run(*arms):
-    """True when the arms differ in boot parameters or in the vCPUs they park (a guest
-    parks once, at boot): then every run needs its own boot."""
-    return len({(tuple(sorted(a.boot)), str(a.share)) for a in arms}) > 1
+    """True when the arms differ in boot parameters or in the vCPUs they park: then
+    they cannot share a boot."""
+    return len({boot_key(a) for a in arms}) > 1
 
 
 def place(arm_list, spec, pin, mem_mb, host, limits):
