@@ -7,18 +7,21 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from helpers import DATA, FAKE_KERNEL, git, one_line
 
-from vnuma_sched.bisect import drive, options, state
+from vnuma_sched.bisect import drive, measure, options, state
 from vnuma_sched.bisect import verdict as V
 from vnuma_sched.bisect.measure import Guest
 from vnuma_sched.cli.bisect import METRICS_HELP, _options, bisect_step
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
+from vnuma_sched.experiments import ab as abmod
+from vnuma_sched.kernel import vm as vmmod
 from vnuma_sched.probes.spec import METRICS
 from vnuma_sched.system.topology import Node, Topology
 
@@ -731,3 +734,47 @@ def test_a_bisect_may_boot_the_host_layout():
     drive.check_backend(opts, Topology((Node(0, (0, 1), 1 << 20, (10,)),)))
     with pytest.raises(BadInput, match="host topology is not available"):
         drive.check_backend(opts)
+
+
+def test_guest_measurement_spreads_its_runs_over_boots(monkeypatch, tmp_path):
+    """A commit is measured in --boots boots, not one: each run record says its boot,
+    and a later measurement of the same image (undecided: more runs) adds new boots."""
+    boots = []
+
+    def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
+        boots.append(len(plan["order"]))
+        return [{"type": "guest"}] + [{"type": "run", "metrics": {"halts": 10 * len(boots)}}
+                                      for _ in plan["order"]]
+
+    monkeypatch.setattr(abmod, "guest_runs", guest_runs)
+    monkeypatch.setattr(abmod, "stage", lambda wl, io: wl)
+    monkeypatch.setattr(vmmod, "choose_accel", lambda *a: ("tcg", None))
+    assert measure.per_boot(5, 2) == [3, 2] and measure.per_boot(1, 2) == [1]
+    topo = vmmod.parse_topology("2x2", 2048)
+    g = Guest({}, topo, "halts", None, "tcg", 10, [], None, boots=2)
+    results = measure.Results(tmp_path, g)
+    said = []
+    vals, _ = measure.measure(g, results, "img", "sha", "c1", 5, "halts", said.append)
+    assert boots == [3, 2] and sorted(vals) == [10, 10, 10, 20, 20]
+    assert said == ["measuring: 5 run(s) of the workload over 2 boots"]
+    vals, _ = measure.measure(g, results, "img", "sha", "c1", 8, "halts", said.append)
+    assert boots == [3, 2, 2, 1] and len(vals) == 8
+    recs = results.load("sha")["records"]
+    assert [r["boot"] for r in recs] == [0, 0, 0, 1, 1, 2, 2, 3]
+    # a measurement taken with another --boots is another measurement: not reused
+    assert measure.Results(tmp_path, Guest({}, topo, "halts", None, "tcg", 10, [], None,
+                                           boots=1)).load("sha")["records"] == []
+
+
+def test_measure_command_is_told_the_boots(tmp_path):
+    seen = {}
+
+    class Runner:
+        def run(self, argv, cwd=None, env=None, check=False, timeout=None):
+            seen.update(env)
+            return types.SimpleNamespace(returncode=0, timed_out=False, stderr="",
+                                         stdout='{"score": 1}\n' * 3)
+
+    cmd = measure.Command("lab-measure", Runner(), 10, boots=2)
+    assert len(cmd.records("img", "c1", 3, "workload_score")) == 3
+    assert seen["VNUMA_SCHED_BOOTS"] == "2" and seen["VNUMA_SCHED_RUNS"] == "3"

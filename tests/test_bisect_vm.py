@@ -108,6 +108,7 @@ def test_bisect_names_the_commit_that_turned_the_emulation_on(history, tmp_path)
         [VNUMA, "bisect", "run", "--tree", str(repo), "--good", good, "--bad", bad,
          "--metric", "idle_rejected_preempted", "--workload", "omp-barrier",
          "--threads", "4", "--iterations", "3000", "--runs", "5", "--max-runs", "10",
+         "--boots", "2",
          *[a for f in FRAGMENTS for a in ("--fragment", str(f))],
          "--topology", "2x2", "--append", HINT_OFF, "--log", str(tmp_path / "bisect.log"),
          "--json"],
@@ -127,6 +128,12 @@ def test_bisect_names_the_commit_that_turned_the_emulation_on(history, tmp_path)
     tested = {s["commit"]: s for s in doc["steps"]}
     assert list(tested) == [fb["commit"]]
     assert tested[fb["commit"]]["reused_from"] == bad
+    # each end was measured in two boots (3 runs and 2), not in one
+    measured = [json.loads(f.read_text())["records"]
+                for f in (CACHE / "bisect" / "results").glob("*/*.json")]
+    assert len(measured) == 2
+    for recs in measured:
+        assert [r["boot"] for r in recs[:5]] == [0, 0, 0, 1, 1]
     assert git(repo, "rev-parse", "HEAD") == bad
     assert git(repo, "symbolic-ref", "--short", "HEAD") == "bisect-test"
     assert not (repo / ".git" / "BISECT_START").exists()

@@ -2,11 +2,13 @@
 
 Two backends give the same per-run records (the ones 'ab' writes):
 - Guest boots the image here as a vNUMA guest (virtme-ng) and runs the
-  workload under the probe the metric needs, N times in one boot;
+  workload under the probe the metric needs, N times spread over --boots
+  boots (a boot is one sample of a large boot-to-boot spread);
 - Command runs the user's own command (a lab that boots the image on real
-  hardware, for example) with the image in $VNUMA_SCHED_IMAGE; it prints one
-  JSON object per run, {"metrics": {...}} and/or {"score": ...}, and exits 0,
-  or 125 when this kernel cannot be tested.
+  hardware, for example) with the image in $VNUMA_SCHED_IMAGE and the boots
+  asked for in $VNUMA_SCHED_BOOTS; it prints one JSON object per run,
+  {"metrics": {...}} and/or {"score": ...}, and exits 0, or 125 when this
+  kernel cannot be tested.
 Records are cached per image (sha256) and measurement, so a commit whose
 image is identical to an already-measured one reuses those runs."""
 
@@ -39,11 +41,17 @@ def values(records, metric):
     return out
 
 
+def per_boot(n, boots):
+    """n runs spread over at most ``boots`` boots, as evenly as they go: [3, 2] for 5 over 2."""
+    b = max(1, min(boots, n))
+    return [n // b + (i < n % b) for i in range(b)]
+
+
 class Guest:
     """Boot the image as a vNUMA guest and run the workload under the metric's probe."""
 
-    def __init__(self, wl, topo, metric, runner, accel, timeout, append, accel_cache):
-        self.wl, self.topo, self.runner = wl, topo, runner
+    def __init__(self, wl, topo, metric, runner, accel, timeout, append, accel_cache, boots=1):
+        self.wl, self.topo, self.runner, self.boots = wl, topo, runner, boots
         self.accel, self.timeout, self.append = accel, timeout, list(append)
         self.accel_cache = accel_cache
         # workload_score needs no eBPF probe: 'steal' (read from /proc/stat) keeps the
@@ -52,47 +60,57 @@ class Guest:
 
     def key(self):
         return {"backend": "guest", "workload": self.wl, "topology": ab.topo_dict(self.topo),
-                "append": self.append, "probes": self.probes, "accel": self.accel}
+                "append": self.append, "probes": self.probes, "accel": self.accel,
+                "boots": self.boots}
 
     def records(self, image, commit, n, metric):
+        """n runs over --boots boots, each run record with its boot (0, 1, ...)."""
         accel, _ = vm.choose_accel(self.accel, image, self.runner, self.accel_cache)
+        runs = []
+        for b, count in enumerate(per_boot(n, self.boots)):
+            recs = self._boot(image, accel, count)
+            got = [{**r, "boot": b} for r in recs if r.get("type") == "run"]
+            if got and not values(got, metric):   # the next boot would not do better
+                guest = next((r for r in recs if r.get("type") == "guest"), {})
+                why = guest.get("probes", {}).get(self.probes[0], {})
+                unsupported = (why.get("unsupported") or {}).get(metric)
+                raise Abort(f"the guest reported no {metric}: " + (
+                    f"unsupported: {unsupported}" if unsupported else
+                    f"probe {self.probes[0]} {why.get('reason') or 'not loaded'}"))
+            runs += got
+        return runs
+
+    def _boot(self, image, accel, n):
+        """The records of one boot that runs the workload n times."""
         io = Path(tempfile.mkdtemp(prefix="vnuma-bisect-"))  # the guest sees /tmp
         try:
             plan = {"arms": {"a": {"knobs": {}, "paths": {}, "boot": []}}, "order": ["a"] * n,
                     "workload": ab.stage(self.wl, io), "probes": self.probes, "mode": "bisect"}
-            try:
-                recs = ab.guest_runs(image, self.topo, plan, io / "plan.json", self.runner,
-                                     accel, self.timeout * n + 120, self.append)
-            except ab.GuestFailed as err:
-                raise SkipCommit(str(err)) from err
+            return ab.guest_runs(image, self.topo, plan, io / "plan.json", self.runner,
+                                 accel, self.timeout * n + 120, self.append)
+        except ab.GuestFailed as err:
+            raise SkipCommit(str(err)) from err
         finally:
             shutil.rmtree(io, ignore_errors=True)
-        runs = [r for r in recs if r.get("type") == "run"]
-        if runs and not values(runs, metric):
-            guest = next((r for r in recs if r.get("type") == "guest"), {})
-            why = guest.get("probes", {}).get(self.probes[0], {})
-            unsupported = (why.get("unsupported") or {}).get(metric)
-            raise Abort(f"the guest reported no {metric}: " + (
-                f"unsupported: {unsupported}" if unsupported else
-                f"probe {self.probes[0]} {why.get('reason') or 'not loaded'}"))
-        return runs
 
 
 class Command:
     """Measure with the user's command (see the module docstring for its protocol)."""
 
-    def __init__(self, command, runner, timeout, cwd=None):
+    def __init__(self, command, runner, timeout, cwd=None, boots=1):
         self.argv = shlex.split(command)
         if not self.argv:
             raise Abort("--measure-cmd is empty")
         self.command, self.runner, self.timeout, self.cwd = command, runner, timeout, cwd
+        self.boots = boots
 
     def key(self):
-        return {"backend": "command", "command": self.command}
+        return {"backend": "command", "command": self.command, "boots": self.boots}
 
     def records(self, image, commit, n, metric):
         env = {"VNUMA_SCHED_IMAGE": str(image), "VNUMA_SCHED_COMMIT": commit,
-               "VNUMA_SCHED_RUNS": str(n), "VNUMA_SCHED_METRIC": metric}
+               "VNUMA_SCHED_RUNS": str(n), "VNUMA_SCHED_METRIC": metric,
+               "VNUMA_SCHED_BOOTS": str(len(per_boot(n, self.boots)))}
         res = self.runner.run(self.argv, cwd=self.cwd, env=env, check=False,
                               timeout=self.timeout * n)
         tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-2:])
@@ -146,8 +164,12 @@ def measure(backend, results, image, image_sha, commit, n, metric, progress):
     before = [c for c in doc["commits"] if c != commit]
     have = values(doc["records"], metric)
     if len(have) < n:
-        progress(f"measuring: {n - len(have)} run(s) of the workload")
-        doc["records"] += backend.records(image, commit, n - len(have), metric)
+        boots = len(per_boot(n - len(have), backend.boots))
+        progress(f"measuring: {n - len(have)} run(s) of the workload"
+                 + (f" over {boots} boots" if boots > 1 else ""))
+        first = 1 + max((r.get("boot", 0) for r in doc["records"]), default=-1)
+        doc["records"] += [{**r, "boot": first + r.get("boot", 0)}
+                           for r in backend.records(image, commit, n - len(have), metric)]
         have = values(doc["records"], metric)
     if commit not in doc["commits"]:
         doc["commits"].append(commit)

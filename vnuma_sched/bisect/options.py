@@ -13,7 +13,7 @@ from vnuma_sched.experiments.ab import check_workload
 from vnuma_sched.probes.spec import METRICS
 
 # (lowest, highest) of each integer option: the command line and the log header share them.
-RANGES = {"runs": (1, 100), "max_runs": (1, 200), "threads": (1, 1024),
+RANGES = {"runs": (1, 100), "max_runs": (1, 200), "boots": (1, 20), "threads": (1, 1024),
           "iterations": (1, 10 ** 9), "kib": (8, 1 << 30), "timeout": (10, 10 ** 6),
           "jobs": (1, 256)}
 ACCELS = ("auto", "kvm", "tcg")
@@ -59,6 +59,7 @@ class Options:
     metric: str
     runs: int = 5
     max_runs: int = 10
+    boots: int = 2                   # a measurement's runs over at most this many boots
     threshold: float = None
     bad_above: bool = None           # None: from the endpoints (run) or the metric (step)
     workload: str = "omp-barrier"
@@ -182,6 +183,7 @@ class Options:
         args = ["--metric", self.metric, "--threshold", repr(float(self.threshold)),
                 "--bad-when", "above" if self.worse_above() else "below",
                 "--runs", str(self.runs), "--max-runs", str(self.max_runs),
+                "--boots", str(self.boots),
                 "--workload", self.workload, "--threads", str(self.threads),
                 "--spincount", self.spincount, "--iterations", str(self.iterations),
                 "--kib", str(self.kib), "--topology", self.topology, "--mem", self.mem,

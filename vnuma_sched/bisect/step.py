@@ -69,12 +69,13 @@ def subject(tree, sha, runner):
 
 def backend(opts, env):
     if opts.measure_cmd:
-        return measure.Command(opts.measure_cmd, env.runner, opts.timeout, opts.workdir)
+        return measure.Command(opts.measure_cmd, env.runner, opts.timeout, opts.workdir,
+                               opts.boots)
     topo = vm.parse_topology(opts.topology, vm.parse_size_mb(opts.mem), env.host)
     wl = ab.workload(opts.workload, str(env.cache), env.runner, opts.threads, opts.spincount,
                      opts.iterations, opts.kib)
     return measure.Guest(wl, topo, opts.metric, env.runner, opts.accel, opts.timeout,
-                         opts.append, Path(env.cache) / "accel.json")
+                         opts.append, Path(env.cache) / "accel.json", opts.boots)
 
 
 def kernel(opts, env, sha, git_dir):

@@ -40,6 +40,8 @@ def measure_options(func):
         click.option("--metric", required=True, help="The metric to bisect by (list below)."),
         _int("runs", help="Workload runs per commit."),
         _int("max_runs", help="Runs at most per commit while undecided."),
+        _int("boots", help="Boots a commit's runs are spread over (at most one per "
+                           "run): one boot is one sample of the boot-to-boot spread."),
         click.option("--workload", default=_D["workload"], show_default=True,
                      help="omp-barrier, perf-pipe, perf-messaging or cmd:COMMAND."),
         _int("threads"),
@@ -79,6 +81,7 @@ def _topology_arg(spec):
 
 def _options(kw, threshold=None, bad_when=None):
     return Options(metric=kw["metric"], runs=kw["runs"], max_runs=kw["max_runs"],
+                   boots=kw["boots"],
                    threshold=threshold,
                    bad_above=None if bad_when is None else bad_when == "above",
                    workload=kw["workload"], threads=kw["threads"], spincount=kw["spincount"],
@@ -109,8 +112,9 @@ def bisect():
 
     \b
     Each step builds the commit's guest kernel, boots it as a vNUMA guest,
-    runs the workload under the metric's probe and compares the median with
-    a threshold derived from the two endpoints. The work tree is not
+    runs the workload under the metric's probe (--runs, over --boots boots)
+    and compares the median with a threshold derived from the two
+    endpoints. The work tree is not
     checked out (git bisect --no-checkout; builds use a private clone).
     """
 
