@@ -77,3 +77,22 @@ def test_ab_markdown_has_only_the_asked_metrics_each_arm_against_the_reference()
     assert rows[2].split("|")[1:4] == [" `cross_node_migrations` ", " ref   ", " 10       "]
     assert [c.strip() for c in rows[3].split("|")[2:7]] == ["on", "5", "0.5", "0.40..0.60",
                                                            "0.01"]
+
+
+def test_ab_markdown_gives_the_spread_between_and_within_boots_with_several_boots():
+    spread = {"between_boots_iqr": 40.0, "within_boot_iqr": 2.5, "boots_dominate": True}
+    m = {"median": 10, "n": 6, **spread}
+    cmp = {"median": 5, "n": 6, "ratio": 0.5, "ci95": [0.4, 0.6], "p": 0.01,
+           "inconclusive": False, "between_boots_iqr": 1.0, "within_boot_iqr": 3.0,
+           "boots_dominate": False}
+    doc = {"arms": {"ref": {"spec": "x=0"}, "on": {"spec": "x=1"}}, "reference": "ref",
+           "runs": 6, "mode": "3 boots", "boots": 3, "kernel": "6.12",
+           "metrics": {"cross_node_migrations": {"ref": m, "on": cmp}}}
+    rows = [ln for ln in render.ab_markdown(doc, ("cross_node_migrations",), "exp")
+            .splitlines() if ln.startswith("|")]
+    assert [c.strip() for c in rows[0].split("|")[7:9]] == ["IQR between boots",
+                                                           "IQR within a boot"]
+    assert [c.strip() for c in rows[2].split("|")[7:9]] == ["40", "2.5"]
+    assert [c.strip() for c in rows[3].split("|")[7:9]] == ["1", "3"]
+    one_boot = render.ab_markdown({**doc, "boots": 1}, ("cross_node_migrations",), "exp")
+    assert "IQR between boots" not in one_boot

@@ -320,18 +320,23 @@ def ab_text(doc, first=()):
 
 def ab_markdown(doc, first, title):
     """A GitHub-markdown table of the ``first`` metrics, every arm against the
-    reference (the cover letter's and the README's results tables)."""
+    reference (the cover letter's and the README's results tables); with several
+    boots, each row also gives the IQR of the per-boot medians and within a boot."""
     names = _arm_names(doc)
     primary = {k: doc["metrics"][k] for k in first if k in doc["metrics"]}
     rows = [[f"`{r[0]}`" if r[0] else "", r[1], *r[2:6]]
             for r in arm_rows(primary, names, first)]
+    headers = ["metric", "arm", "median", "vs ref", "95% CI", "p"]
+    if (doc.get("boots") or 1) > 1:
+        rows = [row + spread[2:4] for row, spread in
+                zip(rows, spread_rows(primary, names, _metric_order(primary, first)))]
+        headers += ["IQR between boots", "IQR within a boot"]
     specs = "; ".join(f"{arm}: `{doc.get('arms', {}).get(arm, {}).get('spec', '?')}`"
                       for arm in names)
     head = (f"**{title}** ({doc.get('runs')} runs, {doc.get('mode') or ''}, kernel "
             f"{doc.get('kernel')}; reference {names[0] if names else '?'}). Arms: {specs}")
-    return head + "\n\n" + tabulate(rows, headers=["metric", "arm", "median", "vs ref",
-                                                   "95% CI", "p"],
-                                    tablefmt="github", disable_numparse=True) + "\n"
+    return head + "\n\n" + tabulate(rows, headers=headers, tablefmt="github",
+                                    disable_numparse=True) + "\n"
 
 
 def _at(entry):
