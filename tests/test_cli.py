@@ -114,9 +114,10 @@ def test_ab_help_shows_named_arms_and_boots():
     res = invoke("ab", "--help")
     assert res.exit_code == 0
     text = " ".join(res.output.split())
-    for needle in ("--arm ref=vnuma_debug.emulate_halt_preempted=0",
-                   "--arm off=kvm_guest.idle_halt_hint=off",
-                   "--arm on=kvm_guest.idle_halt_hint=on --runs 6 --boots 3",
+    for needle in ("--arm ref=vnuma_debug.emulate_halt_preempted=0,",
+                   "--arm off=vnuma_debug.emulate_halt_preempted=1,kvm_guest.idle_halt_hint=off",
+                   "kvm_guest.idle_halt_hint=on \\ --runs 6 --boots 3",
+                   "--runs 10 --boots 5",
                    "--a SPEC", "Shorthand for --arm a=SPEC", "--boots INTEGER"):
         assert needle in text, needle
 

@@ -81,9 +81,10 @@ def ab(settings, image, spec, mem, pin, kind, threads, spincount, iterations, ki
     \b
     Examples:
       vnuma-sched ab --kernel /var/cache/vnuma_sched/builds/series-6.12 \\
-          --arm ref=vnuma_debug.emulate_halt_preempted=0 \\
-          --arm off=kvm_guest.idle_halt_hint=off \\
-          --arm on=kvm_guest.idle_halt_hint=on --runs 6 --boots 3
+          --arm ref=vnuma_debug.emulate_halt_preempted=0,kvm_guest.idle_halt_hint=off \\
+          --arm off=vnuma_debug.emulate_halt_preempted=1,kvm_guest.idle_halt_hint=off \\
+          --arm on=vnuma_debug.emulate_halt_preempted=1,kvm_guest.idle_halt_hint=on \\
+          --runs 6 --boots 3
       vnuma-sched ab --kernel K --a feature.NUMA_WAKE_PREV=0 \\
           --b feature.NUMA_WAKE_PREV=1
       vnuma-sched ab --kernel K --threads 4 --arm flat=topology:1x4 \\
