@@ -267,7 +267,7 @@ def test_shipped_series_layout(version):
         {f for f, _, _ in want[:n]} | {P.COVER_LETTER}
     assert {f"debug/{p.name}" for p in (vdir / "debug").glob("*.patch")} == {want[n][0]}
     assert series.cover == vdir / P.COVER_LETTER
-    assert P.subject(series.cover, prefix=True).startswith(f"[PATCH 0/{n}] ")
+    assert P.subject(series.cover, prefix=True).startswith(f"[PATCH v3 0/{n}] ")
     assert {g for p in series.patches[:n] for g in p.gates} == set(facts.PATCH_GATES)
     assert all(REGISTRY[g].patch_gate for p in series.patches for g in p.gates)
     assert len(series.base_commit) == 40
