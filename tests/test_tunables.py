@@ -179,7 +179,7 @@ def test_shipped_profiles_load_and_include(tmp_path):
         assert not [k for k in P.load(name, dirs).settings if K.REGISTRY[k].decays], name
     assert ded.settings["feature.NUMA_WAKE_PREV"] == "1"
     assert ded.origin["feature.NUMA_WAKE_PREV"].endswith("vnuma-guest-dedicated.ini:12")
-    assert ded.origin["kvm_guest.idle_halt_hint"].endswith("vnuma-guest-dedicated.ini:16")
+    assert ded.origin["kvm_guest.idle_halt_hint"].endswith("vnuma-guest-dedicated.ini:18")
     shared = P.load("vnuma-guest-shared", dirs)
     assert shared.settings["kvm_guest.idle_halt_hint"] == "off"
     assert shared.settings["feature.NUMA_WAKE_PREV"] == "0"
