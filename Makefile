@@ -102,10 +102,10 @@ evidence: install
 	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 --boots 5 $(P2_ALL) \
 		--out $(EVOUT)/p2-wake
 	$(VNUMA) ab --kernel $(K612) --topology 2x2 --workload perf-messaging --threads 4 \
-		--iterations 200 --runs 10 --boots 2 --arm off=$(OFF) --arm on=$(ON) \
+		--iterations 200 --runs 10 --boots 3 --arm off=$(OFF) --arm on=$(ON) \
 		--out $(EVOUT)/regress-messaging
 	$(VNUMA) ab --kernel $(K612) --topology 2x2 --workload perf-pipe --iterations 20000 \
-		--runs 10 --boots 2 --arm off=$(OFF) --arm on=$(ON) --out $(EVOUT)/regress-pipe
+		--runs 10 --boots 3 --arm off=$(OFF) --arm on=$(ON) --out $(EVOUT)/regress-pipe
 	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 4 --runs 10 --boots 3 $(P1_ARMS) \
 		--out $(EVOUT)/p1-6.1
 	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 8 --runs 10 --boots 5 $(P2_ARMS) \
