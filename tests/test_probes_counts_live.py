@@ -133,18 +133,23 @@ def test_ipis_sent_per_pair_match_the_ipis_received(tracefs):
         pytest.skip("no ipi:ipi_send_cpu (before 6.3): sent IPIs are not counted")
     try:
         before = s.sample()["ipi"]
-        subprocess.run(WORKLOAD + ["2", "1500"], check=True, timeout=120)
-        after = s.sample()["ipi"]
+        old = {(r[0], r[1]): r[2] for r in before["sent"]}
+        # how many wake-ups need an IPI depends on the host (a CPU that polls in
+        # idle needs none): run the workload until enough were sent, or 5 times
+        for _ in range(5):
+            subprocess.run(WORKLOAD + ["2", "1500"], check=True, timeout=120)
+            after = s.sample()["ipi"]
+            rows = after["sent"]
+            sent = sum(r[2] - old.get((r[0], r[1]), 0) for r in rows)
+            if sent > 100:
+                break
         counters = s.sample(listings=False)["ipi"]     # what serve reads
     finally:
         s.close()
     assert "sent" not in counters and len(counters["per_cpu"]) == len(after["per_cpu"])
     cpus = set(read_topology(SysRoot("/")).cpus)
-    rows = after["sent"]
     assert rows == sorted(rows) and len({(r[0], r[1]) for r in rows}) == len(rows)
     assert all(r[0] in cpus and r[1] in cpus and r[2] > 0 for r in rows), rows
-    old = {(r[0], r[1]): r[2] for r in before["sent"]}
-    sent = sum(r[2] - old.get((r[0], r[1]), 0) for r in rows)
     received = sum(a[0] + a[1] - b[0] - b[1]
                    for a, b in zip(after["per_cpu"], before["per_cpu"]))
     assert sent > 100 and abs(sent - received) <= max(20, received // 20), (sent, received)
