@@ -89,26 +89,32 @@ demo: install
 # 3 boots, threads = vCPUs and threads > vCPUs, the regression benchmarks, and the 6.1
 # series. Writes evidence-out/<experiment>/{results.json,compare.png}, one markdown
 # table per experiment in evidence-out/table.md and the index evidence-out/results.json.
+# RUNS, BOOTS and P2_BOOTS scale it down to check the recipe end to end quickly
+# (make evidence RUNS=2 BOOTS=1 P2_BOOTS=1: the same experiments in 11 boots, 45
+# with the defaults); the cover letters quote the defaults.
+RUNS ?= 10
+BOOTS ?= 3
+P2_BOOTS ?= 5
 EXPERIMENTS := p1-threads-eq-vcpus p1-threads-over-vcpus p2-wake regress-messaging \
 	regress-pipe p1-6.1 p2-wake-6.1
 evidence: install
 	$(VNUMA) pipeline --version 6.12 --topology 2x2 -- true
 	$(VNUMA) pipeline --version 6.1 --topology 2x2 -- true
 	rm -rf $(EVOUT) && mkdir -p $(EVOUT) evidence-out
-	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 4 --runs 10 --boots 3 $(P1_ARMS) \
+	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 4 --runs $(RUNS) --boots $(BOOTS) $(P1_ARMS) \
 		--arm auto="$(EMU)=1 $(HINT)=auto" --out $(EVOUT)/p1-threads-eq-vcpus
-	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 --boots 3 $(P1_ARMS) \
+	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs $(RUNS) --boots $(BOOTS) $(P1_ARMS) \
 		--out $(EVOUT)/p1-threads-over-vcpus
-	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 10 --boots 5 $(P2_ALL) \
+	$(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs $(RUNS) --boots $(P2_BOOTS) $(P2_ALL) \
 		--out $(EVOUT)/p2-wake
 	$(VNUMA) ab --kernel $(K612) --topology 2x2 --workload perf-messaging --threads 4 \
-		--iterations 200 --runs 10 --boots 3 --arm off=$(OFF) --arm on=$(ON) \
+		--iterations 200 --runs $(RUNS) --boots $(BOOTS) --arm off=$(OFF) --arm on=$(ON) \
 		--out $(EVOUT)/regress-messaging
 	$(VNUMA) ab --kernel $(K612) --topology 2x2 --workload perf-pipe --iterations 20000 \
-		--runs 10 --boots 3 --arm off=$(OFF) --arm on=$(ON) --out $(EVOUT)/regress-pipe
-	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 4 --runs 10 --boots 3 $(P1_ARMS) \
+		--runs $(RUNS) --boots $(BOOTS) --arm off=$(OFF) --arm on=$(ON) --out $(EVOUT)/regress-pipe
+	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 4 --runs $(RUNS) --boots $(BOOTS) $(P1_ARMS) \
 		--out $(EVOUT)/p1-6.1
-	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 8 --runs 10 --boots 5 $(P2_ARMS) \
+	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 8 --runs $(RUNS) --boots $(P2_BOOTS) $(P2_ARMS) \
 		--out $(EVOUT)/p2-wake-6.1
 	rm -rf evidence-out && cp -r $(EVOUT) evidence-out && rm -f evidence-out/table.md
 	for e in $(EXPERIMENTS); do $(VNUMA) compare evidence-out/$$e \
