@@ -15,6 +15,12 @@
  * on from getcpu(2) at its start and end, half each when they differ). On
  * real NUMA hardware that share is what turns misplacement into time. Left
  * out when the kernel cannot tell page nodes (no move_pages(2)).
+ *
+ * With OMP_BARRIER_PER_THREAD=1 each thread also writes a line to stderr:
+ * "thread=<n> home=<node> on_home=<share of iterations started on it>
+ * node_changes=<times an iteration started on another node than the last
+ * one ended on>", which tells a few threads kept away from their memory
+ * from all threads moving back and forth.
  */
 #define _GNU_SOURCE
 #include <omp.h>
@@ -68,6 +74,8 @@ int main(int argc, char **argv)
 	long passes = argc > 3 ? atol(argv[3]) : 1;
 	size_t n = (size_t)kib * 1024 / sizeof(double);
 	int threads = omp_get_max_threads();
+	const char *per_thread = getenv("OMP_BARRIER_PER_THREAD");
+	int report = per_thread && per_thread[0] == '1';
 	double t0 = 0, t1 = 0, checksum = 0, remote = 0, busy = 0;
 
 	if (iterations <= 0 || kib <= 0 || passes <= 0 || n < 8) {
@@ -79,8 +87,8 @@ int main(int argc, char **argv)
 		double *block = malloc(n * sizeof(double));
 		double start, end;
 		size_t i;
-		long it, p;
-		int home, a, b;
+		long it, p, on_home = 0, changes = 0;
+		int home, a, b, last = -1;
 
 		if (!block)
 			abort();
@@ -98,12 +106,18 @@ int main(int argc, char **argv)
 					block[i] = block[i] * 0.999 + 1.0;
 			end = omp_get_wtime();
 			b = current_node();
+			on_home += a == home;
+			changes += last >= 0 && a != last;
+			last = b;
 			if (home >= 0) {	/* no move_pages(2): not known */
 				busy += end - start;
 				remote += (end - start) * ((a != home) + (b != home)) / 2.0;
 			}
 #pragma omp barrier
 		}
+		if (report)
+			fprintf(stderr, "thread=%d home=%d on_home=%.3f node_changes=%ld\n",
+				omp_get_thread_num(), home, (double)on_home / iterations, changes);
 #pragma omp single
 		t1 = omp_get_wtime();
 		for (i = 0; i < n; i += 8)
