@@ -80,7 +80,7 @@ demo: install
 	@echo "== 4/6 problem 1: emulated old host, idle-halt hint off and on, against the reference"
 	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 4 --runs 3 $(P1_ARMS) --out demo-out/halt
 	@echo "== 5/6 problem 2: wake_affine kept on the home node, against off and relax_domain_level (its own boot per run)"
-	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 3 --boots 3 $(P2_ARMS) --out demo-out/wake
+	time $(VNUMA) ab --kernel $(K612) $(OMP) --threads 8 --runs 2 --boots 2 $(P2_ARMS) --out demo-out/wake
 	@echo "== 6/6 comparisons"
 	$(VNUMA) compare demo-out/halt --plot demo-out/halt/compare.png
 	$(VNUMA) compare demo-out/wake --plot demo-out/wake/compare.png
