@@ -41,10 +41,7 @@ def values(records, metric):
     return out
 
 
-def per_boot(n, boots):
-    """n runs spread over at most ``boots`` boots, as evenly as they go: [3, 2] for 5 over 2."""
-    b = max(1, min(boots, n))
-    return [n // b + (i < n % b) for i in range(b)]
+per_boot = ab.per_boot
 
 
 class Guest:

@@ -65,6 +65,13 @@ def order(names, runs, start=0):
     return (names[k:] + names[:k]) * runs
 
 
+def per_boot(n, boots):
+    """n runs spread over at most ``boots`` boots, as evenly as they go: [3, 2] for 5
+    over 2 (the split of ab's arms and of bisect's runs of a commit)."""
+    b = max(1, min(boots, n))
+    return [n // b + (i < n % b) for i in range(b)]
+
+
 def schedule(names, runs, boots):
     """Per boot, its run order: ``runs`` per arm in total, spread evenly over the boots,
     each boot starting with the next arm; BadInput when a boot would get no run."""
@@ -73,7 +80,7 @@ def schedule(names, runs, boots):
     if runs < boots:
         raise BadInput(f"--runs {runs} is fewer than --boots {boots}: every boot needs a "
                        "run of each arm")
-    return [order(names, runs // boots + (b < runs % boots), b) for b in range(boots)]
+    return [order(names, n, b) for b, n in enumerate(per_boot(runs, boots))]
 
 
 def boot_groups(arm_list, topos=None):
