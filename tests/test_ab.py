@@ -590,6 +590,26 @@ def test_omp_barrier_reports_where_its_threads_ran_against_their_memory(tmp_path
         assert got["remote_run_fraction"] == 0.0
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_omp_barrier_per_thread_lines_follow_the_block_s_node(tmp_path):
+    """OMP_BARRIER_PER_THREAD=1: a line per thread on stderr, stdout unchanged; with
+    more iterations than HOME_EVERY the block's node is looked up again during the
+    run (home_moves counts the changes NUMA balancing made)."""
+    exe = build.omp_barrier(tmp_path, Runner())
+    env = {**os.environ, "OMP_NUM_THREADS": "3", "GOMP_SPINCOUNT": "0"}
+    res = Runner().run([str(exe), "250", "64"], env={**env, "OMP_BARRIER_PER_THREAD": "1"})
+    lines = sorted(res.stderr.splitlines())
+    rx = re.compile(r"thread=(\d) home=(-?\d+) on_home=([0-9.]+) node_changes=(\d+) "
+                    r"home_moves=(\d+)")
+    got = [rx.fullmatch(line) for line in lines]
+    assert all(got) and [int(m.group(1)) for m in got] == [0, 1, 2], lines
+    assert all(0.0 <= float(m.group(3)) <= 1.0 for m in got)
+    assert "thread=" not in res.stdout and build.score("omp-barrier", res.stdout, 1.0) > 0
+    if len(read_topology(SysRoot("/")).nodes) == 1:   # one node: nothing moves
+        assert all(m.group(2) == "0" and m.group(3) == "1.000" and m.group(5) == "0"
+                   for m in got)
+
+
 def test_a_guest_panic_keeps_the_whole_console_beside_the_plan(tmp_path, monkeypatch):
     console = "".join(f"boot line {i}\n" for i in range(40)) + (
         "RIP: 0010:some_function+0x1/0x2\nKernel panic - not syncing: Fatal exception\n")

@@ -11,16 +11,18 @@
  * Prints one line with "iter_per_s=<float>", the workload's score, and
  * "remote_run_fraction=<float>": the share of the compute phases' time that
  * threads spent on a node other than the one holding most of their block
- * (page nodes from move_pages(2) after the first touch; the node a phase ran
- * on from getcpu(2) at its start and end, half each when they differ). On
- * real NUMA hardware that share is what turns misplacement into time. Left
- * out when the kernel cannot tell page nodes (no move_pages(2)).
+ * (page nodes from move_pages(2) after the first touch and again every
+ * HOME_EVERY iterations, since NUMA balancing may migrate the pages; the node
+ * a phase ran on from getcpu(2) at its start and end, half each when they
+ * differ). On real NUMA hardware that share is what turns misplacement into
+ * time. Left out when the kernel cannot tell page nodes (no move_pages(2)).
  *
  * With OMP_BARRIER_PER_THREAD=1 each thread also writes a line to stderr:
- * "thread=<n> home=<node> on_home=<share of iterations started on it>
- * node_changes=<times an iteration started on another node than the last
- * one ended on>", which tells a few threads kept away from their memory
- * from all threads moving back and forth.
+ * "thread=<n> home=<node after the first touch> on_home=<share of iterations
+ * started on their block's node> node_changes=<times an iteration started on
+ * another node than the last one ended on> home_moves=<times the block's node
+ * was found changed>", which tells a few threads kept away from their memory
+ * from all threads moving back and forth, and memory that followed a thread.
  */
 #define _GNU_SOURCE
 #include <omp.h>
@@ -32,6 +34,7 @@
 #include <unistd.h>
 
 #define MAX_NODES 64
+#define HOME_EVERY 100	/* iterations between two looks at the block's node */
 
 /* The node holding most of [block, block + bytes), or -1 when unknown. */
 static int block_node(void *block, size_t bytes)
@@ -87,18 +90,23 @@ int main(int argc, char **argv)
 		double *block = malloc(n * sizeof(double));
 		double start, end;
 		size_t i;
-		long it, p, on_home = 0, changes = 0;
-		int home, a, b, last = -1;
+		long it, p, on_home = 0, changes = 0, moves = 0;
+		int first, home, now, a, b, last = -1;
 
 		if (!block)
 			abort();
 		for (i = 0; i < n; i++)		/* first touch: the block lives here */
 			block[i] = omp_get_thread_num() + i * 1e-9;
-		home = block_node(block, n * sizeof(double));
+		home = first = block_node(block, n * sizeof(double));
 #pragma omp barrier
 #pragma omp single
 		t0 = omp_get_wtime();
 		for (it = 0; it < iterations; it++) {
+			if (it && it % HOME_EVERY == 0 && home >= 0) {
+				now = block_node(block, n * sizeof(double));
+				moves += now >= 0 && now != home;
+				home = now >= 0 ? now : home;
+			}
 			a = current_node();
 			start = omp_get_wtime();
 			for (p = 0; p < passes; p++)
@@ -116,8 +124,9 @@ int main(int argc, char **argv)
 #pragma omp barrier
 		}
 		if (report)
-			fprintf(stderr, "thread=%d home=%d on_home=%.3f node_changes=%ld\n",
-				omp_get_thread_num(), home, (double)on_home / iterations, changes);
+			fprintf(stderr, "thread=%d home=%d on_home=%.3f node_changes=%ld home_moves=%ld\n",
+				omp_get_thread_num(), first, (double)on_home / iterations, changes,
+				moves);
 #pragma omp single
 		t1 = omp_get_wtime();
 		for (i = 0; i < n; i += 8)
