@@ -93,13 +93,13 @@ demo: install
 # series. Writes evidence-out/<experiment>/{results.json,compare.png}, one markdown
 # table per experiment in evidence-out/table.md and the index evidence-out/results.json.
 # RUNS, BOOTS and P2_BOOTS scale it down to check the recipe end to end quickly
-# (make evidence RUNS=2 BOOTS=1 P2_BOOTS=1: the same experiments in 12 boots, 48
+# (make evidence RUNS=2 BOOTS=1 P2_BOOTS=1: the same experiments in 13 boots, 51
 # with the defaults); the cover letters quote the defaults.
 RUNS ?= 10
 BOOTS ?= 3
 P2_BOOTS ?= 5
 EXPERIMENTS := p1-threads-eq-vcpus p1-threads-over-vcpus p2-wake p2-remote \
-	regress-messaging regress-pipe p1-6.1 p2-wake-6.1
+	regress-messaging regress-pipe p1-6.1 p2-wake-6.1 p2-remote-6.1
 evidence: install
 	$(VNUMA) pipeline --version 6.12 --topology 2x2 -- true
 	$(VNUMA) pipeline --version 6.1 --topology 2x2 -- true
@@ -121,6 +121,8 @@ evidence: install
 		--out $(EVOUT)/p1-6.1
 	$(VNUMA) ab --kernel $(K61) $(OMP) --threads 8 --runs $(RUNS) --boots $(P2_BOOTS) $(P2_ARMS) \
 		--out $(EVOUT)/p2-wake-6.1
+	$(VNUMA) ab --kernel $(K61) $(OMP_LONG) --threads 8 --runs $(RUNS) --boots $(BOOTS) \
+		--arm off="$(WAKE)=0" --arm wake="$(WAKE)=1" --out $(EVOUT)/p2-remote-6.1
 	rm -rf evidence-out && cp -r $(EVOUT) evidence-out && rm -f evidence-out/table.md
 	for e in $(EXPERIMENTS); do $(VNUMA) compare evidence-out/$$e \
 		--plot evidence-out/$$e/compare.png --markdown >> evidence-out/table.md; \
