@@ -12,7 +12,8 @@ from vnuma_sched.errors import BadInput, DataError, VnumaError
 from vnuma_sched.experiments import arms as A
 from vnuma_sched.experiments import compare
 from vnuma_sched.experiments.workloads import build
-from vnuma_sched.kernel import vm
+from vnuma_sched.kernel import kbuild, vm
+from vnuma_sched.probes import kheaders
 
 PROBES = ["migrate", "ipi", "halt", "preempt", "schedstat"]
 
@@ -148,10 +149,12 @@ def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, ti
             for a in arm_list}
     cmdline = {a.name: a.boot for a in arm_list}
     done, t0 = 0, time.monotonic()
-    with open(out / "runs.jsonl", "w", encoding="utf-8") as f:
+    with open(out / "runs.jsonl", "w", encoding="utf-8") as f, \
+            kheaders.extracted(kbuild.headers_archive(image), out) as headers:
         for b, boot_order in enumerate(sched):
             plan = {"arms": arms, "reference": names[0], "order": boot_order, "workload": wl,
-                    "probes": PROBES, "mode": mode, "boot": b, "boots": len(sched)}
+                    "probes": PROBES, "mode": mode, "boot": b, "boots": len(sched),
+                    "kernel_headers": headers and str(headers)}
             recs = guest_runs(image, topos[boot_order[0]], plan, out / "plan.json", runner,
                               accel, timeout * len(boot_order),
                               [*append, *cmdline[boot_order[0]]])

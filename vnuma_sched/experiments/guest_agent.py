@@ -9,7 +9,7 @@ import sys
 import time
 
 from vnuma_sched.experiments.workloads.build import figures, score
-from vnuma_sched.probes import report
+from vnuma_sched.probes import kheaders, report
 from vnuma_sched.probes.classify import delta, matrix_total
 from vnuma_sched.probes.session import Session
 from vnuma_sched.share import kernel as share_kernel
@@ -54,7 +54,19 @@ def park_for_boot(plan, sysroot, topo):
     return target.to_dict()
 
 
+def use_headers(plan, environ):
+    """Point bcc at the kernel headers the host extracted for this kernel (the plan's
+    kernel_headers), so that the guest need not extract its own (about a minute of
+    each boot under TCG); True when it did."""
+    path = plan.get("kernel_headers")
+    if not path or not os.path.isdir(os.path.join(path, "include")):
+        return False
+    environ[kheaders.KERNEL_SOURCE_VAR] = path
+    return True
+
+
 def run_plan(plan, sysroot):
+    use_headers(plan, os.environ)
     for fs, where in (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug")):
         if not os.path.exists(os.path.join(where, "events" if fs == "tracefs" else "sched")):
             subprocess.run(["mount", "-t", fs, "nodev", where], stderr=subprocess.DEVNULL)

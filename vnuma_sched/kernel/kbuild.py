@@ -18,6 +18,18 @@ from vnuma_sched.runner import stream
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 ARCH = "x86_64"
 IMAGE = "arch/x86/boot/bzImage"
+HEADERS_ARCHIVE = "kernel/kheaders_data.tar.xz"    # CONFIG_IKHEADERS: what the kernel embeds
+
+
+def headers_archive(image):
+    """The kernel headers archive built with ``image`` when it sits in its build
+    directory (<build>/arch/x86/boot/bzImage; the same archive the kernel serves as
+    /sys/kernel/kheaders.tar.xz), else None."""
+    image, parts = Path(image), Path(IMAGE).parts
+    if image.parts[-len(parts):] != parts:
+        return None
+    archive = image.parents[len(parts) - 1] / HEADERS_ARCHIVE
+    return archive if archive.is_file() else None
 KERNEL_FRAGMENT = "kernel/configs/kvm_guest.config"
 _TARGET = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+-]*")
 _ERROR = re.compile(r"(^\S+:\d+:\d+: (fatal )?error: .*|^make(\[\d+\])?: \*\*\* .*)")
