@@ -1,6 +1,6 @@
 # vnuma_sched: set-up, the main job, and the tests.
 #   make install   Debian packages + .venv (idempotent; apt needs root)
-#   make demo      the main job on this machine (the short headline, ~18 min cold)
+#   make demo      the main job on this machine (the short headline, ~12 min cold)
 #   make evidence  the full evidence behind the series' cover letters (hours)
 #   make test      every test tier (unit, build, kernel, root, bpf, vm)
 
