@@ -23,8 +23,7 @@ from pathlib import Path
 from vnuma_sched.bisect.source import SkipCommit
 from vnuma_sched.errors import VnumaError
 from vnuma_sched.experiments import ab
-from vnuma_sched.kernel import kbuild, vm
-from vnuma_sched.probes import kheaders
+from vnuma_sched.kernel import vm
 from vnuma_sched.probes.spec import metric_probe
 
 
@@ -82,11 +81,11 @@ class Guest:
         """The records of one boot that runs the workload n times."""
         io = Path(tempfile.mkdtemp(prefix="vnuma-bisect-"))  # the guest sees /tmp
         try:
-            with kheaders.extracted(kbuild.headers_archive(image), io) as headers:
+            with ab.host_headers(image, io) as headers:
                 plan = {"arms": {"a": {"knobs": {}, "paths": {}, "boot": []}},
                         "order": ["a"] * n, "workload": ab.stage(self.wl, io),
                         "probes": self.probes, "mode": "bisect",
-                        "kernel_headers": headers and str(headers)}
+                        "kernel_headers": headers}
                 return ab.guest_runs(image, self.topo, plan, io / "plan.json", self.runner,
                                      accel, self.timeout * n + 120, self.append)
         except ab.GuestFailed as err:

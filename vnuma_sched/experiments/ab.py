@@ -2,6 +2,7 @@
 interleaved in a rotating order, record the probes around every workload run, and
 summarise with statistics: every arm against the first, the reference."""
 
+import contextlib
 import json
 import shutil
 import sys
@@ -110,6 +111,15 @@ def boot_orders(groups, runs, boots):
     return out
 
 
+@contextlib.contextmanager
+def host_headers(image, where):
+    """The plan's kernel_headers: the headers built with ``image``, extracted on the
+    host into ``where`` (which the guest sees) for as long as the block runs, or None
+    (the guest then extracts its own, about a minute of a TCG boot)."""
+    with kheaders.extracted(kbuild.headers_archive(image), where) as path:
+        yield path and str(path)
+
+
 def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
     """The guest's records of one boot; its guest record also carries the layout the
     host booted and, for a placed guest, the placement QEMU reported."""
@@ -150,11 +160,11 @@ def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, ti
     cmdline = {a.name: a.boot for a in arm_list}
     done, t0 = 0, time.monotonic()
     with open(out / "runs.jsonl", "w", encoding="utf-8") as f, \
-            kheaders.extracted(kbuild.headers_archive(image), out) as headers:
+            host_headers(image, out) as headers:
         for b, boot_order in enumerate(sched):
             plan = {"arms": arms, "reference": names[0], "order": boot_order, "workload": wl,
                     "probes": PROBES, "mode": mode, "boot": b, "boots": len(sched),
-                    "kernel_headers": headers and str(headers)}
+                    "kernel_headers": headers}
             recs = guest_runs(image, topos[boot_order[0]], plan, out / "plan.json", runner,
                               accel, timeout * len(boot_order),
                               [*append, *cmdline[boot_order[0]]])
