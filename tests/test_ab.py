@@ -610,22 +610,71 @@ def test_omp_barrier_per_thread_lines_follow_the_block_s_node(tmp_path):
                    for m in got)
 
 
-def test_a_guest_panic_keeps_the_whole_console_beside_the_plan(tmp_path, monkeypatch):
-    console = "".join(f"boot line {i}\n" for i in range(40)) + (
-        "RIP: 0010:some_function+0x1/0x2\nKernel panic - not syncing: Fatal exception\n")
+def _panic_result(accel, console):
+    res = vm.VmResult("panic", 255, accel, 1.0, console_tail=console.splitlines()[-15:],
+                      panic="Kernel panic - not syncing: Fatal exception")
+    res.console = console
+    return res
+
+
+PANIC_CONSOLE = "".join(f"boot line {i}\n" for i in range(40)) + (
+    "RIP: 0010:some_function+0x1/0x2\nKernel panic - not syncing: Fatal exception\n")
+
+
+def test_a_guest_that_panics_twice_keeps_both_consoles_beside_the_plan(tmp_path, monkeypatch):
+    calls = []
 
     def panics(image, topo, cmd, runner, accel, timeout, append=(), workdir=None):
-        res = vm.VmResult("panic", 255, accel, 1.0, console_tail=console.splitlines()[-15:],
-                          panic="Kernel panic - not syncing: Fatal exception")
-        res.console = console
-        return res
+        calls.append(json.loads(Path(cmd[-1]).read_text())["boot"])
+        return _panic_result(accel, PANIC_CONSOLE + f"attempt {len(calls)}\n")
 
     monkeypatch.setattr(vm, "run", panics)
     wl = ab.workload("perf-pipe", tmp_path, None, 4, 0, 100, 64)
-    with pytest.raises(ab.GuestFailed, match=r"guest panic .* \(console: .*console-boot0\.log\)"):
+    said = []
+    with pytest.raises(ab.GuestFailed, match=r"guest panic .* \(console: .*console-boot0-2\.log\)"):
+        ab.run("bzImage", None, wl, _arms(*THREE), 2, 1, tmp_path / "out", None,
+               said.append, "tcg", 60, [])
+    assert calls == [0, 0]      # booted once more, then given up
+    assert (tmp_path / "out" / "console-boot0.log").read_text() == PANIC_CONSOLE + "attempt 1\n"
+    assert (tmp_path / "out" / "console-boot0-2.log").read_text().endswith("attempt 2\n")
+    assert any("booting it again (once)" in m and "console-boot0.log" in m for m in said)
+
+
+def test_a_boot_that_panics_once_is_booted_again_and_said_in_the_results(tmp_path, monkeypatch):
+    guest, panicked = FakeGuest(), []
+
+    def flaky(image, topo, cmd, runner, accel, timeout, append=(), workdir=None):
+        plan = json.loads(Path(cmd[-1]).read_text())
+        if plan["boot"] == 1 and not panicked:
+            panicked.append(1)
+            return _panic_result(accel, PANIC_CONSOLE)
+        return guest(image, topo, cmd, runner, accel, timeout, append, workdir)
+
+    monkeypatch.setattr(vm, "run", flaky)
+    wl = ab.workload("perf-pipe", tmp_path, None, 4, 0, 100, 64)
+    doc = ab.run("bzImage", None, wl, _arms(*THREE), 4, 2, tmp_path / "out", None,
+                 lambda m: None, "tcg", 60, [])
+    assert [p["boot"] for p in guest.plans] == [0, 1]     # the retry ran boot 1's plan
+    assert doc["runs"] == 12 and doc["boots"] == 2
+    console = str(tmp_path / "out" / "console-boot1.log")
+    assert [(r["boot"], r["console"]) for r in doc["retried"]] == [(1, console)]
+    assert f"boot 2 panicked and was booted again (console: {console})" in doc["note"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["retried"] == doc["retried"]
+
+
+def test_a_guest_timeout_is_not_booted_again(tmp_path, monkeypatch):
+    calls = []
+
+    def hangs(image, topo, cmd, runner, accel, timeout, append=(), workdir=None):
+        calls.append(1)
+        return vm.VmResult("timeout", None, accel, 1.0, console_tail=["still booting"])
+
+    monkeypatch.setattr(vm, "run", hangs)
+    wl = ab.workload("perf-pipe", tmp_path, None, 4, 0, 100, 64)
+    with pytest.raises(ab.GuestFailed, match=r"guest timeout"):
         ab.run("bzImage", None, wl, _arms(*THREE), 2, 1, tmp_path / "out", None,
                lambda m: None, "tcg", 60, [])
-    assert (tmp_path / "out" / "console-boot0.log").read_text() == console
+    assert calls == [1]
 
 
 def test_vm_result_carries_the_whole_console(tmp_path):

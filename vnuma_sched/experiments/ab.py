@@ -15,12 +15,18 @@ from vnuma_sched.experiments import compare
 from vnuma_sched.experiments.workloads import build
 from vnuma_sched.kernel import kbuild, vm
 from vnuma_sched.probes import kheaders
+from vnuma_sched.probes.recording import iter_jsonl
 
 PROBES = ["migrate", "ipi", "halt", "preempt", "schedstat"]
 
 
 class GuestFailed(VnumaError):
-    pass
+    """A boot that did not run its plan to the end; ``status`` is vm.run's
+    ("panic", "timeout", ...), ``console`` the saved console log."""
+
+    def __init__(self, message, status=None, console=None):
+        super().__init__(message)
+        self.status, self.console = status, console
 
 
 WORKLOADS = ("omp-barrier", "perf-pipe", "perf-messaging")
@@ -120,21 +126,24 @@ def host_headers(image, where):
         yield path and str(path)
 
 
-def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
+def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append, attempt=1):
     """The guest's records of one boot; its guest record also carries the layout the
-    host booted and, for a placed guest, the placement QEMU reported."""
+    host booted and, for a placed guest, the placement QEMU reported. A failed boot
+    keeps its console as console-boot<N>.log (console-boot<N>-<attempt>.log after
+    the first attempt)."""
     plan_path.write_text(json.dumps(plan))
     cmd = [sys.executable, "-c", "import sys; from vnuma_sched.experiments.guest_agent import main; "
            "main(sys.argv[1])", str(plan_path)]
     res = vm.run(image, topo, cmd, runner, accel, timeout, append)
     if res.status != "exited" or res.exit_code != 0:
-        log = plan_path.parent / f"console-boot{plan.get('boot', 0)}.log"
+        log = plan_path.parent / (f"console-boot{plan.get('boot', 0)}"
+                                  f"{'' if attempt == 1 else f'-{attempt}'}.log")
         log.write_text(res.console)      # a panic's whole trace, kept beside the plan
         tail = res.stderr.strip().splitlines()[-3:] or res.console_tail[-5:]
         if res.status == "pin-failed":
             tail = [res.panic]
         raise GuestFailed(f"guest {res.status} (exit {res.exit_code}): " + " | ".join(tail)
-                          + f" (console: {log})")
+                          + f" (console: {log})", res.status, str(log))
     recs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     for rec in (r for r in recs if r.get("type") == "guest"):
         if topo is not None:
@@ -165,9 +174,9 @@ def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, ti
             plan = {"arms": arms, "reference": names[0], "order": boot_order, "workload": wl,
                     "probes": PROBES, "mode": mode, "boot": b, "boots": len(sched),
                     "kernel_headers": headers}
-            recs = guest_runs(image, topos[boot_order[0]], plan, out / "plan.json", runner,
-                              accel, timeout * len(boot_order),
-                              [*append, *cmdline[boot_order[0]]])
+            recs = _boot(progress, lambda attempt: guest_runs(
+                image, topos[boot_order[0]], plan, out / "plan.json", runner, accel,
+                timeout * len(boot_order), [*append, *cmdline[boot_order[0]]], attempt))
             for r in recs:
                 r["boot"] = b
                 if r.get("type") == "run":
@@ -178,6 +187,20 @@ def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, ti
                 progress(f"boot {b + 1}/{len(sched)} ({' '.join(boot_order)}) done")
     progress(f"{done} runs in {time.monotonic() - t0:.0f} s")
     return results(out, wl, topo, mode)
+
+
+def _boot(progress, boot):
+    """The records of ``boot(attempt)``. A guest panic is booted once more (a rare
+    race between attaching kprobes and a vCPU running the probed function was seen
+    to oops a TCG guest as its probes loaded): the retry's records are the boot's,
+    preceded by a "retried" record naming the panic and its console log."""
+    try:
+        return boot(1)
+    except GuestFailed as err:
+        if err.status != "panic":
+            raise
+        progress(f"{err}; booting it again (once)")
+        return [{"type": "retried", "error": str(err), "console": err.console}, *boot(2)]
 
 
 def _plan_boots(arm_list, topos, runs, boots, progress):
@@ -278,9 +301,19 @@ def results(out, wl=None, topo=None, mode=None):
            "workload": wl or plan.get("workload"), "mode": mode or plan.get("mode"),
            "probes": guest.get("probes"), "runs": len(run_recs), "boots": boots,
            "placements": placements(guests, run_recs),
+           "retried": retried(Path(out) / "runs.jsonl"),
            "note": NOTE + (NOTE_BOOTS if boots > 1 else "")}
+    doc["note"] += "".join(f"; boot {r['boot'] + 1} panicked and was booted again (console: "
+                           f"{r.get('console')})" for r in doc["retried"])
     (Path(out) / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def retried(runs_path):
+    """The "retried" records of a runs.jsonl: boots that panicked once."""
+    return [{k: rec.get(k) for k in ("boot", "error", "console")}
+            for _, rec in iter_jsonl(runs_path, "runs file")
+            if isinstance(rec, dict) and rec.get("type") == "retried"]
 
 
 def topo_dict(topo):
