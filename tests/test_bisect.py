@@ -17,6 +17,7 @@ from helpers import DATA, FAKE_KERNEL, git, one_line
 from vnuma_sched.bisect import drive, measure, options, state
 from vnuma_sched.bisect import verdict as V
 from vnuma_sched.bisect.measure import Guest
+from vnuma_sched.bisect.source import SkipCommit
 from vnuma_sched.cli.bisect import METRICS_HELP, _options, bisect_step
 from vnuma_sched.cli.main import main
 from vnuma_sched.errors import BadInput
@@ -741,7 +742,7 @@ def test_guest_measurement_spreads_its_runs_over_boots(monkeypatch, tmp_path):
     and a later measurement of the same image (undecided: more runs) adds new boots."""
     boots = []
 
-    def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append):
+    def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append, attempt=1):
         boots.append(len(plan["order"]))
         return [{"type": "guest"}] + [{"type": "run", "metrics": {"halts": 10 * len(boots)}}
                                       for _ in plan["order"]]
@@ -764,6 +765,33 @@ def test_guest_measurement_spreads_its_runs_over_boots(monkeypatch, tmp_path):
     # a measurement taken with another --boots is another measurement: not reused
     assert measure.Results(tmp_path, Guest({}, topo, "halts", None, "tcg", 10, [], None,
                                            boots=1)).load("sha")["records"] == []
+
+
+def test_a_bisect_boot_that_panics_is_booted_once_more(tmp_path, monkeypatch):
+    """A guest panic is booted again once (said in progress); a second one skips the
+    commit, as any failed boot does."""
+    attempts, panics = [], [1]
+
+    def guest_runs(image, topo, plan, plan_path, runner, accel, timeout, append, attempt=1):
+        attempts.append(attempt)
+        if panics:
+            panics.pop()
+            raise abmod.GuestFailed("guest panic (exit 255): Oops: int3 (console: c.log)",
+                                    "panic", "c.log")
+        return [{"type": "guest"}] + [{"type": "run", "metrics": {"halts": 3}}
+                                      for _ in plan["order"]]
+
+    monkeypatch.setattr(abmod, "guest_runs", guest_runs)
+    monkeypatch.setattr(abmod, "stage", lambda wl, io: wl)
+    monkeypatch.setattr(vmmod, "choose_accel", lambda *a: ("tcg", None))
+    said = []
+    g = Guest({}, vmmod.parse_topology("2x2", 2048), "halts", None, "tcg", 10, [], None,
+              progress=said.append)
+    assert [r["metrics"]["halts"] for r in g.records("img", "c1", 2, "halts")] == [3, 3]
+    assert attempts == [1, 2] and len(said) == 1 and "booting it again (once)" in said[0]
+    panics[:] = [1, 1]
+    with pytest.raises(SkipCommit, match="guest panic"):
+        g.records("img", "c1", 2, "halts")
 
 
 def test_measure_command_is_told_the_boots(tmp_path):

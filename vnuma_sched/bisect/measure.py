@@ -47,8 +47,10 @@ per_boot = ab.per_boot
 class Guest:
     """Boot the image as a vNUMA guest and run the workload under the metric's probe."""
 
-    def __init__(self, wl, topo, metric, runner, accel, timeout, append, accel_cache, boots=1):
+    def __init__(self, wl, topo, metric, runner, accel, timeout, append, accel_cache, boots=1,
+                 progress=lambda message: None):
         self.wl, self.topo, self.runner, self.boots = wl, topo, runner, boots
+        self.progress = progress
         self.accel, self.timeout, self.append = accel, timeout, list(append)
         self.accel_cache = accel_cache
         # workload_score needs no eBPF probe: 'steal' (read from /proc/stat) keeps the
@@ -78,7 +80,8 @@ class Guest:
         return runs
 
     def _boot(self, image, accel, n):
-        """The records of one boot that runs the workload n times."""
+        """The records of one boot that runs the workload n times (a boot that
+        panics is booted once more, as in 'ab'; a second failure skips the commit)."""
         io = Path(tempfile.mkdtemp(prefix="vnuma-bisect-"))  # the guest sees /tmp
         try:
             with ab.host_headers(image, io) as headers:
@@ -86,8 +89,9 @@ class Guest:
                         "order": ["a"] * n, "workload": ab.stage(self.wl, io),
                         "probes": self.probes, "mode": "bisect",
                         "kernel_headers": headers}
-                return ab.guest_runs(image, self.topo, plan, io / "plan.json", self.runner,
-                                     accel, self.timeout * n + 120, self.append)
+                return ab.boot_retrying(self.progress, lambda attempt: ab.guest_runs(
+                    image, self.topo, plan, io / "plan.json", self.runner, accel,
+                    self.timeout * n + 120, self.append, attempt))
         except ab.GuestFailed as err:
             raise SkipCommit(str(err)) from err
         finally:

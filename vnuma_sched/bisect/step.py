@@ -75,7 +75,8 @@ def backend(opts, env):
     wl = ab.workload(opts.workload, str(env.cache), env.runner, opts.threads, opts.spincount,
                      opts.iterations, opts.kib)
     return measure.Guest(wl, topo, opts.metric, env.runner, opts.accel, opts.timeout,
-                         opts.append, Path(env.cache) / "accel.json", opts.boots)
+                         opts.append, Path(env.cache) / "accel.json", opts.boots,
+                         env.progress)
 
 
 def kernel(opts, env, sha, git_dir):

@@ -174,7 +174,7 @@ def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, ti
             plan = {"arms": arms, "reference": names[0], "order": boot_order, "workload": wl,
                     "probes": PROBES, "mode": mode, "boot": b, "boots": len(sched),
                     "kernel_headers": headers}
-            recs = _boot(progress, lambda attempt: guest_runs(
+            recs = boot_retrying(progress, lambda attempt: guest_runs(
                 image, topos[boot_order[0]], plan, out / "plan.json", runner, accel,
                 timeout * len(boot_order), [*append, *cmdline[boot_order[0]]], attempt))
             for r in recs:
@@ -189,7 +189,7 @@ def run(image, topo, wl, arm_list, runs, boots, out, runner, progress, accel, ti
     return results(out, wl, topo, mode)
 
 
-def _boot(progress, boot):
+def boot_retrying(progress, boot):
     """The records of ``boot(attempt)``. A guest panic is booted once more (a rare
     race between attaching kprobes and a vCPU running the probed function was seen
     to oops a TCG guest as its probes loaded): the retry's records are the boot's,
