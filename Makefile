@@ -1,7 +1,7 @@
 # vnuma_sched: set-up, the main job, and the tests.
 #   make install   Debian packages + .venv (idempotent; apt needs root)
 #   make demo      the main job on this machine (the short headline, ~12 min cold)
-#   make evidence  the full evidence behind the series' cover letters (hours)
+#   make evidence  the full evidence behind the series' cover letters (~70 min built)
 #   make test      every test tier (unit, build, kernel, root, bpf, vm)
 
 SHELL := /bin/bash
@@ -88,10 +88,11 @@ demo: install
 	$(VNUMA) compare demo-out/halt --plot demo-out/halt/compare.png
 	$(VNUMA) compare demo-out/wake --plot demo-out/wake/compare.png
 
-# The full evidence behind the cover letters (hours under TCG): 10 runs per arm over
-# 3 boots, threads = vCPUs and threads > vCPUs, the regression benchmarks, and the 6.1
-# series. Writes evidence-out/<experiment>/{results.json,compare.png}, one markdown
-# table per experiment in evidence-out/table.md and the index evidence-out/results.json.
+# The full evidence behind the cover letters (51 boots, 66 min measured with both
+# kernels built, ~15 min more cold): 10 runs per arm over 3 boots, threads = vCPUs
+# and threads > vCPUs, the regression benchmarks, and the 6.1 series. Writes
+# evidence-out/<experiment>/{results.json,compare.png}, one markdown table per
+# experiment in evidence-out/table.md and the index evidence-out/results.json.
 # RUNS, BOOTS and P2_BOOTS scale it down to check the recipe end to end quickly
 # (make evidence RUNS=2 BOOTS=1 P2_BOOTS=1: the same experiments in 13 boots, 51
 # with the defaults); the cover letters quote the defaults.
